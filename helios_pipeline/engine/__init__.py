@@ -1,0 +1,1 @@
+"""Everything that touches a browser or FFmpeg. Nothing here imports Dagster."""

@@ -1,0 +1,226 @@
+"""Render one chunk: seek every frame of a range in one Chromium and pipe its pictures to FFmpeg."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psutil
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
+from helios_pipeline.engine.browser import launch_browser
+from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
+from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.probe import count_video_frames
+from helios_pipeline.engine.server import composition_url
+from helios_pipeline.plan import RenderChunk
+from helios_pipeline.spec import RenderSpec
+
+DATE_EPOCH_MS = 1704067200000  # 2024-01-01T00:00:00Z, Helios's fixed Date.now() origin
+LOAD_TIMEOUT_MS = 60000
+WATCHDOG_MARGIN_S = 15.0
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Timings and facts about one rendered chunk (numbers, so they can be plotted)."""
+
+    chunk_id: int
+    start_frame: int
+    frame_count: int
+    output_file: str
+    wall_seconds: float
+    browser_startup_seconds: float
+    capture_seconds: float
+    capture_fps: float
+    encode_seconds: float
+    encode_cpu_seconds: float
+    bytes: int
+    host: str
+    pid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@cache
+def _timeline_source() -> str:
+    return resources.files("helios_pipeline.engine").joinpath("js/timeline.js").read_text(encoding="utf-8")
+
+
+def timeline_script(spec: RenderSpec) -> str:
+    """The seek driver with this render's props, seed and timeouts filled in."""
+    config = {
+        "props": spec.input_props,
+        "seed": spec.random_seed & 0xFFFFFFFF,
+        "epoch": DATE_EPOCH_MS,
+        "stabilityTimeout": spec.stability_timeout,
+    }
+    return _timeline_source().replace("__HELIOS_CONFIG__", json.dumps(config))
+
+
+def frame_time_ms(frame: int, fps: float) -> float:
+    """The time of frame ``frame``, computed from the integer frame (never accumulated)."""
+    return frame * 1000 / fps
+
+
+class _Watchdog:
+    """Kills this process's Chromium if a frame hangs, so a stuck page fails instead of blocking forever."""
+
+    def __init__(self, limit_seconds: float):
+        self.limit = limit_seconds
+        self.fired = False
+        self._deadline: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="helios-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        self._deadline = time.monotonic() + self.limit
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self.fired = True
+                self._deadline = None
+                kill_browsers()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def kill_browsers() -> None:
+    """Kill every Chromium process started by this process."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name() or "headless" in child.name():
+                child.kill()
+        except psutil.Error:
+            pass
+
+
+def _exception_text(details: dict[str, Any]) -> str:
+    exception = details.get("exception") or {}
+    return str(exception.get("description") or details.get("text") or "unknown error").strip()
+
+
+def render_chunk(
+    spec: RenderSpec,
+    chunk: RenderChunk,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ChunkResult:
+    """Render ``chunk`` of ``spec`` to ``chunk.output_file``; the file exists only if it is complete."""
+    started = time.perf_counter()
+    output = Path(chunk.output_file)
+    page_errors: list[str] = []
+    watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
+    current_frame: int | None = None
+    try:
+        with (
+            atomic_output(output) as partial,
+            composition_url(spec.composition) as url,
+            sync_playwright() as playwright,
+            launch_browser(playwright) as browser,
+        ):
+            context = browser.new_context(
+                viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1
+            )
+            context.add_init_script(script=timeline_script(spec))
+            page = context.new_page()
+            page.on("pageerror", lambda error: page_errors.append(f"the page threw: {error}"))
+            page.on("crash", lambda _page: page_errors.append("the page crashed"))
+            watchdog.arm()
+            try:
+                response = page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
+            except PlaywrightError as exc:
+                raise RenderError(
+                    f"could not load {spec.composition}: {exc.message.splitlines()[0]}"
+                ) from None
+            if response is not None and response.status >= 400:
+                raise RenderError(f"could not load {spec.composition}: HTTP {response.status}")
+            if page_errors:
+                raise PageError(f"while loading {spec.composition}: {page_errors[0]}")
+            cdp = context.new_cdp_session(page)
+            startup_seconds = time.perf_counter() - started
+            encoder = ChunkEncoder(chunk_encode_command(spec, chunk.frame_count, partial))
+            screenshot: dict[str, Any] = {"format": spec.intermediate_image_format, "optimizeForSpeed": True}
+            if spec.intermediate_image_format == "jpeg":
+                screenshot["quality"] = spec.intermediate_image_quality
+            capture_started = time.perf_counter()
+            try:
+                for index, frame in enumerate(range(chunk.start_frame, chunk.end_frame)):
+                    current_frame = frame
+                    if cancel is not None and cancel.is_set():
+                        raise RenderCancelled(f"chunk {chunk.id} cancelled at frame {frame}")
+                    watchdog.arm()
+                    seek = cdp.send(
+                        "Runtime.evaluate",
+                        {
+                            "expression": f"window.__helios_seek({frame}, {frame_time_ms(frame, spec.fps)!r})",
+                            "awaitPromise": True,
+                            "returnByValue": True,
+                        },
+                    )
+                    if "exceptionDetails" in seek:
+                        raise PageError(_exception_text(seek["exceptionDetails"]), frame)
+                    if page_errors:
+                        raise PageError(page_errors[0], frame)
+                    shot = cdp.send("Page.captureScreenshot", screenshot)
+                    watchdog.disarm()
+                    encoder.write(base64.b64decode(shot["data"]))
+                    if on_progress is not None:
+                        on_progress(index + 1)
+                capture_seconds = time.perf_counter() - capture_started
+                encoder.finish()
+            except BaseException:
+                encoder.kill()
+                raise
+            frames = count_video_frames(partial)
+            if frames != chunk.frame_count:
+                raise RenderError(f"chunk {chunk.id}: encoded {frames} frames, expected {chunk.frame_count}")
+            size = partial.stat().st_size
+    except PlaywrightError as exc:
+        if watchdog.fired:
+            raise PageError(
+                f"did not become ready within {watchdog.limit:.0f} s (the page is stuck)", current_frame
+            ) from None
+        if page_errors:
+            raise PageError(page_errors[0], current_frame) from None
+        raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
+    finally:
+        watchdog.close()
+    return ChunkResult(
+        chunk_id=chunk.id,
+        start_frame=chunk.start_frame,
+        frame_count=chunk.frame_count,
+        output_file=str(output),
+        wall_seconds=time.perf_counter() - started,
+        browser_startup_seconds=startup_seconds,
+        capture_seconds=capture_seconds,
+        capture_fps=chunk.frame_count / capture_seconds if capture_seconds > 0 else 0.0,
+        encode_seconds=encoder.encode_seconds,
+        encode_cpu_seconds=encoder.encode_cpu_seconds,
+        bytes=size,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )

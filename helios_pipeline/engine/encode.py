@@ -1,0 +1,163 @@
+"""The chunk encoder: captured frames are piped into FFmpeg's stdin, never written to disk.
+
+Every chunk is encoded so that joining chunks by stream copy is exact: one closed GOP that
+starts with an IDR frame, no B-frames, no scene-cut keyframes, and identical parameters and
+timescale in every chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import resource
+import subprocess
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.tools import ffmpeg_path
+from helios_pipeline.spec import RenderSpec
+
+CRF_CODECS = ("libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1")
+PRESET_CODECS = ("libx264", "libx265", "libsvtav1")
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """fps as an exact fraction (29.97 -> 2997/100, 30000/1001-ish floats -> 30000/1001)."""
+    return Fraction(str(fps)).limit_denominator(1001) if fps != int(fps) else Fraction(int(fps))
+
+
+def track_timescale(fps: float) -> int:
+    """A timescale near 90 kHz in which every frame lasts a whole number of ticks."""
+    rate = fps_fraction(fps)
+    return rate.numerator * max(1, math.ceil(90000 / rate.numerator))
+
+
+def codec_args(spec: RenderSpec, gop: int) -> list[str]:
+    """Encoder options for one chunk of ``gop`` frames: a single closed GOP, no B-frames."""
+    codec = spec.video_codec
+    args = ["-c:v", codec, "-pix_fmt", spec.pixel_format]
+    if spec.crf is not None and codec in CRF_CODECS:
+        args += ["-crf", str(spec.crf)]
+        if codec.startswith("libvpx") and spec.video_bitrate is None:
+            args += ["-b:v", "0"]
+    if spec.preset and codec in PRESET_CODECS:
+        args += ["-preset", spec.preset]
+    if spec.video_bitrate:
+        args += ["-b:v", spec.video_bitrate]
+    args += ["-g", str(gop), "-keyint_min", str(gop)]
+    if codec == "libx264":
+        args += ["-bf", "0", "-sc_threshold", "0", "-x264-params", "scenecut=0:open-gop=0:repeat-headers=1"]
+    elif codec == "libx265":
+        args += [
+            "-tag:v", "hvc1",
+            "-x265-params",
+            f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:open-gop=0:repeat-headers=1:log-level=error",
+        ]  # fmt: skip
+    elif codec.startswith("libvpx"):
+        args += ["-auto-alt-ref", "0", "-lag-in-frames", "0"]
+    elif codec in ("libaom-av1", "libsvtav1"):
+        args += ["-bf", "0"] if codec == "libaom-av1" else []
+    return args
+
+
+def chunk_encode_command(spec: RenderSpec, frame_count: int, output: Path) -> list[str]:
+    """The FFmpeg command that turns piped JPEG/PNG frames into one chunk file."""
+    rate = fps_fraction(spec.fps)
+    demuxer = (
+        ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
+    )
+    return [
+        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        *demuxer, "-framerate", str(rate), "-i", "pipe:0",
+        "-frames:v", str(frame_count),
+        *codec_args(spec, frame_count),
+        "-force_key_frames", "expr:eq(n,0)",
+        "-video_track_timescale", str(track_timescale(spec.fps)),
+        "-an", "-map_metadata", "-1",
+        str(output),
+    ]  # fmt: skip
+
+
+class ChunkEncoder:
+    """An FFmpeg process fed from a writer thread, so capture never waits on encoding."""
+
+    def __init__(self, command: list[str], max_pending: int = 8):
+        self.command = command
+        self.encode_seconds = 0.0
+        self.encode_cpu_seconds = 0.0
+        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._writer = threading.Thread(target=self._write_loop, name="helios-encoder", daemon=True)
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            while (frame := self._pending.get()) is not None:
+                stdin.write(frame)
+        except BaseException as exc:  # a broken pipe means FFmpeg died; finish() reports why
+            self._error = exc
+            while self._pending.get() is not None:
+                pass
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def write(self, frame: bytes) -> None:
+        if self._error is not None:
+            self._raise_failure()
+        self._pending.put(frame)
+
+    def finish(self, timeout: float = 600) -> None:
+        """Close stdin and wait for FFmpeg to write the file; raise with its stderr on failure."""
+        started = time.perf_counter()
+        self._pending.put(None)
+        self._writer.join()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RenderError(f"FFmpeg did not finish within {timeout} s: {' '.join(self.command)}") from None
+        self.encode_seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.encode_cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if self._process.returncode != 0 or self._error is not None:
+            self._raise_failure()
+        if self._process.stderr:
+            self._process.stderr.close()
+
+    def _raise_failure(self) -> None:
+        self.kill()
+        stderr = ""
+        if self._process.stderr and not self._process.stderr.closed:
+            stderr = self._process.stderr.read().decode(errors="replace").strip()
+            self._process.stderr.close()
+        raise RenderError(f"FFmpeg failed ({self._process.returncode}): {stderr or self._error}")
+
+    def kill(self) -> None:
+        """Stop FFmpeg now (cancel or failure); safe to call twice."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._writer.is_alive():
+            # unblock a writer stuck on a full queue
+            while True:
+                try:
+                    self._pending.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        self._pending.get_nowait()
+                    except queue.Empty:
+                        pass
+            self._writer.join(timeout=5)

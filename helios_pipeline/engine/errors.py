@@ -1,0 +1,23 @@
+"""Engine error types: each says what failed, where, and why."""
+
+from __future__ import annotations
+
+
+class RenderError(RuntimeError):
+    """A render step failed (browser, page, FFmpeg); the message names the chunk or file."""
+
+
+class ToolNotFoundError(RenderError):
+    """A system tool (Chromium, FFmpeg) is missing; the message says how to install it."""
+
+
+class PageError(RenderError):
+    """The composition failed: it threw, crashed, or a frame never became ready."""
+
+    def __init__(self, message: str, frame: int | None = None):
+        self.frame = frame
+        super().__init__(message if frame is None else f"frame {frame}: {message}")
+
+
+class RenderCancelled(RenderError):
+    """The render was cancelled (Ctrl-C or a cancel event); nothing was left behind."""

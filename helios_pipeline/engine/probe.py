@@ -1,0 +1,86 @@
+"""ffprobe helpers: what a rendered file really contains."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.tools import ffprobe_path
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """The facts about a video file that checks and metadata need."""
+
+    path: Path
+    duration: float
+    video_frames: int
+    width: int
+    height: int
+    frame_rate: Fraction
+    video_codec: str
+    pixel_format: str
+    audio_codec: str | None
+    audio_sample_rate: int | None
+    audio_duration: float | None
+    size_bytes: int
+
+
+def _ffprobe(path: Path, *args: str) -> dict:
+    command = [ffprobe_path(), "-v", "error", "-of", "json", *args, str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RenderError(f"ffprobe could not read {path}: {result.stderr.strip()}")
+    return json.loads(result.stdout or "{}")
+
+
+def count_video_frames(path: Path) -> int:
+    """Count video packets (one per frame for the codecs we write) without decoding."""
+    data = _ffprobe(
+        path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"
+    )
+    streams = data.get("streams") or []
+    if not streams:
+        raise RenderError(f"{path} has no video stream")
+    return int(streams[0].get("nb_read_packets") or 0)
+
+
+def probe(path: Path) -> MediaInfo:
+    """Read streams, duration and frame count of ``path``."""
+    data = _ffprobe(
+        path,
+        "-count_packets",
+        "-show_entries",
+        "format=duration,size:stream=codec_type,codec_name,width,height,avg_frame_rate,r_frame_rate,"
+        "pix_fmt,sample_rate,duration,nb_read_packets",
+    )
+    streams = data.get("streams") or []
+    video = next((s for s in streams if s.get("codec_type") == "video"), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None:
+        raise RenderError(f"{path} has no video stream")
+    rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
+    fmt = data.get("format") or {}
+    return MediaInfo(
+        path=path,
+        duration=float(fmt.get("duration") or 0.0),
+        video_frames=int(video.get("nb_read_packets") or 0),
+        width=int(video.get("width") or 0),
+        height=int(video.get("height") or 0),
+        frame_rate=Fraction(rate) if rate != "0/0" else Fraction(0),
+        video_codec=str(video.get("codec_name")),
+        pixel_format=str(video.get("pix_fmt")),
+        audio_codec=audio.get("codec_name") if audio else None,
+        audio_sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        audio_duration=float(audio["duration"]) if audio and audio.get("duration") else None,
+        size_bytes=int(fmt.get("size") or path.stat().st_size),
+    )
+
+
+def has_audio_stream(path: Path) -> bool:
+    data = _ffprobe(path, "-select_streams", "a", "-show_entries", "stream=index")
+    return bool(data.get("streams"))

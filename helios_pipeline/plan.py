@@ -1,0 +1,126 @@
+"""``plan(spec) -> RenderPlan``: the pure, serialisable description of a chunked render.
+
+The plan is the contract between every executor (local processes, Dagster runs, remote
+workers): it names each chunk's exact frame range and file, the concat manifest, the mix and
+the files to clean up. Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from helios_pipeline.spec import AudioTrack, RenderSpec
+
+LONG_GOP_CONTAINERS = {"libvpx": ".mkv", "libvpx-vp9": ".mkv", "libaom-av1": ".mkv", "libsvtav1": ".mkv"}
+
+
+class RenderChunk(BaseModel):
+    """One contiguous frame range rendered by one browser into one file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    start_frame: int
+    frame_count: int
+    output_file: Path
+
+    @property
+    def end_frame(self) -> int:
+        """One past the last frame of the chunk."""
+        return self.start_frame + self.frame_count
+
+
+class MixOptions(BaseModel):
+    """What the final pass needs: the explicit tracks, the codec and the exact length."""
+
+    model_config = ConfigDict(frozen=True)
+
+    audio_tracks: tuple[AudioTrack, ...]
+    audio_codec: str
+    audio_bitrate: str | None
+    video_codec: str = "copy"
+    total_frames: int
+    fps: float
+    start_frame: int
+    mix_input_audio: bool = False
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.total_frames / self.fps
+
+
+class RenderPlan(BaseModel):
+    """The seed's RenderPlan, plus the spec it was made from so any worker can render a chunk."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: RenderSpec
+    total_frames: int
+    chunks: tuple[RenderChunk, ...]
+    work_dir: Path
+    concat_manifest: tuple[Path, ...]
+    concat_output_file: Path
+    final_output_file: Path
+    mix_options: MixOptions
+    cleanup_files: tuple[Path, ...]
+
+
+def split_frames(start: int, total: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``[start, start+total)`` into ``min(parts, total)`` ordered ranges differing by at most one."""
+    if total <= 0:
+        raise ValueError(f"cannot split {total} frames")
+    if parts <= 0:
+        raise ValueError(f"cannot split into {parts} chunks")
+    count = min(parts, total)
+    base, extra = divmod(total, count)
+    ranges, cursor = [], start
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        ranges.append((cursor, size))
+        cursor += size
+    return ranges
+
+
+def chunk_extension(video_codec: str) -> str:
+    """Chunk container: MOV (fixed timescale, PCM audio) unless the codec lives in Matroska."""
+    return LONG_GOP_CONTAINERS.get(video_codec, ".mov")
+
+
+def default_work_dir(output: Path) -> Path:
+    """A deterministic scratch folder beside the output, so plan() stays pure."""
+    return output.parent / f".{output.name}.helios-work"
+
+
+def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | None = None) -> RenderPlan:
+    """Plan a render: chunk ranges, their files, the concat and the final mix."""
+    output = spec.output_path
+    work = Path(work_dir) if work_dir is not None else default_work_dir(output)
+    ext = chunk_extension(spec.video_codec)
+    total = spec.total_frames
+    ranges = split_frames(spec.start_frame, total, concurrency or spec.concurrency)
+    chunks = tuple(
+        RenderChunk(id=i, start_frame=s, frame_count=n, output_file=work / f"chunk_{i:04d}{ext}")
+        for i, (s, n) in enumerate(ranges)
+    )
+    concat_output = work / f"concat{ext}"
+    manifest = tuple(chunk.output_file for chunk in chunks)
+    return RenderPlan(
+        spec=spec,
+        total_frames=total,
+        chunks=chunks,
+        work_dir=work,
+        concat_manifest=manifest,
+        concat_output_file=concat_output,
+        final_output_file=output,
+        mix_options=MixOptions(
+            audio_tracks=spec.audio_tracks,
+            audio_codec=spec.audio_codec,
+            audio_bitrate=spec.audio_bitrate,
+            total_frames=total,
+            fps=spec.fps,
+            start_frame=spec.start_frame,
+        ),
+        cleanup_files=(*manifest, work / "concat.txt", concat_output),
+    )
