@@ -39,9 +39,7 @@ class SpecError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [
-            f"{source}: {field}: {reason}" if field else f"{source}: {reason}" for field, reason in problems
-        ]
+        lines = [f"{source}: {field}: {reason}" if field else f"{source}: {reason}" for field, reason in problems]
         super().__init__("invalid render spec\n  " + "\n  ".join(lines))
 
 

@@ -142,9 +142,7 @@ def render_chunk(
             sync_playwright() as playwright,
             launch_browser(playwright) as browser,
         ):
-            context = browser.new_context(
-                viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1
-            )
+            context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
             context.add_init_script(script=timeline_script(spec))
             page = context.new_page()
             page.on("pageerror", lambda error: page_errors.append(f"the page threw: {error}"))
@@ -153,9 +151,7 @@ def render_chunk(
             try:
                 response = page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
             except PlaywrightError as exc:
-                raise RenderError(
-                    f"could not load {spec.composition}: {exc.message.splitlines()[0]}"
-                ) from None
+                raise RenderError(f"could not load {spec.composition}: {exc.message.splitlines()[0]}") from None
             if response is not None and response.status >= 400:
                 raise RenderError(f"could not load {spec.composition}: HTTP {response.status}")
             if page_errors:

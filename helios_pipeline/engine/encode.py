@@ -7,6 +7,7 @@ timescale in every chunk.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import resource
@@ -66,9 +67,7 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
 def chunk_encode_command(spec: RenderSpec, frame_count: int, output: Path) -> list[str]:
     """The FFmpeg command that turns piped JPEG/PNG frames into one chunk file."""
     rate = fps_fraction(spec.fps)
-    demuxer = (
-        ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
-    )
+    demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
     return [
         ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
         *demuxer, "-framerate", str(rate), "-i", "pipe:0",
@@ -107,10 +106,8 @@ class ChunkEncoder:
             while self._pending.get() is not None:
                 pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 stdin.close()
-            except OSError:
-                pass
 
     def write(self, frame: bytes) -> None:
         if self._error is not None:
@@ -156,8 +153,6 @@ class ChunkEncoder:
                     self._pending.put_nowait(None)
                     break
                 except queue.Full:
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         self._pending.get_nowait()
-                    except queue.Empty:
-                        pass
             self._writer.join(timeout=5)

@@ -40,9 +40,7 @@ def _ffprobe(path: Path, *args: str) -> dict:
 
 def count_video_frames(path: Path) -> int:
     """Count video packets (one per frame for the codecs we write) without decoding."""
-    data = _ffprobe(
-        path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"
-    )
+    data = _ffprobe(path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets")
     streams = data.get("streams") or []
     if not streams:
         raise RenderError(f"{path} has no video stream")
