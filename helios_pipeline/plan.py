@@ -122,5 +122,5 @@ def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | N
             fps=spec.fps,
             start_frame=spec.start_frame,
         ),
-        cleanup_files=(*manifest, work / "concat.txt", concat_output),
+        cleanup_files=(*manifest, concat_output),
     )

@@ -10,6 +10,7 @@
 
   // -- inputs and determinism ------------------------------------------------------------
   window.__HELIOS_PROPS__ = config.props;
+  window.__HELIOS_VIRTUAL_TIME__ = 0;
   let seed = config.seed >>> 0;
   Math.random = function random() {
     // mulberry32: small, fast, and the same sequence in every chunk and every run

@@ -1,0 +1,69 @@
+"""Join chunk files by stream copy with FFmpeg's concat demuxer, and prove the frame count."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from helios_pipeline.engine.encode import fps_fraction
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.probe import count_video_frames
+from helios_pipeline.engine.tools import ffmpeg_path
+
+
+@dataclass(frozen=True)
+class ConcatResult:
+    output_file: str
+    seconds: float
+    bytes: int
+    frames: int
+    chunks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _manifest_line(path: Path) -> str:
+    escaped = str(path.resolve()).replace("'", "'\\''")
+    return f"file '{escaped}'\n"
+
+
+def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected_frames: int) -> ConcatResult:
+    """Concatenate ``chunk_files`` in order into ``output`` without re-encoding.
+
+    Fails (and writes nothing) when a chunk is missing or the result does not hold exactly
+    ``expected_frames`` frames.
+    """
+    started = time.perf_counter()
+    missing = [str(path) for path in chunk_files if not Path(path).is_file()]
+    if missing:
+        raise RenderError(f"cannot concatenate: missing chunk files: {', '.join(missing)}")
+    with atomic_output(output) as partial:
+        manifest = partial.with_suffix(".txt")
+        manifest.write_text("ffconcat version 1.0\n" + "".join(_manifest_line(Path(p)) for p in chunk_files))
+        try:
+            command = [
+                ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                "-f", "concat", "-safe", "0", "-r", str(fps_fraction(fps)), "-i", str(manifest),
+                "-map", "0", "-c", "copy", "-map_metadata", "-1", str(partial),
+            ]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+        finally:
+            manifest.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise RenderError(f"concat into {output} failed: {result.stderr.strip()}")
+        frames = count_video_frames(partial)
+        if frames != expected_frames:
+            raise RenderError(f"concat into {output} holds {frames} frames, the plan has {expected_frames}")
+        size = partial.stat().st_size
+    return ConcatResult(
+        output_file=str(output),
+        seconds=time.perf_counter() - started,
+        bytes=size,
+        frames=frames,
+        chunks=len(chunk_files),
+    )

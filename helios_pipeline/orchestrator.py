@@ -1,0 +1,298 @@
+"""RenderOrchestrator: the library API. Plan, render chunks in parallel, concat, mix, clean up.
+
+Mirrors Helios's ``RenderOrchestrator``: chunks run through a pluggable ``RenderExecutor``
+(``LocalExecutor`` runs each chunk in its own process), progress is the frame-weighted sum of
+chunk progress, the first failing chunk aborts the others, and temporary files are removed
+on success, failure and cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from helios_pipeline.engine.chunk import ChunkResult, render_chunk
+from helios_pipeline.engine.concat import ConcatResult, concat_chunks
+from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.mix import MixResult, mix_final
+from helios_pipeline.plan import RenderChunk, RenderPlan
+from helios_pipeline.plan import plan as make_plan
+from helios_pipeline.spec import RenderSpec, apply_overrides, read_spec_file, validate_spec
+
+ProgressCallback = Callable[[float], None]
+ChunkProgress = Callable[[int], None]
+KILL_GRACE_SECONDS = 5.0
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class RenderExecutor(Protocol):
+    """Renders one chunk somewhere; raises on failure, stops promptly when ``cancel`` is set."""
+
+    def render(
+        self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
+    ) -> ChunkResult: ...
+
+
+class InProcessExecutor:
+    """Renders the chunk in the calling process (one thread per chunk); for tests and embedding."""
+
+    def render(
+        self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
+    ) -> ChunkResult:
+        return render_chunk(spec, chunk, on_progress=on_progress, cancel=cancel)
+
+
+class LocalExecutor:
+    """Renders each chunk in a worker process of its own process group, so abort kills it whole."""
+
+    def render(
+        self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
+    ) -> ChunkResult:
+        job = json.dumps({"spec": spec.to_json_dict(), "chunk": json.loads(chunk.model_dump_json())})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "helios_pipeline.engine.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        stderr_lines: list[str] = []
+        stderr_reader = threading.Thread(
+            target=lambda: stderr_lines.extend(process.stderr), daemon=True, name=f"chunk-{chunk.id}-stderr"
+        )
+        stderr_reader.start()
+        watcher = threading.Thread(
+            target=_kill_group_when, args=(cancel, process), daemon=True, name=f"chunk-{chunk.id}-cancel"
+        )
+        watcher.start()
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(job)
+            process.stdin.close()
+            message: dict[str, Any] = {}
+            for line in process.stdout:
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "progress" in message:
+                    on_progress(int(message["progress"]))
+            process.wait()
+        finally:
+            _kill_group(process)
+        stderr_reader.join(timeout=5)
+        if cancel.is_set():
+            raise RenderCancelled(f"chunk {chunk.id} cancelled")
+        if "result" in message:
+            return ChunkResult(**message["result"])
+        if message.get("kind") == "PageError":
+            raise PageError(f"chunk {chunk.id}: {message['error']}")
+        if "error" in message:
+            raise RenderError(f"chunk {chunk.id}: {message['error']}")
+        tail = "".join(stderr_lines[-20:]).strip()
+        raise RenderError(f"chunk {chunk.id}: worker exited with code {process.returncode}: {tail}")
+
+
+def _kill_group_when(cancel: threading.Event, process: subprocess.Popen[str]) -> None:
+    while process.poll() is None:
+        if cancel.wait(0.2):
+            _kill_group(process)
+            return
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """SIGTERM the worker's process group, then SIGKILL whatever is left after a grace period."""
+    try:
+        group = os.getpgid(process.pid)
+    except ProcessLookupError:
+        group = process.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGTERM)
+    try:
+        process.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
+    process.wait()
+
+
+@dataclass
+class RenderResult:
+    """What a finished render produced, with the timings of every stage."""
+
+    output: Path
+    plan: RenderPlan
+    chunks: list[ChunkResult]
+    concat: ConcatResult
+    mix: MixResult
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Progress:
+    """Frame-weighted global progress from per-chunk frame counts (thread-safe)."""
+
+    def __init__(self, plan: RenderPlan, callback: ProgressCallback | None):
+        self.plan = plan
+        self.callback = callback
+        self.frames = [0] * len(plan.chunks)
+        self.lock = threading.Lock()
+
+    def for_chunk(self, index: int) -> ChunkProgress:
+        def update(frames: int) -> None:
+            with self.lock:
+                self.frames[index] = frames
+                done = sum(self.frames)
+            if self.callback is not None:
+                self.callback(done / self.plan.total_frames)
+
+        return update
+
+
+def resolve_spec(
+    source: RenderSpec | str | Path,
+    output: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> RenderSpec:
+    """Build a spec from a spec object, a spec file (.yaml/.yml/.json), or a composition URL/file/folder.
+
+    ``options`` are spec keys given in code or as CLI flags; ``sets`` are ``key=value`` overrides.
+    """
+    data: dict[str, Any]
+    text = str(source)
+    if isinstance(source, RenderSpec):
+        data, base_dir, origin = source.to_json_dict(), Path.cwd(), "render options"
+    elif text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://")):
+        spec_file = Path(text).resolve()
+        data, base_dir, origin = read_spec_file(spec_file), spec_file.parent, str(spec_file)
+    else:
+        data, base_dir, origin = {"composition": text}, Path.cwd(), "render options"
+    data = apply_overrides(data | dict(options or {}), list(sets))
+    if output is not None:
+        data["output"] = str(Path(output).resolve())
+    return validate_spec(data, base_dir=base_dir, source=origin)
+
+
+class RenderOrchestrator:
+    """Plan and run chunked renders (library API, like Helios's RenderOrchestrator)."""
+
+    @staticmethod
+    def plan(
+        spec_or_composition: RenderSpec | str | Path, output: str | Path | None = None, **options: Any
+    ) -> RenderPlan:
+        return make_plan(resolve_spec(spec_or_composition, output, options))
+
+    @staticmethod
+    def render(
+        spec_or_composition: RenderSpec | str | Path,
+        output: str | Path | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        executor: RenderExecutor | None = None,
+        **options: Any,
+    ) -> RenderResult:
+        """Render to ``output``; raises RenderError (or RenderCancelled) and leaves nothing behind on failure."""
+        spec = resolve_spec(spec_or_composition, output, options)
+        return run_plan(make_plan(spec), on_progress=on_progress, cancel=cancel, executor=executor)
+
+
+def run_plan(
+    render_plan: RenderPlan,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    executor: RenderExecutor | None = None,
+) -> RenderResult:
+    """Execute a plan: chunks in parallel, then concat and mix; the work folder is always removed."""
+    started = time.perf_counter()
+    executor = executor or LocalExecutor()
+    abort = threading.Event()
+    outside_cancel = cancel or threading.Event()
+    work_dir = render_plan.work_dir
+    created_work_dir = not work_dir.exists()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(render_plan, on_progress)
+    try:
+        chunk_results = _render_chunks(render_plan, executor, progress, abort, outside_cancel)
+        concat = concat_chunks(
+            list(render_plan.concat_manifest),
+            render_plan.concat_output_file,
+            fps=render_plan.spec.fps,
+            expected_frames=render_plan.total_frames,
+        )
+        if outside_cancel.is_set():
+            raise RenderCancelled("render cancelled")
+        mix = mix_final(render_plan.mix_options, render_plan.concat_output_file, render_plan.final_output_file)
+    finally:
+        _cleanup(render_plan, remove_dir=created_work_dir)
+    if on_progress is not None:
+        on_progress(1.0)
+    return RenderResult(
+        output=render_plan.final_output_file,
+        plan=render_plan,
+        chunks=chunk_results,
+        concat=concat,
+        mix=mix,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _render_chunks(
+    render_plan: RenderPlan,
+    executor: RenderExecutor,
+    progress: _Progress,
+    abort: threading.Event,
+    outside_cancel: threading.Event,
+) -> list[ChunkResult]:
+    spec = render_plan.spec
+    pool = ThreadPoolExecutor(max_workers=len(render_plan.chunks), thread_name_prefix="chunk")
+    futures: list[Future[ChunkResult]] = [
+        pool.submit(executor.render, spec, chunk, on_progress=progress.for_chunk(i), cancel=abort)
+        for i, chunk in enumerate(render_plan.chunks)
+    ]
+    try:
+        pending = set(futures)
+        while pending:
+            if outside_cancel.is_set():
+                abort.set()
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                abort.set()  # the first failing chunk aborts the others
+                break
+    except BaseException:
+        abort.set()  # Ctrl-C in the caller's thread
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    if outside_cancel.is_set():
+        raise RenderCancelled("render cancelled")
+    failures = [f.exception() for f in futures if f.done() and f.exception() is not None]
+    real = [exc for exc in failures if not isinstance(exc, RenderCancelled)]
+    if real or failures:
+        raise (real or failures)[0]  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def _cleanup(render_plan: RenderPlan, *, remove_dir: bool) -> None:
+    if remove_dir:
+        shutil.rmtree(render_plan.work_dir, ignore_errors=True)
+        return
+    for path in render_plan.cleanup_files:
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()

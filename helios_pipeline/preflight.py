@@ -1,0 +1,29 @@
+"""Checks made before anything renders, so bad input fails fast with exit code 2 and nothing written."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from helios_pipeline.spec import RenderSpec, SpecError
+
+URL_TIMEOUT_SECONDS = 15
+
+
+def check_composition_reachable(url: str) -> None:
+    """Fetch ``url`` once; an unreachable host or an HTTP error is invalid input."""
+    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "helios-pipeline"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_SECONDS) as response:
+            response.read(1)
+    except urllib.error.HTTPError as exc:
+        raise SpecError(url, [("composition", f"HTTP {exc.code} {exc.reason}")]) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SpecError(url, [("composition", f"unreachable: {reason}")]) from None
+
+
+def check_inputs(spec: RenderSpec) -> None:
+    """Everything about the input that can be known before a browser starts."""
+    if not spec.is_local:
+        check_composition_reachable(spec.composition)
