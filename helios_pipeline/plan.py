@@ -99,7 +99,7 @@ def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | N
     work = Path(work_dir) if work_dir is not None else default_work_dir(output)
     ext = chunk_extension(spec.video_codec)
     total = spec.total_frames
-    ranges = split_frames(spec.start_frame, total, concurrency or spec.concurrency)
+    ranges = split_frames(spec.start_frame, total, spec.concurrency if concurrency is None else concurrency)
     chunks = tuple(
         RenderChunk(id=i, start_frame=s, frame_count=n, output_file=work / f"chunk_{i:04d}{ext}")
         for i, (s, n) in enumerate(ranges)

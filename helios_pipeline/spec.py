@@ -28,7 +28,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 FRAME_TOLERANCE = 1e-6
-"""How far ``duration * fps`` may be from an integer and still count as that integer."""
+"""How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
+_FRAME_REL_TOLERANCE = 1e-12
+"""Relative slack for float noise in very long renders; far below a frame for any real length."""
 
 _KEY_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
@@ -57,7 +59,7 @@ def frames_for_duration(duration_in_seconds: float, fps: float) -> int:
     """Whole frames in a duration: exact products round (4.1 s x 30 = 123), others round up."""
     exact = duration_in_seconds * fps
     nearest = round(exact)
-    if abs(exact - nearest) < FRAME_TOLERANCE * max(1.0, abs(exact)):
+    if math.isclose(exact, nearest, rel_tol=_FRAME_REL_TOLERANCE, abs_tol=FRAME_TOLERANCE):
         return int(nearest)
     return math.ceil(exact)
 
