@@ -29,12 +29,14 @@ from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderErro
 from helios_pipeline.engine.mix import MixResult, mix_final
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
+from helios_pipeline.preflight import check_inputs
 from helios_pipeline.spec import RenderSpec, apply_overrides, read_spec_file, validate_spec
 
 ProgressCallback = Callable[[float], None]
 ChunkProgress = Callable[[int], None]
 KILL_GRACE_SECONDS = 5.0
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"  # inherited by the worker's Chromium and FFmpeg: finds strays
 
 
 class RenderExecutor(Protocol):
@@ -68,6 +70,7 @@ class LocalExecutor:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env={**os.environ, CHUNK_ENV: str(chunk.output_file)},
         )
         stderr_lines: list[str] = []
         stderr_reader = threading.Thread(
@@ -121,10 +124,8 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
         group = process.pid
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGKILL)
     process.wait()
@@ -209,6 +210,7 @@ class RenderOrchestrator:
     ) -> RenderResult:
         """Render to ``output``; raises RenderError (or RenderCancelled) and leaves nothing behind on failure."""
         spec = resolve_spec(spec_or_composition, output, options)
+        check_inputs(spec)
         return run_plan(make_plan(spec), on_progress=on_progress, cancel=cancel, executor=executor)
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from helios_pipeline.engine.encode import fps_fraction
+from helios_pipeline.engine.encode import fps_fraction, timescale_args
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames
@@ -49,7 +49,8 @@ def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected
             command = [
                 ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
                 "-f", "concat", "-safe", "0", "-r", str(fps_fraction(fps)), "-i", str(manifest),
-                "-map", "0", "-c", "copy", "-map_metadata", "-1", str(partial),
+                "-map", "0", "-c", "copy", *timescale_args(fps, output),
+                "-map_metadata", "-1", str(partial),
             ]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True, check=False)
         finally:

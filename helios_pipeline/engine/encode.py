@@ -36,6 +36,18 @@ def track_timescale(fps: float) -> int:
     return rate.numerator * max(1, math.ceil(90000 / rate.numerator))
 
 
+def timescale_args(fps: float, output: Path) -> list[str]:
+    """Pin track and movie timescales (MOV/MP4) so chunk durations are exact and seams add no jitter.
+
+    With the default 1 ms movie timescale, a 24 fps chunk lasts 0.584 s instead of 0.58333 s and
+    the concat demuxer shifts every later chunk by the rounding.
+    """
+    if output.suffix.lower() not in (".mov", ".mp4", ".m4v"):
+        return []
+    scale = str(track_timescale(fps))
+    return ["-video_track_timescale", scale, "-movie_timescale", scale]
+
+
 def codec_args(spec: RenderSpec, gop: int) -> list[str]:
     """Encoder options for one chunk of ``gop`` frames: a single closed GOP, no B-frames."""
     codec = spec.video_codec
@@ -74,7 +86,7 @@ def chunk_encode_command(spec: RenderSpec, frame_count: int, output: Path) -> li
         "-frames:v", str(frame_count),
         *codec_args(spec, frame_count),
         "-force_key_frames", "expr:eq(n,0)",
-        "-video_track_timescale", str(track_timescale(spec.fps)),
+        *timescale_args(spec.fps, output),
         "-an", "-map_metadata", "-1",
         str(output),
     ]  # fmt: skip
