@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -26,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 FRAME_TOLERANCE = 1e-6
 """How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
@@ -47,7 +49,8 @@ class SpecError(ValueError):
 
 def sanitize_key(raw: str) -> str:
     """Lower-case ``raw`` and squash anything outside ``[a-z0-9_-]`` (Dagster partition keys, file names)."""
-    key = _KEY_UNSAFE.sub("-", raw.strip().lower()).strip("-_")
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
+    key = _KEY_UNSAFE.sub("-", ascii_text.strip().lower()).strip("-_")
     return key or "render"
 
 
@@ -64,6 +67,11 @@ def frames_for_duration(duration_in_seconds: float, fps: float) -> int:
     return math.ceil(exact)
 
 
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """A model-level error that still names its field (``validate_spec`` reads ``ctx.field``)."""
+    return PydanticCustomError("spec_field", message, {"field": field})
+
+
 def _base_dir(info: ValidationInfo) -> Path:
     context = info.context or {}
     return Path(context.get("base_dir") or Path.cwd())
@@ -75,6 +83,7 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         frozen=True,
+        allow_inf_nan=False,
     )
 
 
@@ -134,6 +143,12 @@ class RenderSpec(_Model):
     )
     output: Path | None = None
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_from_number(cls, value: Any) -> Any:
+        # YAML reads `name: 2025` as an integer; a number is a fine render name.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
     @field_validator("name")
     @classmethod
     def _sanitize_name(cls, value: str) -> str:
@@ -164,21 +179,27 @@ class RenderSpec(_Model):
     @field_validator("output")
     @classmethod
     def _resolve_output(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else (_base_dir(info) / value).resolve()
+        if value is None:
+            return None
+        resolved = (_base_dir(info) / value).resolve()
+        if resolved.is_dir():
+            raise ValueError(f"{resolved} is a folder; give the path of the video file to write")
+        return resolved
 
     @model_validator(mode="after")
     def _check_length_and_mode(self, info: ValidationInfo) -> RenderSpec:
         if self.frame_count is None and self.duration_in_seconds is None:
-            raise ValueError("one of duration_in_seconds or frame_count is required")
+            raise _field_error("frame_count", "one of duration_in_seconds or frame_count is required")
         if self.frame_count is not None and self.duration_in_seconds is not None:
             implied = frames_for_duration(self.duration_in_seconds, self.fps)
             if implied != self.frame_count:
-                raise ValueError(
-                    f"frame_count {self.frame_count} disagrees with duration_in_seconds "
-                    f"{self.duration_in_seconds} at {self.fps} fps ({implied} frames); give one of them"
+                raise _field_error(
+                    "frame_count",
+                    f"{self.frame_count} disagrees with duration_in_seconds {self.duration_in_seconds} "
+                    f"at {self.fps:g} fps ({implied} frames); give one of them",
                 )
         if self.mode == "canvas":
-            raise ValueError("mode 'canvas' is not supported yet; use mode: dom")
+            raise _field_error("mode", "'canvas' is not supported yet; use mode: dom")
         if self.output is None:
             object.__setattr__(self, "output", (_base_dir(info) / "out" / f"{self.name}.mp4").resolve())
         return self
@@ -205,6 +226,43 @@ class RenderSpec(_Model):
         return json.loads(self.model_dump_json())
 
 
+def _aliases(model: type[BaseModel]) -> dict[str, str]:
+    return {info.alias: name for name, info in model.model_fields.items() if info.alias and info.alias != name}
+
+
+_SPEC_ALIASES = _aliases(RenderSpec)
+_TRACK_ALIASES = _aliases(AudioTrack)
+
+
+def _snake_keys(data: dict[Any, Any], aliases: dict[str, str], prefix: str, problems: list[tuple[str, str]]) -> dict:
+    renamed: dict[Any, Any] = {}
+    spelled: dict[Any, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key) if isinstance(key, str) else key
+        if name in renamed:
+            problems.append((f"{prefix}{name}", f"given twice, as {spelled[name]} and {key}"))
+        renamed[name], spelled[name] = value, key
+    return renamed
+
+
+def normalize_keys(data: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Rename Helios camelCase keys to snake_case (top level and audio tracks), so merges and errors
+    see one spelling; a key given in both spellings is an error."""
+    problems: list[tuple[str, str]] = []
+    result = _snake_keys(data, _SPEC_ALIASES, "", problems)
+    tracks = result.get("audio_tracks")
+    if isinstance(tracks, list | tuple):
+        result["audio_tracks"] = [
+            _snake_keys(track, _TRACK_ALIASES, f"audio_tracks[{index}].", problems)
+            if isinstance(track, dict)
+            else track
+            for index, track in enumerate(tracks)
+        ]
+    if problems:
+        raise SpecError(source, problems)
+    return result
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -217,12 +275,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 def validate_spec(data: dict[str, Any], *, base_dir: Path, source: str) -> RenderSpec:
     """Validate a spec mapping; paths in it are relative to ``base_dir``."""
+    data = normalize_keys(data, source=source)
     try:
         return RenderSpec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = _format_loc(tuple(error["loc"])) or "(spec)"
+            field = _format_loc(tuple(error["loc"])) or str(error.get("ctx", {}).get("field", "")) or "(spec)"
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
@@ -231,20 +290,62 @@ def validate_spec(data: dict[str, Any], *, base_dir: Path, source: str) -> Rende
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (values parsed as YAML, dotted keys reach into mappings)."""
+    """Apply ``key=value`` overrides (values parsed as YAML; dotted keys reach into mappings and lists,
+    e.g. ``input_props.title=Hi`` or ``audio_tracks.0.volume=0.5``; camelCase keys are accepted)."""
     merged = json.loads(json.dumps(data, default=str))
     for item in overrides:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise SpecError("--set", [(item, "expected key=value")])
-        target = merged
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise SpecError("--set", [(key, f"{parent} is not a mapping")])
-        target[leaf] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise SpecError("--set", [(key, f"not a valid YAML value {raw!r}: {_yaml_problem(exc)}")]) from None
+        first, *rest = key.split(".")
+        first = _SPEC_ALIASES.get(first, first)
+        for alias, name in _SPEC_ALIASES.items():
+            if name == first and alias in merged:  # data not yet normalised: one spelling only
+                merged.setdefault(name, merged.pop(alias))
+        *parents, leaf = [first, *rest]
+        target: Any = merged
+        for depth, parent in enumerate(parents):
+            target = _step_into(target, parent, ".".join(parents[: depth + 1]), key)
+        if isinstance(target, list):
+            target[_list_index(target, leaf, key, key)] = value
+        else:
+            target[leaf] = value
     return merged
+
+
+def _list_index(target: list[Any], part: str, where: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(target):
+        raise SpecError("--set", [(key, f"{where} has no item {part} (it has {len(target)})")])
+    return int(part)
+
+
+def _step_into(target: Any, part: str, where: str, key: str) -> Any:
+    if isinstance(target, list):
+        index = _list_index(target, part, where, key)
+        if where.startswith("audio_tracks.") and isinstance(target[index], str):
+            target[index] = {"path": target[index]}  # a bare track path gains keys
+        child = target[index]
+    else:
+        child = target.setdefault(part, {})
+    if not isinstance(child, dict | list):
+        raise SpecError("--set", [(key, f"{where} is not a mapping")])
+    return child
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message in one line: what went wrong and where."""
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{context}: {problem}{where}" if context else f"{problem}{where}"
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -253,11 +354,23 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(source, [("", "spec file not found")])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(source, [("", f"not valid YAML/JSON: {exc}")]) from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [("", f"cannot read the spec file: {exc}")]) from None
+    if path.suffix.lower() == ".json":
+        # PyYAML is YAML 1.1: it rejects tab-indented JSON and reads 1e3 as a string.
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(source, [("", f"not valid JSON: {exc}")]) from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(source, [("", f"not valid YAML: {_yaml_problem(exc)}")]) from None
     if not isinstance(data, dict):
         raise SpecError(source, [("", "the spec must be a mapping of keys to values")])
+    data = normalize_keys(data, source=source)
     data.setdefault("name", path.stem)
     return data
 
