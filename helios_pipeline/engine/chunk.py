@@ -117,9 +117,14 @@ def kill_browsers() -> None:
             pass
 
 
-def _exception_text(details: dict[str, Any]) -> str:
+def _seek_failure(details: dict[str, Any]) -> str:
+    """The page's own message for a failed seek: a readiness timeout, or what the page threw."""
     exception = details.get("exception") or {}
-    return str(exception.get("description") or details.get("text") or "unknown error").strip()
+    text = str(exception.get("description") or details.get("text") or "unknown error").strip()
+    first_line = text.splitlines()[0]
+    if first_line.startswith("HeliosFrameTimeout: "):
+        return "did not become ready: " + first_line.removeprefix("HeliosFrameTimeout: ")
+    return f"the page threw: {first_line}"
 
 
 def render_chunk(
@@ -178,7 +183,7 @@ def render_chunk(
                         },
                     )
                     if "exceptionDetails" in seek:
-                        raise PageError(_exception_text(seek["exceptionDetails"]), frame)
+                        raise PageError(_seek_failure(seek["exceptionDetails"]), frame)
                     if page_errors:
                         raise PageError(page_errors[0], frame)
                     shot = cdp.send("Page.captureScreenshot", screenshot)

@@ -41,10 +41,10 @@
   let orderSeq = 0;
   const timers = new Map(); // id -> {due, order, fn, args, interval}
   let flushPending = false;
+  // errors thrown by callbacks the driver runs fail the frame being seeked, not a later one
+  const frameErrors = [];
   function reportError(error) {
-    realSetTimeout(() => {
-      throw error;
-    }, 0);
+    frameErrors.push(error);
   }
   function addTimer(fn, delay, args, repeat) {
     const id = ++timerSeq;
@@ -143,7 +143,11 @@
   function withTimeout(promise, ms, what) {
     let timer;
     const limit = new Promise((_, reject) => {
-      timer = realSetTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+      timer = realSetTimeout(() => {
+        const error = new Error(`timed out after ${ms} ms waiting for ${what}`);
+        error.name = "HeliosFrameTimeout";
+        reject(error);
+      }, ms);
     });
     return Promise.race([promise, limit]).finally(() => realClearTimeout(timer));
   }
@@ -222,6 +226,11 @@
     if (gsap && typeof gsap.seek === "function") {
       gsap.pause && gsap.pause();
       gsap.seek(t / 1000, false);
+    }
+    if (frameErrors.length) {
+      const error = frameErrors.shift();
+      frameErrors.length = 0;
+      throw error;
     }
     // 4. media, 5. readiness
     await withTimeout(seekMedia(roots, t), timeout, "<audio>/<video> elements to seek");

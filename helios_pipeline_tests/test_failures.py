@@ -1,0 +1,143 @@
+"""Failures and cancels: clear errors naming the page and frame, nothing half-written, no strays."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.orchestrator import RenderOrchestrator
+from helios_pipeline.plan import default_work_dir
+from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"width": 160, "height": 120, "fps": 30}
+
+
+def assert_nothing_left(output: Path) -> None:
+    work_dir = default_work_dir(output)
+    assert not output.exists(), "no output may be presented after a failure"
+    assert not work_dir.exists(), f"work folder left behind: {sorted(work_dir.rglob('*'))}"
+    assert [p.name for p in output.parent.iterdir()] == [], "stray files beside the output"
+    deadline = time.monotonic() + 10
+    while processes_for(work_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_for(work_dir) == [], "orphaned Chromium/FFmpeg/worker processes"
+
+
+def test_page_that_throws_on_load_fails_with_its_message(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(PageError, match="composition exploded on load"):
+        RenderOrchestrator.render(str(COMPOSITIONS / "throws"), output, frame_count=10, concurrency=2, **SMALL)
+    assert_nothing_left(output)
+
+
+def test_page_that_throws_mid_render_names_the_frame_and_aborts_siblings(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(PageError, match=r"frame 20: .*boom at the twentieth frame"):
+        RenderOrchestrator.render(str(COMPOSITIONS / "throws_late"), output, frame_count=40, concurrency=2, **SMALL)
+    assert_nothing_left(output)
+
+
+def test_frame_that_never_becomes_ready_times_out_with_the_frame_number(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(
+        PageError, match=r"frame 0: did not become ready: timed out after 500 ms waiting for helios.waitUntilStable\(\)"
+    ):
+        RenderOrchestrator.render(
+            str(COMPOSITIONS / "stuck"), output, frame_count=5, concurrency=1, stability_timeout=500, **SMALL
+        )
+    assert_nothing_left(output)
+
+
+def test_unreachable_url_fails_before_rendering(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(Exception, match=r"http://127\.0\.0\.1:9/.*unreachable"):
+        RenderOrchestrator.render("http://127.0.0.1:9/", output, frame_count=5, **SMALL)
+    assert_nothing_left(output)
+
+
+def test_cancel_event_mid_render_stops_everything(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    cancel = threading.Event()
+    progress: list[float] = []
+
+    def on_progress(value: float) -> None:
+        progress.append(value)
+        if value > 0.05:
+            cancel.set()
+
+    with pytest.raises(RenderCancelled):
+        RenderOrchestrator.render(
+            str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=2, on_progress=on_progress,
+            cancel=cancel, **SMALL,
+        )  # fmt: skip
+    assert 0 < progress[-1] < 0.9
+    assert_nothing_left(output)
+
+
+def test_ctrl_c_on_the_cli_leaves_nothing_behind(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    command = [
+        sys.executable, "-m", "helios_pipeline.cli", "render", str(COMPOSITIONS / "slow"), "-o", str(output),
+        "--width", "160", "--height", "120", "--fps", "30", "--frames", "300", "--concurrency", "2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name().startswith(("chrom", "headless")) for p in processes_for(default_work_dir(output))):
+        assert time.monotonic() < deadline, "the render never started its browsers"
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.2)
+    time.sleep(1.5)  # mid-render
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the foreground group on Ctrl-C
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "cancelled" in stderr
+    assert_nothing_left(output)
+
+
+def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
+    """A worker killed from outside (OOM killer, say) fails the render with a clear error."""
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    result: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            RenderOrchestrator.render(str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=1, **SMALL)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while True:
+        workers = [
+            p
+            for p in processes_for(default_work_dir(output))
+            if "helios_pipeline.engine.worker" in " ".join(p.cmdline())
+        ]
+        if workers:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)
+    workers[0].kill()
+    thread.join(timeout=60)
+    assert isinstance(result.get("error"), RenderError)
+    assert "chunk 0" in str(result["error"])
+    assert_nothing_left(output)
