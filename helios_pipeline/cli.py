@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
 from helios_pipeline.orchestrator import RenderOrchestrator, resolve_spec, run_plan
@@ -23,6 +24,14 @@ from helios_pipeline.spec import RenderSpec, SpecError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 err = Console(stderr=True)
+
+
+def _report(label: str, style: str, message: object) -> None:
+    """One error report on stderr: a coloured label, then the message verbatim.
+
+    Never wrapped (paths and URLs stay whole, one problem per line) and never read as rich markup.
+    """
+    err.print(Text.assemble((label, style), f": {message}"), soft_wrap=True, highlight=False)
 
 
 def _composition_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except SpecError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False, markup=False)
+        _report("error", "bold red", exc)
         return EXIT_INVALID
     except RenderCancelled as exc:
-        err.print(f"cancelled: {exc}", highlight=False, markup=False)
+        _report("cancelled", "yellow", exc)
         return EXIT_CANCELLED
     except RenderError as exc:
-        err.print(f"render failed: {exc}", highlight=False, markup=False)
+        _report("render failed", "bold red", exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_CANCELLED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 
@@ -21,6 +22,8 @@ def check_composition_reachable(url: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SpecError(url, [("composition", f"unreachable: {reason}")]) from None
+    except (http.client.HTTPException, ValueError) as exc:  # InvalidURL, a malformed response
+        raise SpecError(url, [("composition", f"cannot load: {type(exc).__name__}: {exc}")]) from None
 
 
 def check_inputs(spec: RenderSpec) -> None:

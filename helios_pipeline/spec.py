@@ -159,8 +159,14 @@ class RenderSpec(_Model):
     def _resolve_composition(cls, value: str, info: ValidationInfo) -> str:
         parsed = urlparse(value)
         if parsed.scheme in ("http", "https"):
-            if not parsed.netloc:
+            if not parsed.hostname:
                 raise ValueError(f"URL has no host: {value!r}")
+            try:
+                parsed.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+            except ValueError as exc:
+                raise ValueError(f"invalid URL {value!r}: {exc}") from None
+            if any(char.isspace() for char in value):
+                raise ValueError(f"invalid URL {value!r}: contains whitespace")
             return value
         if parsed.scheme == "file":
             value = parsed.path
