@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helios_pipeline.engine import probe as probe_mod
+from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
@@ -273,7 +274,7 @@ def mix_command(
     to it), otherwise it is passed inline.
     """
     head = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(video)]
-    tail = ["-map_metadata", "-1"]
+    tail = ["-map_metadata", "-1", *timescale_args(options.fps, output)]
     if output.suffix.lower() in FASTSTART_SUFFIXES:
         tail += ["-movflags", "+faststart"]
     video_args = ["-map", "0:v:0", "-c:v", options.video_codec]
