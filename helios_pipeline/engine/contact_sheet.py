@@ -1,0 +1,33 @@
+"""A contact sheet: one image with a grid of thumbnails across a video, to see a render at a glance."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.probe import count_video_frames
+from helios_pipeline.engine.tools import ffmpeg_path
+
+
+def contact_sheet_path(video: Path) -> Path:
+    return video.with_name(f"{video.stem}.contact.png")
+
+
+def write_contact_sheet(video: Path, *, columns: int = 4, rows: int = 3, thumb_width: int = 320) -> Path:
+    """Write a ``columns x rows`` grid of evenly spaced frames beside ``video`` and return its path."""
+    frames = count_video_frames(video)
+    cells = columns * rows
+    step = max(1, frames // cells)
+    output = contact_sheet_path(video)
+    with atomic_output(output) as partial:
+        command = [
+            ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(video),
+            "-vf", f"select=not(mod(n\\,{step})),scale={thumb_width}:-2,tile={columns}x{rows}:padding=4:margin=4",
+            "-frames:v", "1", "-fps_mode", "passthrough", str(partial),
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RenderError(f"contact sheet for {video} failed: {result.stderr.strip()}")
+    return output
