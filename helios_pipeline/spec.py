@@ -142,6 +142,8 @@ class RenderSpec(_Model):
         30000, gt=0, description="ms a frame may take to become ready (fonts, images, waitUntilStable)"
     )
     output: Path | None = None
+    schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")
+    timezone: str | None = Field(None, description="IANA timezone of the schedule (default UTC)")
 
     @field_validator("name", mode="before")
     @classmethod

@@ -1,0 +1,266 @@
+"""The render assets: plan -> chunk (render x chunk) -> concat -> mixed video.
+
+Each asset calls one engine function and records what it measured as numeric metadata, so
+the UI can plot timings across partitions. Retries, parallelism and failure propagation are
+Dagster's: a chunk is a partition, each partition its own run.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from helios_pipeline.dagster_defs.settings import Settings, chunk_keys
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.engine.chunk import render_chunk
+from helios_pipeline.engine.concat import concat_chunks
+from helios_pipeline.engine.contact_sheet import write_contact_sheet
+from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.fingerprint import ENGINE_VERSION, render_fingerprint
+from helios_pipeline.engine.mix import mix_final
+from helios_pipeline.engine.probe import count_video_frames, probe
+from helios_pipeline.spec import SpecError
+
+SETTINGS = Settings.from_env()
+GROUP = "helios"
+CHUNK_POOL = "helios_chunks"
+
+renders = dg.DynamicPartitionsDefinition(name="renders")
+chunk_partitions = dg.MultiPartitionsDefinition(
+    {"render": renders, "chunk": dg.StaticPartitionsDefinition(chunk_keys(SETTINGS.max_chunks))}
+)
+CHUNK_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+PROGRESS_INTERVAL_S = 0.5
+
+
+def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
+    return dg.Failure(description=str(exc), allow_retries=retryable)
+
+
+@dg.asset(
+    partitions_def=renders,
+    group_name=GROUP,
+    code_version=ENGINE_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="The render's plan: frame ranges per chunk, files, mix. Its data version is the content "
+    "fingerprint of spec + composition, so a changed composition marks the chunks stale.",
+)
+def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
+    key = context.partition_key
+    try:
+        plan = storage.plan_for(key)
+    except (SpecError, ValueError) as exc:
+        raise _fail(exc, retryable=False) from None
+    if len(plan.chunks) > SETTINGS.max_chunks:
+        raise _fail(
+            SpecError(str(storage.spec_file(key)), [("concurrency", f"{len(plan.chunks)} chunks exceed the "
+                      f"deployment's limit of {SETTINGS.max_chunks} (HELIOS_MAX_CHUNKS)")]),
+            retryable=False,
+        )  # fmt: skip
+    plan_file = storage.render_dir(key) / "plan.json"
+    with atomic_output(plan_file) as partial:
+        partial.write_text(plan.model_dump_json(indent=2), encoding="utf-8")
+    spec = plan.spec
+    fingerprint = render_fingerprint(spec)
+    return dg.MaterializeResult(
+        metadata={
+            "total_frames": plan.total_frames,
+            "chunks": len(plan.chunks),
+            "start_frame": spec.start_frame,
+            "fps": spec.fps,
+            "width": spec.width,
+            "height": spec.height,
+            "duration_seconds": plan.total_frames / spec.fps,
+            "composition": dg.MetadataValue.text(spec.composition),
+            "fingerprint": dg.MetadataValue.text(fingerprint),
+            "plan": dg.MetadataValue.path(str(plan_file)),
+            "output": dg.MetadataValue.path(str(plan.final_output_file)),
+        },
+        data_version=dg.DataVersion(fingerprint),
+    )
+
+
+@dg.asset(
+    partitions_def=chunk_partitions,
+    deps=[render_plan],
+    group_name=GROUP,
+    code_version=ENGINE_VERSION,
+    pool=CHUNK_POOL,
+    retry_policy=CHUNK_RETRY,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file. "
+    "Chunk indices beyond the render's plan materialise as empty (skipped) partitions.",
+)
+def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
+    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    render_key, index = keys["render"], int(keys["chunk"])
+    try:
+        plan = storage.plan_for(render_key)
+    except (SpecError, ValueError) as exc:
+        raise _fail(exc, retryable=False) from None
+    fingerprint = render_fingerprint(plan.spec)
+    if index >= len(plan.chunks):
+        return dg.MaterializeResult(
+            metadata={"skipped": True, "frames": 0, "reason": f"the plan has {len(plan.chunks)} chunks"},
+            data_version=dg.DataVersion(f"{fingerprint}-none"),
+        )
+    chunk = plan.chunks[index]
+    progress_file = storage.render_dir(render_key) / "progress" / f"{index:03d}.json"
+    progress_file.parent.mkdir(parents=True, exist_ok=True)
+    last_write = [0.0]
+
+    def on_progress(frames: int) -> None:
+        now = time.monotonic()
+        if frames == chunk.frame_count or now - last_write[0] >= PROGRESS_INTERVAL_S:
+            last_write[0] = now
+            progress_file.write_text(json.dumps({"frames": frames, "of": chunk.frame_count}))
+
+    context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
+    try:
+        result = render_chunk(plan.spec, chunk, on_progress=on_progress)
+    except PageError as exc:  # the page itself is broken: retrying cannot help
+        raise _fail(exc, retryable=False) from None
+    except RenderError as exc:  # browser crash, FFmpeg failure, load error: worth a retry
+        raise _fail(exc, retryable=True) from None
+    return dg.MaterializeResult(
+        metadata={
+            "frames": result.frame_count,
+            "first_frame": result.start_frame,
+            "last_frame": result.start_frame + result.frame_count - 1,
+            "wall_seconds": result.wall_seconds,
+            "capture_fps": result.capture_fps,
+            "browser_startup_seconds": result.browser_startup_seconds,
+            "capture_seconds": result.capture_seconds,
+            "encode_seconds": result.encode_seconds,
+            "encode_cpu_seconds": result.encode_cpu_seconds,
+            "bytes": result.bytes,
+            "worker_host": dg.MetadataValue.text(result.host),
+            "worker_pid": result.pid,
+            "path": dg.MetadataValue.path(result.output_file),
+        },
+        data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
+    )
+
+
+CHUNKS_COMPLETE = "chunks_complete"
+
+
+@dg.asset(
+    partitions_def=renders,
+    deps=[
+        dg.AssetDep(
+            chunk_video, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="render")
+        )
+    ],
+    group_name=GROUP,
+    code_version=ENGINE_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[dg.AssetCheckSpec(CHUNKS_COMPLETE, asset="concat_video", blocking=True,
+                                   description="every chunk present and the joined frame count equals the plan")],
+    description="All chunks of a render joined by stream copy (no re-encode).",
+)  # fmt: skip
+def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
+    render_key = context.partition_key
+    plan = storage.plan_for(render_key)
+    missing = [f"{chunk.id:03d}" for chunk in plan.chunks if not Path(chunk.output_file).is_file()]
+    if missing:
+        yield dg.AssetCheckResult(
+            check_name=CHUNKS_COMPLETE,
+            passed=False,
+            metadata={"missing_chunks": dg.MetadataValue.text(", ".join(missing)), "expected": len(plan.chunks)},
+        )
+        raise dg.Failure(
+            description=f"render {render_key}: chunks {', '.join(missing)} are not rendered; "
+            "materialise them before the concat (a short video is never produced)",
+            allow_retries=False,
+        )
+    try:
+        result = concat_chunks(
+            list(plan.concat_manifest), plan.concat_output_file, fps=plan.spec.fps, expected_frames=plan.total_frames
+        )
+    except RenderError as exc:
+        raise _fail(exc, retryable=False) from None
+    frames = count_video_frames(plan.concat_output_file)
+    yield dg.MaterializeResult(
+        metadata={
+            "seconds": result.seconds,
+            "bytes": result.bytes,
+            "frames": frames,
+            "chunks": result.chunks,
+            "duration_seconds": frames / plan.spec.fps,
+            "path": dg.MetadataValue.path(result.output_file),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHUNKS_COMPLETE,
+                passed=frames == plan.total_frames,
+                metadata={"frames": frames, "expected_frames": plan.total_frames},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=renders,
+    deps=[concat_video],
+    group_name=GROUP,
+    code_version=ENGINE_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="The finished video: the concat with every audio track mixed once; a contact sheet beside it.",
+)
+def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
+    render_key = context.partition_key
+    plan = storage.plan_for(render_key)
+    try:
+        mix = mix_final(plan.mix_options, plan.concat_output_file, plan.final_output_file)
+        sheet = write_contact_sheet(plan.final_output_file)
+    except RenderError as exc:
+        raise _fail(exc, retryable=False) from None
+    info = probe(plan.final_output_file)
+    return dg.MaterializeResult(
+        metadata={
+            "seconds": mix.seconds,
+            "bytes": mix.bytes,
+            "duration_seconds": info.duration,
+            "frames": info.video_frames,
+            "width": info.width,
+            "height": info.height,
+            "video_codec": dg.MetadataValue.text(info.video_codec),
+            "audio_codec": dg.MetadataValue.text(info.audio_codec or "none"),
+            "audio_tracks": mix.audio_tracks,
+            "path": dg.MetadataValue.path(str(plan.final_output_file)),
+            "contact_sheet": dg.MetadataValue.path(str(sheet)),
+            "preview": dg.MetadataValue.md(f"![contact sheet]({sheet.as_uri()})"),
+        },
+        data_version=dg.DataVersion(render_fingerprint(plan.spec)),
+    )
+
+
+@dg.asset_check(asset=mixed_video, description="ffprobe: duration = frames/fps, resolution, audio iff tracks")
+def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderStorage) -> dg.AssetCheckResult:
+    render_key = context.partition_key
+    plan = storage.plan_for(render_key)
+    spec = plan.spec
+    info = probe(plan.final_output_file)
+    expected_duration = plan.total_frames / spec.fps
+    problems = []
+    if info.video_frames != plan.total_frames:
+        problems.append(f"{info.video_frames} frames, expected {plan.total_frames}")
+    if abs(info.duration - expected_duration) > 0.5 / spec.fps:
+        problems.append(f"duration {info.duration:.4f} s, expected {expected_duration:.4f} s")
+    if (info.width, info.height) != (spec.width, spec.height):
+        problems.append(f"{info.width}x{info.height}, expected {spec.width}x{spec.height}")
+    wants_audio = bool(spec.audio_tracks)
+    if (info.audio_codec is not None) != wants_audio:
+        problems.append("audio stream present without audio tracks" if info.audio_codec else "audio stream missing")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "problems": dg.MetadataValue.text("; ".join(problems) or "none"),
+            "duration_seconds": info.duration,
+            "expected_duration_seconds": expected_duration,
+            "frames": info.video_frames,
+        },
+    )

@@ -1,0 +1,30 @@
+"""The code location: ``dagster dev`` (workspace.yaml) and the CLI load ``defs`` from here."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from helios_pipeline.dagster_defs.assets import (
+    SETTINGS,
+    chunk_video,
+    concat_video,
+    final_video_valid,
+    mixed_video,
+    render_plan,
+)
+from helios_pipeline.dagster_defs.sensors import (
+    build_schedules,
+    composition_inbox,
+    register_render_job,
+    render_automation,
+)
+from helios_pipeline.dagster_defs.storage import RenderStorage
+
+defs = dg.Definitions(
+    assets=[render_plan, chunk_video, concat_video, mixed_video],
+    asset_checks=[final_video_valid],
+    jobs=[register_render_job],
+    sensors=[composition_inbox, render_automation],
+    schedules=build_schedules(SETTINGS.inbox),
+    resources={"storage": RenderStorage(base_dir=str(SETTINGS.storage))},
+)

@@ -1,0 +1,45 @@
+"""Registering a render: validate its spec for this deployment and snapshot it under a render key.
+
+Sensors, schedules and the CLI all register renders the same way; the assets then read the
+snapshot, so a spec file edited later does not change a render already in flight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.spec import RenderSpec, SpecError, load_spec, sanitize_key, validate_spec
+
+
+def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: str) -> RenderSpec:
+    """``spec`` renamed to ``render_key`` (output renamed alike) with its chunk count fitted to the deployment.
+
+    A spec without an explicit ``concurrency`` gets the deployment's chunk count; asking for more
+    chunks than the deployment has is an error.
+    """
+    key = sanitize_key(render_key)
+    data = spec.to_json_dict()
+    data["name"] = key
+    if key != spec.name:
+        output = spec.output_path
+        data["output"] = str(output.with_name(f"{key}{output.suffix}"))
+    if "concurrency" not in spec.model_fields_set:
+        data["concurrency"] = max_chunks
+    elif spec.concurrency > max_chunks:
+        raise SpecError(
+            source,
+            [("concurrency", f"{spec.concurrency} chunks exceed this deployment's limit of {max_chunks} "
+                             "(HELIOS_MAX_CHUNKS); ask for fewer chunks or raise the limit")],
+        )  # fmt: skip
+    return validate_spec(data, base_dir=Path.cwd(), source=source)
+
+
+def register_spec_file(
+    storage: RenderStorage, spec_path: Path, max_chunks: int, render_key: str | None = None
+) -> tuple[str, RenderSpec]:
+    """Validate ``spec_path`` and snapshot it as render ``render_key`` (default: the spec's name)."""
+    spec = load_spec(spec_path)
+    prepared = spec_for_render(spec, render_key or spec.name, max_chunks, str(spec_path))
+    storage.save_spec(prepared.name, prepared)
+    return prepared.name, prepared

@@ -1,0 +1,138 @@
+"""Triggers: the inbox sensor, scheduled renders, and the automation sensor that finishes renders.
+
+Every trigger only *registers* a render (spec snapshot + a `renders` partition). Declarative
+automation then materialises plan -> chunks -> concat -> mixed video, each chunk its own run.
+"""
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+
+from helios_pipeline.dagster_defs.assets import SETTINGS, render_plan, renders
+from helios_pipeline.dagster_defs.registry import register_spec_file
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.spec import SpecError, load_spec, sanitize_key
+
+SPEC_PATTERNS = ("*.yaml", "*.yml", "*.json")
+INBOX_INTERVAL_S = 5
+AUTOMATION_INTERVAL_S = 5
+
+
+def inbox_specs(inbox: Path) -> list[Path]:
+    return sorted(path for pattern in SPEC_PATTERNS for path in inbox.glob(pattern) if path.is_file())
+
+
+def _content_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@dg.sensor(
+    name="composition_inbox",
+    minimum_interval_seconds=INBOX_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[render_plan],
+    description="Each new or changed spec in the inbox folder (HELIOS_INBOX, default compositions/) becomes "
+    "a render partition and is rendered through to the final video. Malformed specs are reported and skipped.",
+)
+def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorage) -> dg.SensorResult:
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    inbox = SETTINGS.inbox
+    new_keys: list[str] = []
+    requests: list[dg.RunRequest] = []
+    skipped: list[str] = []
+    existing = set(context.instance.get_dynamic_partitions(renders.name))
+    for path in inbox_specs(inbox) if inbox.is_dir() else []:
+        digest = _content_hash(path)
+        if seen.get(path.name) == digest:
+            continue
+        seen[path.name] = digest  # a malformed file is reported once, until it changes
+        try:
+            spec = load_spec(path)
+            if spec.schedule:
+                continue  # scheduled specs render on their schedule, not on arrival
+            key, _ = register_spec_file(storage, path, SETTINGS.max_chunks)
+        except (SpecError, ValueError, OSError) as exc:
+            skipped.append(f"{path.name}: {exc}")
+            context.log.warning(f"skipped {path}: {exc}")
+            continue
+        if key in existing:
+            # a changed spec: re-plan; its new fingerprint marks the chunks stale and automation re-renders
+            requests.append(
+                dg.RunRequest(run_key=f"{key}:{digest}", partition_key=key, asset_selection=[render_plan.key])
+            )
+        elif key not in new_keys:
+            new_keys.append(key)  # a new partition: automation plans and renders it
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[renders.build_add_request(new_keys)] if new_keys else [],
+        cursor=json.dumps(seen, sort_keys=True),
+        skip_reason="; ".join(skipped) if skipped and not (requests or new_keys) else None,
+    )
+
+
+@dg.op(
+    config_schema={"spec_path": str, "render_key": str},
+    description="Register a scheduled render: snapshot its spec and add its `renders` partition.",
+)
+def register_render(context: dg.OpExecutionContext, storage: RenderStorage) -> str:
+    spec_path = Path(context.op_config["spec_path"])
+    key, spec = register_spec_file(storage, spec_path, SETTINGS.max_chunks, context.op_config["render_key"])
+    context.instance.add_dynamic_partitions(renders.name, [key])
+    context.log.info(f"registered render {key} ({spec.total_frames} frames) from {spec_path}")
+    return key
+
+
+@dg.job(description="Registers one render partition; automation renders it.")
+def register_render_job() -> None:
+    register_render()
+
+
+def scheduled_render_key(name: str, when: datetime) -> str:
+    return sanitize_key(f"{name}-{when:%Y%m%d-%H%M}")
+
+
+def build_schedules(inbox: Path) -> list[dg.ScheduleDefinition]:
+    """One schedule per inbox spec that has a ``schedule:`` cron string (read when the code loads)."""
+    schedules = []
+    for path in inbox_specs(inbox) if inbox.is_dir() else []:
+        try:
+            spec = load_spec(path)
+        except (SpecError, ValueError, OSError):
+            continue  # the inbox sensor reports malformed specs
+        if not spec.schedule:
+            continue
+        schedules.append(_schedule_for(path, spec.name, spec.schedule, spec.timezone))
+    return schedules
+
+
+def _schedule_for(path: Path, name: str, cron: str, timezone: str | None) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"render_{name.replace('-', '_')}",
+        cron_schedule=cron,
+        execution_timezone=timezone or "UTC",
+        job=register_render_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Re-renders {path} on '{cron}'; each tick is a new render partition {name}-<date>.",
+    )
+    def _scheduled(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        key = scheduled_render_key(name, context.scheduled_execution_time)
+        return dg.RunRequest(
+            run_key=key,
+            run_config={"ops": {"register_render": {"config": {"spec_path": str(path), "render_key": key}}}},
+            tags={"helios/render": key},
+        )
+
+    return _scheduled
+
+
+render_automation = dg.AutomationConditionSensorDefinition(
+    "render_automation",
+    target=dg.AssetSelection.groups("helios"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+    emit_backfills=False,
+    description="Runs plan -> chunks -> concat -> mixed video for every registered render (one run per chunk).",
+)
