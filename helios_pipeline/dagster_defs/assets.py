@@ -39,11 +39,21 @@ def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=retryable)
 
 
+# Each render's plan is requested once, when its partition appears. Not `eager()` (nor `on_missing()`):
+# their `since_last_handled()` resets on the automation sensor's first evaluation, so a render registered
+# before that evaluation (a fresh `dagster dev` whose inbox sensor ticks first) would never be planned.
+# `newly_missing()` is true on the first evaluation too, and true only once per partition, so a failed
+# plan is not requested again and again; `~in_progress()` leaves a render to a run or backfill already on it.
+PLAN_CONDITION = (dg.AutomationCondition.newly_missing() & ~dg.AutomationCondition.in_progress()).with_label(
+    "render registered"
+)
+
+
 @dg.asset(
     partitions_def=renders,
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=PLAN_CONDITION,
     description="The render's plan: frame ranges per chunk, files, mix. Its data version is the content "
     "fingerprint of spec + composition, so a changed composition marks the chunks stale.",
 )
@@ -183,6 +193,7 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     except RenderError as exc:
         raise _fail(exc, retryable=False) from None
     frames = count_video_frames(plan.concat_output_file)
+    info = probe(plan.concat_output_file)
     yield dg.MaterializeResult(
         metadata={
             "seconds": result.seconds,
@@ -190,6 +201,8 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
             "frames": frames,
             "chunks": result.chunks,
             "duration_seconds": frames / plan.spec.fps,
+            "video_codec": dg.MetadataValue.text(info.video_codec),
+            "audio_codec": dg.MetadataValue.text(info.audio_codec or "none"),
             "path": dg.MetadataValue.path(result.output_file),
         },
         check_results=[
