@@ -1,4 +1,4 @@
-"""``helios-pipeline``: render, plan and doctor from the command line.
+"""``helios-pipeline``: render (through Dagster or locally), submit, plan, doctor and ui.
 
 Exit codes: 0 done, 2 invalid input (nothing rendered), 1 render failure, 130 cancelled (Ctrl-C).
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -76,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="render a composition to a video")
     _add_spec_arguments(render)
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    render.add_argument(
+        "--local", action="store_true", help="render with the library orchestrator only (no Dagster runs)"
+    )
+    submit = commands.add_parser("submit", help="hand a render to the running Dagster deployment")
+    _add_spec_arguments(submit)
+    submit.add_argument("--key", help="render key (default: the spec's name)")
+    ui = commands.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) for this project")
+    ui.add_argument("--port", type=int, default=3000)
     plan = commands.add_parser("plan", help="print the render plan as JSON")
     _add_spec_arguments(plan)
     commands.add_parser("doctor", help="check Chromium, FFmpeg and codecs")
@@ -88,12 +97,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    spec = _spec_from_args(args)
-    check_inputs(spec)
-    render_plan = make_plan(spec)
-    total = render_plan.total_frames
-    cancel = threading.Event()
+def _progress_bar(spec: RenderSpec, quiet: bool) -> Progress:
     columns = (
         TextColumn(f"[bold]{spec.name}[/]"),
         BarColumn(),
@@ -103,9 +107,26 @@ def cmd_render(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[stage]}"),
     )
-    with Progress(*columns, console=err, disable=args.quiet, transient=False) as bar:
-        task = bar.add_task("render", total=total, fps=0.0)
+    return Progress(*columns, console=err, disable=quiet, transient=False)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    check_inputs(spec)
+    if args.local:
+        return _render_local(spec, args.quiet)
+    return _render_dagster(spec, args)
+
+
+def _render_local(spec: RenderSpec, quiet: bool) -> int:
+    """The library orchestrator: chunks in local worker processes, no Dagster."""
+    render_plan = make_plan(spec)
+    total = render_plan.total_frames
+    cancel = threading.Event()
+    with _progress_bar(spec, quiet) as bar:
+        task = bar.add_task("render", total=total, fps=0.0, stage="")
 
         def on_progress(fraction: float) -> None:
             frames = round(fraction * total)
@@ -116,13 +137,66 @@ def cmd_render(args: argparse.Namespace) -> int:
             result = run_plan(render_plan, on_progress=on_progress, cancel=cancel)
         except KeyboardInterrupt:
             cancel.set()
-            err.print("[yellow]cancelled[/]: no output written, temporary files removed")
+            _report("cancelled", "yellow", "no output written, temporary files removed")
             return EXIT_CANCELLED
     err.print(
         f"[green]done[/] {result.output}  {total} frames in {result.seconds:.1f} s "
         f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)"
     )
     return EXIT_OK
+
+
+def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
+    """Through the Dagster definitions and instance: one run per chunk, visible in `dagster dev`."""
+    from helios_pipeline.dagster_defs.runner import RenderStatus, render_through_dagster
+
+    started = time.monotonic()
+    with _progress_bar(spec, args.quiet) as bar:
+        task = bar.add_task("render", total=spec.total_frames, fps=0.0, stage="submitting")
+
+        def on_status(status: RenderStatus) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            fps = status.frames_done / elapsed if elapsed > 0 else 0.0
+            bar.update(task, completed=status.frames_done, total=status.total_frames, fps=fps, stage=status.stage)
+
+        try:
+            status = render_through_dagster(spec, on_status, source=str(args.source))
+        except RenderCancelled:
+            _report("cancelled", "yellow", "the render's runs were terminated; no output written")
+            return EXIT_CANCELLED
+    seconds = time.monotonic() - started
+    err.print(f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Hand a render to a running deployment (its daemon renders it); print the render key."""
+    from helios_pipeline.dagster_defs.runner import daemon_running, get_instance, submit
+
+    spec = _spec_from_args(args)
+    check_inputs(spec)
+    instance = get_instance()
+    key = submit(spec, instance, render_key=args.key, source=str(args.source))
+    print(key)
+    if not daemon_running(instance):
+        _report("note", "yellow", "no Dagster daemon is running on this instance; start `helios-pipeline ui`")
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on this project's workspace and instance (DAGSTER_HOME, default .dagster_home/)."""
+    import subprocess
+
+    from helios_pipeline.dagster_defs.runner import dagster_home
+    from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
+
+    home = dagster_home()
+    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(args.port)]
+    err.print(f"DAGSTER_HOME={home}; open http://127.0.0.1:{args.port}")
+    try:
+        return subprocess.call(command, cwd=PROJECT_ROOT)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_doctor(_args: argparse.Namespace) -> int:
@@ -139,7 +213,7 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"render": cmd_render, "plan": cmd_plan, "doctor": cmd_doctor}
+    handlers = {"render": cmd_render, "plan": cmd_plan, "doctor": cmd_doctor, "submit": cmd_submit, "ui": cmd_ui}
     try:
         return handlers[args.command](args)
     except SpecError as exc:

@@ -93,7 +93,7 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(tmp_path: Path) -> None:
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     command = [
-        sys.executable, "-m", "helios_pipeline.cli", "render", str(COMPOSITIONS / "slow"), "-o", str(output),
+        sys.executable, "-m", "helios_pipeline.cli", "render", "--local", str(COMPOSITIONS / "slow"), "-o", str(output),
         "--width", "160", "--height", "120", "--fps", "30", "--frames", "300", "--concurrency", "2",
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)

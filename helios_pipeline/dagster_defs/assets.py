@@ -33,6 +33,8 @@ chunk_partitions = dg.MultiPartitionsDefinition(
 )
 CHUNK_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 PROGRESS_INTERVAL_S = 0.5
+CHUNK_ASSET = dg.AssetKey("chunk_video")
+DATA_VERSION_TAG = "dagster/data_version"
 
 
 def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
@@ -47,6 +49,18 @@ def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
 PLAN_CONDITION = (dg.AutomationCondition.newly_missing() & ~dg.AutomationCondition.in_progress()).with_label(
     "render registered"
 )
+
+# Chunks, concat and mix: `eager()` without its reset on the first evaluation. eager() forgets any
+# trigger seen on the automation sensor's first tick, so a plan materialised before the daemon's
+# first evaluation (the CLI on a fresh instance) would never have its chunks rendered.
+STAGE_CONDITION = (
+    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since(
+        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    )
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("render when its inputs are ready")
 
 
 @dg.asset(
@@ -74,6 +88,7 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         partial.write_text(plan.model_dump_json(indent=2), encoding="utf-8")
     spec = plan.spec
     fingerprint = render_fingerprint(spec)
+    _report_unused_chunks(context, key, len(plan.chunks), fingerprint)
     return dg.MaterializeResult(
         metadata={
             "total_frames": plan.total_frames,
@@ -92,6 +107,19 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     )
 
 
+def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
+    """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them."""
+    for index in range(used, SETTINGS.max_chunks):
+        context.instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=CHUNK_ASSET,
+                partition=dg.MultiPartitionKey({"render": key, "chunk": f"{index:03d}"}),
+                metadata={"skipped": True, "frames": 0, "reason": f"the plan has {used} chunks"},
+                tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
+            )
+        )
+
+
 @dg.asset(
     partitions_def=chunk_partitions,
     deps=[render_plan],
@@ -99,7 +127,7 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     code_version=ENGINE_VERSION,
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=STAGE_CONDITION,
     description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file. "
     "Chunk indices beyond the render's plan materialise as empty (skipped) partitions.",
 )
@@ -166,7 +194,7 @@ CHUNKS_COMPLETE = "chunks_complete"
     ],
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=STAGE_CONDITION,
     check_specs=[dg.AssetCheckSpec(CHUNKS_COMPLETE, asset="concat_video", blocking=True,
                                    description="every chunk present and the joined frame count equals the plan")],
     description="All chunks of a render joined by stream copy (no re-encode).",
@@ -220,7 +248,7 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     deps=[concat_video],
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=STAGE_CONDITION,
     description="The finished video: the concat with every audio track mixed once; a contact sheet beside it.",
 )
 def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:

@@ -27,4 +27,6 @@ defs = dg.Definitions(
     sensors=[composition_inbox, render_automation],
     schedules=build_schedules(SETTINGS.inbox),
     resources={"storage": RenderStorage(base_dir=str(SETTINGS.storage))},
+    # one process per run: a chunk run is one step, and a step subprocess would only add start-up time
+    executor=dg.in_process_executor,
 )

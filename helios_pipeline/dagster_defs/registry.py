@@ -35,11 +35,17 @@ def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: 
     return validate_spec(data, base_dir=Path.cwd(), source=source)
 
 
+def register_spec(
+    storage: RenderStorage, spec: RenderSpec, max_chunks: int, render_key: str | None = None, source: str = "spec"
+) -> tuple[str, RenderSpec]:
+    """Fit ``spec`` to the deployment and snapshot it as render ``render_key`` (default: the spec's name)."""
+    prepared = spec_for_render(spec, render_key or spec.name, max_chunks, source)
+    storage.save_spec(prepared.name, prepared)
+    return prepared.name, prepared
+
+
 def register_spec_file(
     storage: RenderStorage, spec_path: Path, max_chunks: int, render_key: str | None = None
 ) -> tuple[str, RenderSpec]:
     """Validate ``spec_path`` and snapshot it as render ``render_key`` (default: the spec's name)."""
-    spec = load_spec(spec_path)
-    prepared = spec_for_render(spec, render_key or spec.name, max_chunks, str(spec_path))
-    storage.save_spec(prepared.name, prepared)
-    return prepared.name, prepared
+    return register_spec(storage, load_spec(spec_path), max_chunks, render_key, str(spec_path))
