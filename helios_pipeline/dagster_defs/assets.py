@@ -7,6 +7,7 @@ Dagster's: a chunk is a partition, each partition its own run.
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -183,15 +184,14 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
 
 
 CHUNKS_COMPLETE = "chunks_complete"
+with warnings.catch_warnings():  # beta, but the mapping the UI, backfills and automation all honour
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    ALL_CHUNKS_OF_RENDER = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="render")
 
 
 @dg.asset(
     partitions_def=renders,
-    deps=[
-        dg.AssetDep(
-            chunk_video, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="render")
-        )
-    ],
+    deps=[dg.AssetDep(chunk_video, partition_mapping=ALL_CHUNKS_OF_RENDER)],
     group_name=GROUP,
     code_version=ENGINE_VERSION,
     automation_condition=STAGE_CONDITION,
