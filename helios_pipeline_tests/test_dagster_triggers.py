@@ -330,3 +330,22 @@ def test_definitions_validate_from_the_repo_root() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_partition_added_in_the_ui_plans_the_inbox_spec_of_that_name(
+    tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user adds partition `teaser` by hand: the plan registers inbox/teaser.yaml itself."""
+    monkeypatch.setattr(assets, "SETTINGS", sensors.SETTINGS)
+    write_spec(inbox, "teaser.yaml")
+    instance.add_dynamic_partitions(renders.name, ["teaser", "ghost"])
+    result = dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key="teaser", instance=instance,
+                            resources={"storage": storage})  # fmt: skip
+    assert result.success
+    assert storage.load_spec("teaser").name == "teaser"
+    # no snapshot and no inbox spec: a clear failure that names the render
+    result = dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key="ghost", instance=instance,
+                            resources={"storage": storage}, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    assert "no spec registered for render 'ghost'" in failure.step_failure_data.error.message

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.settings import Settings, chunk_keys
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.chunk import render_chunk
@@ -75,6 +76,8 @@ STAGE_CONDITION = (
 def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     key = context.partition_key
     try:
+        if not storage.has_spec(key):
+            _register_from_inbox(key, storage)
         plan = storage.plan_for(key)
     except (SpecError, ValueError) as exc:
         raise _fail(exc, retryable=False) from None
@@ -106,6 +109,15 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         },
         data_version=dg.DataVersion(fingerprint),
     )
+
+
+def _register_from_inbox(key: str, storage: RenderStorage) -> None:
+    """A partition added by hand in the UI: take the inbox spec of the same name, if there is one."""
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = SETTINGS.inbox / f"{key}{suffix}"
+        if candidate.is_file():
+            register_spec_file(storage, candidate, SETTINGS.max_chunks, key)
+            return
 
 
 def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
