@@ -349,3 +349,17 @@ def test_partition_added_in_the_ui_plans_the_inbox_spec_of_that_name(
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure)
     assert "no spec registered for render 'ghost'" in failure.step_failure_data.error.message
+
+
+def test_two_inbox_specs_with_the_same_name_do_not_overwrite_each_other(
+    instance: dg.DagsterInstance, storage: RenderStorage, inbox: Path
+) -> None:
+    write_spec(inbox, "a.yaml", name="promo", frame_count=20)
+    first = tick(instance, storage, None)
+    assert added_keys(first) == ["promo"]
+    write_spec(inbox, "b.yaml", name="promo", frame_count=40)
+    second = tick(instance, storage, first.cursor)
+    assert added_keys(second) == [] and not second.run_requests
+    reason = second.skip_reason.skip_message if second.skip_reason else ""
+    assert "b.yaml" in reason and "already comes from a.yaml" in reason
+    assert storage.load_spec("promo").frame_count == 20, "the first file's render must stay intact"

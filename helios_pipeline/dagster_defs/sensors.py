@@ -38,8 +38,12 @@ def _content_hash(path: Path) -> str:
     "a render partition and is rendered through to the final video. Malformed specs are reported and skipped.",
 )
 def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorage) -> dg.SensorResult:
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    state = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, str] = state.get("files", {})  # file name -> content hash last handled
+    owners: dict[str, str] = state.get("owners", {})  # render key -> the inbox file that registered it
     inbox = SETTINGS.inbox
+    present = {path.name for path in inbox_specs(inbox)} if inbox.is_dir() else set()
+    owners = {key: name for key, name in owners.items() if name in present}  # deleted files free their keys
     new_keys: list[str] = []
     requests: list[dg.RunRequest] = []
     skipped: list[str] = []
@@ -53,11 +57,15 @@ def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorag
             spec = load_spec(path)
             if spec.schedule:
                 continue  # scheduled specs render on their schedule, not on arrival
+            owner = owners.get(spec.name)
+            if owner is not None and owner != path.name:
+                raise SpecError(str(path), [("name", f"render {spec.name!r} already comes from {owner}; rename one")])
             key, _ = register_spec_file(storage, path, SETTINGS.max_chunks)
         except (SpecError, ValueError, OSError) as exc:
             skipped.append(f"{path.name}: {exc}")
             context.log.warning(f"skipped {path}: {exc}")
             continue
+        owners[key] = path.name
         if key in existing:
             # a changed spec: re-plan; its new fingerprint marks the chunks stale and automation re-renders
             requests.append(
@@ -68,7 +76,7 @@ def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorag
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[renders.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps(seen, sort_keys=True),
+        cursor=json.dumps({"files": seen, "owners": owners}, sort_keys=True),
         skip_reason="; ".join(skipped) if skipped and not (requests or new_keys) else None,
     )
 
