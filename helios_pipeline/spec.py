@@ -29,6 +29,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from helios_pipeline.engine.subtitles import SrtError, read_srt
+
 FRAME_TOLERANCE = 1e-6
 """How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
 _FRAME_REL_TOLERANCE = 1e-12
@@ -134,6 +136,9 @@ class RenderSpec(_Model):
     audio_codec: str = "aac"
     audio_bitrate: str | None = "192k"
     audio_tracks: tuple[AudioTrack, ...] = ()
+    subtitles: Path | None = Field(
+        None, description="SRT file burned into the picture; cue times are composition times"
+    )
     input_props: dict[str, Any] = Field(default_factory=dict)
     random_seed: int = 0x12345678
     intermediate_image_format: Literal["jpeg", "png"] = "jpeg"
@@ -183,6 +188,20 @@ class RenderSpec(_Model):
         if not path.is_file():
             raise ValueError(f"composition not found: {path}")
         return str(path)
+
+    @field_validator("subtitles")
+    @classmethod
+    def _resolve_subtitles(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        resolved = (_base_dir(info) / value).resolve()
+        if not resolved.is_file():
+            raise ValueError(f"subtitle file not found: {resolved}")
+        try:
+            read_srt(resolved)
+        except SrtError as exc:
+            raise ValueError(f"not a valid SRT file: {exc}") from None
+        return resolved
 
     @field_validator("output")
     @classmethod

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
@@ -20,11 +21,12 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine.browser import launch_browser
-from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
+from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames
 from helios_pipeline.engine.server import composition_url
+from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 
@@ -127,6 +129,17 @@ def _seek_failure(details: dict[str, Any]) -> str:
     return f"the page threw: {first_line}"
 
 
+@contextlib.contextmanager
+def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | None]:
+    """The chunk's own SRT (cues of its frame range, shifted to its start), or None."""
+    if spec.subtitles is None:
+        yield None
+        return
+    rate = fps_fraction(spec.fps)
+    with chunk_srt(spec.subtitles, Path(chunk.output_file), rate, chunk.start_frame, chunk.frame_count) as srt:
+        yield srt
+
+
 def render_chunk(
     spec: RenderSpec,
     chunk: RenderChunk,
@@ -143,6 +156,7 @@ def render_chunk(
     try:
         with (
             atomic_output(output) as partial,
+            _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             sync_playwright() as playwright,
             launch_browser(playwright) as browser,
@@ -163,7 +177,7 @@ def render_chunk(
                 raise PageError(f"while loading {spec.composition}: {page_errors[0]}")
             cdp = context.new_cdp_session(page)
             startup_seconds = time.perf_counter() - started
-            encoder = ChunkEncoder(chunk_encode_command(spec, chunk.frame_count, partial))
+            encoder = ChunkEncoder(chunk_encode_command(spec, chunk.frame_count, partial, subtitles=subtitles))
             screenshot: dict[str, Any] = {"format": spec.intermediate_image_format, "optimizeForSpeed": True}
             if spec.intermediate_image_format == "jpeg":
                 screenshot["quality"] = spec.intermediate_image_quality

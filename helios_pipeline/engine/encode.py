@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.subtitles import subtitles_filter
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.spec import RenderSpec
 
@@ -76,14 +77,21 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
     return args
 
 
-def chunk_encode_command(spec: RenderSpec, frame_count: int, output: Path) -> list[str]:
-    """The FFmpeg command that turns piped JPEG/PNG frames into one chunk file."""
+def chunk_encode_command(
+    spec: RenderSpec, frame_count: int, output: Path, *, subtitles: Path | None = None
+) -> list[str]:
+    """The FFmpeg command that turns piped JPEG/PNG frames into one chunk file.
+
+    ``subtitles`` is the chunk's own SRT (times relative to the chunk's first frame), burned in.
+    """
     rate = fps_fraction(spec.fps)
     demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
+    filters = ["-vf", subtitles_filter(subtitles)] if subtitles is not None else []
     return [
         ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
         *demuxer, "-framerate", str(rate), "-i", "pipe:0",
         "-frames:v", str(frame_count),
+        *filters,
         *codec_args(spec, frame_count),
         "-force_key_frames", "expr:eq(n,0)",
         *timescale_args(spec.fps, output),
