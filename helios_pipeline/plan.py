@@ -83,9 +83,16 @@ def split_frames(start: int, total: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def chunk_extension(video_codec: str) -> str:
-    """Chunk container: MOV (fixed timescale, PCM audio) unless the codec lives in Matroska."""
-    return LONG_GOP_CONTAINERS.get(video_codec, ".mov")
+def chunk_extension(spec: RenderSpec) -> str:
+    """Chunk container: MOV (fixed timescale, PCM audio) unless the codec lives in Matroska.
+
+    With ``video_codec: copy`` the in-page WebCodecs stream is kept: H.264 stays in MOV, VP8/VP9/AV1
+    go to Matroska.
+    """
+    if spec.video_codec == "copy":
+        intermediate = (spec.intermediate_video_codec or "avc1").lower()
+        return ".mov" if intermediate.startswith(("avc", "h264")) else ".mkv"
+    return LONG_GOP_CONTAINERS.get(spec.video_codec, ".mov")
 
 
 def default_work_dir(output: Path) -> Path:
@@ -97,7 +104,7 @@ def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | N
     """Plan a render: chunk ranges, their files, the concat and the final mix."""
     output = spec.output_path
     work = Path(work_dir) if work_dir is not None else default_work_dir(output)
-    ext = chunk_extension(spec.video_codec)
+    ext = chunk_extension(spec)
     total = spec.total_frames
     ranges = split_frames(spec.start_frame, total, spec.concurrency if concurrency is None else concurrency)
     chunks = tuple(

@@ -141,6 +141,11 @@ class RenderSpec(_Model):
     )
     input_props: dict[str, Any] = Field(default_factory=dict)
     random_seed: int = 0x12345678
+    canvas_selector: str = Field("canvas", description="canvas mode: the <canvas> whose pixels are the frame")
+    intermediate_video_codec: str | None = Field(
+        None, description="canvas mode: WebCodecs codec (avc1.*, vp8, vp09.*, vp9, av01.*); default: probed"
+    )
+    web_codecs_preference: Literal["hardware", "software", "disabled"] = "hardware"
     intermediate_image_format: Literal["jpeg", "png"] = "jpeg"
     intermediate_image_quality: int = Field(90, ge=1, le=100)
     stability_timeout: float = Field(
@@ -225,8 +230,8 @@ class RenderSpec(_Model):
                     f"{self.frame_count} disagrees with duration_in_seconds {self.duration_in_seconds} "
                     f"at {self.fps:g} fps ({implied} frames); give one of them",
                 )
-        if self.mode == "canvas":
-            raise _field_error("mode", "'canvas' is not supported yet; use mode: dom")
+        if self.video_codec == "copy" and self.mode != "canvas":
+            raise _field_error("video_codec", "'copy' keeps the in-page WebCodecs stream: it needs mode: canvas")
         if self.output is None:
             object.__setattr__(self, "output", (_base_dir(info) / "out" / f"{self.name}.mp4").resolve())
         return self

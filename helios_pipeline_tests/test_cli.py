@@ -167,7 +167,7 @@ INVALID_SPECS = {
     "missing audio file": ({**GOOD, "audio_tracks": ["music.wav", {"path": "gone.wav"}]}, "audio_tracks[1].path"),
     "duration and frames disagree": ({**GOOD, "duration_in_seconds": 1}, "frame_count"),
     "neither duration nor frames": ({k: v for k, v in GOOD.items() if k != "frame_count"}, "frame_count"),
-    "canvas mode": ({**GOOD, "mode": "canvas"}, "mode"),
+    "copy without canvas mode": ({**GOOD, "video_codec": "copy"}, "video_codec"),
     "ftp composition": ({**GOOD, "composition": "ftp://example.com/site/"}, "composition"),
     "list instead of mapping": ([GOOD], "mapping"),
 }
@@ -273,7 +273,7 @@ def test_render_invalid_url_port_exits_2(tmp_path: Path) -> None:
         (["--width", "64", "--height", "36", "--fps", "30", "--frames", "0"], ["frame_count", "greater than 0"]),
         (["--width", "64", "--height", "36", "--fps", "30"], ["frame_count", "duration_in_seconds"]),
         (["--width", "64", "--height", "36", "--fps", "30", "--frames", "3", "--concurrency", "0"], ["concurrency"]),
-        (["--width", "64", "--height", "36", "--fps", "30", "--frames", "3", "--set", "mode=canvas"], ["mode"]),
+        (["--width", "64", "--height", "36", "--fps", "30", "--frames", "3", "--set", "mode=svg"], ["mode"]),
     ],
 )
 def test_render_composition_with_bad_flags_exits_2(project: Path, flags: list[str], names: list[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -17,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from playwright.sync_api import CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine.browser import launch_browser
+from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
@@ -54,6 +54,7 @@ class ChunkResult:
     bytes: int
     host: str
     pid: int
+    capture_method: str = "dom"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,16 +120,6 @@ def kill_browsers() -> None:
             pass
 
 
-def _seek_failure(details: dict[str, Any]) -> str:
-    """The page's own message for a failed seek: a readiness timeout, or what the page threw."""
-    exception = details.get("exception") or {}
-    text = str(exception.get("description") or details.get("text") or "unknown error").strip()
-    first_line = text.splitlines()[0]
-    if first_line.startswith("HeliosFrameTimeout: "):
-        return "did not become ready: " + first_line.removeprefix("HeliosFrameTimeout: ")
-    return f"the page threw: {first_line}"
-
-
 @contextlib.contextmanager
 def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | None]:
     """The chunk's own SRT (cues of its frame range, shifted to its start), or None."""
@@ -138,6 +129,13 @@ def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | No
     rate = fps_fraction(spec.fps)
     with chunk_srt(spec.subtitles, Path(chunk.output_file), rate, chunk.start_frame, chunk.frame_count) as srt:
         yield srt
+
+
+def make_capture(spec: RenderSpec, cdp: CDPSession, page: Page, frame_count: int) -> FrameCapture:
+    """DOM screenshots, or the canvas (WebCodecs in the page, or images) in canvas mode."""
+    if spec.mode == "canvas":
+        return CanvasCapture(spec, cdp, page, frame_count)
+    return DomCapture(spec, cdp)
 
 
 def render_chunk(
@@ -176,35 +174,37 @@ def render_chunk(
             if page_errors:
                 raise PageError(f"while loading {spec.composition}: {page_errors[0]}")
             cdp = context.new_cdp_session(page)
+            capture = make_capture(spec, cdp, page, chunk.frame_count)
             startup_seconds = time.perf_counter() - started
-            encoder = ChunkEncoder(chunk_encode_command(spec, chunk.frame_count, partial, subtitles=subtitles))
-            screenshot: dict[str, Any] = {"format": spec.intermediate_image_format, "optimizeForSpeed": True}
-            if spec.intermediate_image_format == "jpeg":
-                screenshot["quality"] = spec.intermediate_image_quality
+            encoder = ChunkEncoder(
+                chunk_encode_command(
+                    spec, chunk.frame_count, partial, input_args=capture.ffmpeg_input(), subtitles=subtitles
+                )
+            )
             capture_started = time.perf_counter()
             try:
+                preamble = getattr(capture, "preamble", lambda: b"")()
+                if preamble:
+                    encoder.write(preamble)
                 for index, frame in enumerate(range(chunk.start_frame, chunk.end_frame)):
                     current_frame = frame
                     if cancel is not None and cancel.is_set():
                         raise RenderCancelled(f"chunk {chunk.id} cancelled at frame {frame}")
                     watchdog.arm()
-                    seek = cdp.send(
-                        "Runtime.evaluate",
-                        {
-                            "expression": f"window.__helios_seek({frame}, {frame_time_ms(frame, spec.fps)!r})",
-                            "awaitPromise": True,
-                            "returnByValue": True,
-                        },
-                    )
-                    if "exceptionDetails" in seek:
-                        raise PageError(_seek_failure(seek["exceptionDetails"]), frame)
+                    data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
                     if page_errors:
                         raise PageError(page_errors[0], frame)
-                    shot = cdp.send("Page.captureScreenshot", screenshot)
                     watchdog.disarm()
-                    encoder.write(base64.b64decode(shot["data"]))
+                    if data:
+                        encoder.write(data)
                     if on_progress is not None:
                         on_progress(index + 1)
+                current_frame = None
+                watchdog.arm()
+                tail = capture.finish()
+                watchdog.disarm()
+                if tail:
+                    encoder.write(tail)
                 capture_seconds = time.perf_counter() - capture_started
                 encoder.finish()
             except BaseException:
@@ -238,4 +238,5 @@ def render_chunk(
         bytes=size,
         host=socket.gethostname(),
         pid=os.getpid(),
+        capture_method=capture.description,
     )

@@ -78,22 +78,32 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
 
 
 def chunk_encode_command(
-    spec: RenderSpec, frame_count: int, output: Path, *, subtitles: Path | None = None
+    spec: RenderSpec,
+    frame_count: int,
+    output: Path,
+    *,
+    input_args: list[str] | None = None,
+    subtitles: Path | None = None,
 ) -> list[str]:
-    """The FFmpeg command that turns piped JPEG/PNG frames into one chunk file.
+    """The FFmpeg command that turns piped frames into one chunk file.
 
+    ``input_args`` describe what is piped in (default: JPEG/PNG images at the render's rate);
     ``subtitles`` is the chunk's own SRT (times relative to the chunk's first frame), burned in.
+    With ``video_codec: copy`` the piped stream (in-page WebCodecs) is stored as it is.
     """
-    rate = fps_fraction(spec.fps)
-    demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
-    filters = ["-vf", subtitles_filter(subtitles)] if subtitles is not None else []
+    if input_args is None:
+        demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
+        input_args = [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
+    if spec.video_codec == "copy":
+        encoding = ["-c:v", "copy"]
+    else:
+        filters = ["-vf", subtitles_filter(subtitles)] if subtitles is not None else []
+        encoding = [*filters, *codec_args(spec, frame_count), "-force_key_frames", "expr:eq(n,0)"]
     return [
         ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        *demuxer, "-framerate", str(rate), "-i", "pipe:0",
+        *input_args, "-i", "pipe:0",
         "-frames:v", str(frame_count),
-        *filters,
-        *codec_args(spec, frame_count),
-        "-force_key_frames", "expr:eq(n,0)",
+        *encoding,
         *timescale_args(spec.fps, output),
         "-an", "-map_metadata", "-1",
         str(output),

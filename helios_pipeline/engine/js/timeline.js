@@ -7,6 +7,7 @@
   const config = __HELIOS_CONFIG__;
   const realSetTimeout = window.setTimeout.bind(window);
   const realClearTimeout = window.clearTimeout.bind(window);
+  Object.defineProperty(window, "__helios_real_set_timeout", { value: realSetTimeout });
 
   // -- inputs and determinism ------------------------------------------------------------
   window.__HELIOS_PROPS__ = config.props;

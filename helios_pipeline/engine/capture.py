@@ -1,0 +1,220 @@
+"""Capture strategies: how one seeked frame becomes bytes for FFmpeg's stdin.
+
+- DOM mode: a CDP screenshot (JPEG or PNG) of the viewport.
+- Canvas mode: the page's ``<canvas>`` encoded in the page with WebCodecs (H.264 as Annex B, or
+  VP8/VP9/AV1 wrapped in IVF here), one CDP round trip per frame; or, when WebCodecs is disabled
+  or has no usable codec, the canvas as an image.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Protocol
+
+from playwright.sync_api import CDPSession, Page
+
+from helios_pipeline.engine.encode import fps_fraction
+from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.spec import RenderSpec
+
+CANVAS_WAIT_MS = 5000
+DEFAULT_CANDIDATES = ("avc1.4d002a", "vp09.00.10.08", "av01.0.08M.08", "vp8")
+CODEC_ALIASES = {"h264": "avc1.4d002a", "avc": "avc1.4d002a", "vp9": "vp09.00.10.08", "av1": "av01.0.08M.08"}
+IVF_FOURCC = {"vp8": b"VP80", "vp09": b"VP90", "av01": b"AV01"}
+
+
+class FrameCapture(Protocol):
+    """Seeks a frame and returns the bytes to pipe into FFmpeg for it."""
+
+    description: str
+
+    def ffmpeg_input(self) -> list[str]: ...
+
+    def capture(self, index: int, frame: int, time_ms: float) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+def seek_expression(frame: int, time_ms: float) -> str:
+    return f"window.__helios_seek({frame}, {time_ms!r})"
+
+
+def seek_failure(details: dict[str, Any]) -> str:
+    """The page's own message for a failed seek: a readiness timeout, or what the page threw."""
+    exception = details.get("exception") or {}
+    text = str(exception.get("description") or details.get("text") or "unknown error").strip()
+    first_line = text.splitlines()[0]
+    if first_line.startswith("HeliosFrameTimeout: "):
+        return "did not become ready: " + first_line.removeprefix("HeliosFrameTimeout: ")
+    return f"the page threw: {first_line}"
+
+
+def evaluate(cdp: CDPSession, expression: str, frame: int | None) -> Any:
+    """Run ``expression`` in the page (awaiting it); page exceptions become PageError for ``frame``."""
+    reply = cdp.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
+    if "exceptionDetails" in reply:
+        raise PageError(seek_failure(reply["exceptionDetails"]), frame)
+    return reply.get("result", {}).get("value")
+
+
+def _image_input(spec: RenderSpec) -> list[str]:
+    demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
+    return [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
+
+
+@dataclass
+class DomCapture:
+    """Seek, then a CDP screenshot of the viewport."""
+
+    spec: RenderSpec
+    cdp: CDPSession
+    description: str = "dom"
+    _params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._params = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
+        if self.spec.intermediate_image_format == "jpeg":
+            self._params["quality"] = self.spec.intermediate_image_quality
+        self.description = f"dom/{self.spec.intermediate_image_format}"
+
+    def ffmpeg_input(self) -> list[str]:
+        return _image_input(self.spec)
+
+    def capture(self, index: int, frame: int, time_ms: float) -> bytes:
+        evaluate(self.cdp, seek_expression(frame, time_ms), frame)
+        return base64.b64decode(self.cdp.send("Page.captureScreenshot", self._params)["data"])
+
+    def finish(self) -> bytes:
+        return b""
+
+
+@cache
+def _canvas_source() -> str:
+    return resources.files("helios_pipeline.engine").joinpath("js/canvas_capture.js").read_text(encoding="utf-8")
+
+
+def webcodecs_candidates(spec: RenderSpec) -> list[str]:
+    if spec.intermediate_video_codec:
+        wanted = spec.intermediate_video_codec
+        return [CODEC_ALIASES.get(wanted, wanted)]
+    return list(DEFAULT_CANDIDATES)
+
+
+def intermediate_bitrate(spec: RenderSpec) -> int:
+    """Generous: the intermediate stream is re-encoded (or kept, with ``video_codec: copy``)."""
+    floor = int(spec.width * spec.height * spec.fps * 0.25)
+    requested = _parse_bitrate(spec.video_bitrate) if spec.video_bitrate else 0
+    return max(8_000_000, floor, requested)
+
+
+def _parse_bitrate(text: str) -> int:
+    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))
+
+
+def ivf_header(fourcc: bytes, spec: RenderSpec, frame_count: int) -> bytes:
+    rate = fps_fraction(spec.fps)
+    return struct.pack(
+        "<4sHH4sHHIII4x", b"DKIF", 0, 32, fourcc, spec.width, spec.height, rate.numerator, rate.denominator, frame_count
+    )
+
+
+@dataclass
+class CanvasCapture:
+    """Canvas mode: WebCodecs in the page when possible, else the canvas as images."""
+
+    spec: RenderSpec
+    cdp: CDPSession
+    page: Page
+    frame_count: int
+    description: str = "canvas"
+    codec: str | None = None
+    _index: int = 0
+
+    def __post_init__(self) -> None:
+        self.page.evaluate(_canvas_source())
+        config = {
+            "selector": self.spec.canvas_selector,
+            "canvasTimeout": CANVAS_WAIT_MS,
+            "width": self.spec.width,
+            "height": self.spec.height,
+            "fps": self.spec.fps,
+            "bitrate": intermediate_bitrate(self.spec),
+            "candidates": webcodecs_candidates(self.spec),
+            "preference": self.spec.web_codecs_preference,
+            "imageFormat": self.spec.intermediate_image_format,
+            "imageQuality": self.spec.intermediate_image_quality,
+        }
+        chosen = evaluate(self.cdp, f"window.__helios_canvas.setup({_js(config)})", None)
+        if chosen["mode"] == "webcodecs":
+            self.codec = str(chosen["codec"])
+            self.description = f"canvas/webcodecs {self.codec} ({chosen.get('acceleration')})"
+        else:
+            if self.spec.video_codec == "copy":
+                raise RenderError(
+                    "video_codec 'copy' needs an in-page WebCodecs encoder, and none is usable here "
+                    f"(web_codecs_preference={self.spec.web_codecs_preference}, candidates "
+                    f"{', '.join(webcodecs_candidates(self.spec))})"
+                )
+            self.description = f"canvas/{self.spec.intermediate_image_format}"
+
+    @property
+    def _ivf_fourcc(self) -> bytes | None:
+        if self.codec is None or self.codec.startswith("avc1"):
+            return None
+        return IVF_FOURCC[self.codec.split(".")[0]]
+
+    def ffmpeg_input(self) -> list[str]:
+        if self.codec is None:
+            return _image_input(self.spec)
+        if self._ivf_fourcc is None:
+            # raw H.264 has no timestamps: FFmpeg takes the frame rate from here
+            return ["-f", "h264", "-framerate", str(fps_fraction(self.spec.fps))]
+        return ["-f", "ivf"]
+
+    def preamble(self) -> bytes:
+        fourcc = self._ivf_fourcc
+        return ivf_header(fourcc, self.spec, self.frame_count) if fourcc else b""
+
+    def capture(self, index: int, frame: int, time_ms: float) -> bytes:
+        seek = seek_expression(frame, time_ms)
+        if self.codec is None:
+            return base64.b64decode(
+                evaluate(self.cdp, f"(async () => {{ await {seek}; return window.__helios_canvas.image(); }})()", frame)
+            )
+        taken = evaluate(
+            self.cdp,
+            f"(async () => {{ await {seek}; window.__helios_canvas.encode({index}); "
+            "return await window.__helios_canvas.take(); })()",
+            frame,
+        )
+        return self._packets(taken)
+
+    def finish(self) -> bytes:
+        if self.codec is None:
+            return b""
+        return self._packets(evaluate(self.cdp, "window.__helios_canvas.finish()", None))
+
+    def _packets(self, taken: dict[str, Any]) -> bytes:
+        data = base64.b64decode(taken["data"]) if taken["data"] else b""
+        if self._ivf_fourcc is None:
+            return data
+        out, offset = bytearray(), 0
+        for size in taken["sizes"]:
+            out += struct.pack("<IQ", size, self._index) + data[offset : offset + size]
+            offset += size
+            self._index += 1
+        return bytes(out)
+
+
+def _js(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
