@@ -208,6 +208,12 @@ class RenderSpec(_Model):
             raise ValueError(f"not a valid SRT file: {exc}") from None
         return resolved
 
+    @model_validator(mode="after")
+    def _check_subtitles_are_encoded(self) -> RenderSpec:
+        if self.subtitles is not None and self.video_codec == "copy":
+            raise _field_error("subtitles", "subtitles are burned into the picture: they need a video_codec, not copy")
+        return self
+
     @field_validator("output")
     @classmethod
     def _resolve_output(cls, value: Path | None, info: ValidationInfo) -> Path | None:

@@ -108,6 +108,8 @@ def test_spec_validates_the_subtitle_file(tmp_path: Path) -> None:
     assert f"{spec_file}: subtitles: " in bad and str(tmp_path / "subs" / "bad.srt") in bad and "cue 2" in bad
     assert "subtitle file not found" in error("subs/missing.srt")
     assert "not UTF-8" in error("subs/latin1.srt")
+    with pytest.raises(SpecError, match="subtitles: subtitles are burned into the picture"):
+        load_spec(spec_file, ["mode=canvas", "video_codec=copy"])  # a copied stream cannot carry them
     # the worker re-validates the dumped spec: the absolute path survives the round trip
     spec = load_spec(spec_file)
     assert validate_spec(spec.to_json_dict(), base_dir=Path("/"), source="dump") == spec
