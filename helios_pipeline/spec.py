@@ -33,6 +33,8 @@ from helios_pipeline.engine.subtitles import SrtError, read_srt
 
 FRAME_TOLERANCE = 1e-6
 """How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
+ALPHA_PIXEL_FORMAT_TAGS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya8", "ya16")
+ALPHA_CODECS = ("libvpx-vp9", "libvpx", "prores_ks", "png", "qtrle", "ffv1", "utvideo")
 _FRAME_REL_TOLERANCE = 1e-12
 """Relative slack for float noise in very long renders; far below a frame for any real length."""
 
@@ -238,9 +240,28 @@ class RenderSpec(_Model):
                 )
         if self.video_codec == "copy" and self.mode != "canvas":
             raise _field_error("video_codec", "'copy' keeps the in-page WebCodecs stream: it needs mode: canvas")
+        if self.has_alpha:
+            self._check_alpha()
         if self.output is None:
             object.__setattr__(self, "output", (_base_dir(info) / "out" / f"{self.name}.mp4").resolve())
         return self
+
+    @property
+    def has_alpha(self) -> bool:
+        """A pixel format with an alpha channel: the page background renders transparent."""
+        return any(tag in self.pixel_format for tag in ALPHA_PIXEL_FORMAT_TAGS)
+
+    def _check_alpha(self) -> None:
+        if self.video_codec not in ALPHA_CODECS:
+            raise _field_error(
+                "video_codec",
+                f"{self.video_codec} cannot store the alpha of pixel_format {self.pixel_format}; use "
+                "libvpx-vp9 (yuva420p, .webm) or prores_ks (yuva444p10le, .mov)",
+            )
+        if self.intermediate_image_format == "jpeg":
+            if "intermediate_image_format" in self.model_fields_set:
+                raise _field_error("intermediate_image_format", "jpeg has no alpha channel; use png")
+            object.__setattr__(self, "intermediate_image_format", "png")  # transparency needs PNG capture
 
     @property
     def total_frames(self) -> int:

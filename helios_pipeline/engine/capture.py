@@ -80,6 +80,10 @@ class DomCapture:
         if self.spec.intermediate_image_format == "jpeg":
             self._params["quality"] = self.spec.intermediate_image_quality
         self.description = f"dom/{self.spec.intermediate_image_format}"
+        if self.spec.has_alpha:
+            # a transparent default background instead of white; PNG keeps the alpha
+            transparent = {"color": {"r": 0, "g": 0, "b": 0, "a": 0}}
+            self.cdp.send("Emulation.setDefaultBackgroundColorOverride", transparent)
 
     def ffmpeg_input(self) -> list[str]:
         return _image_input(self.spec)
@@ -148,7 +152,8 @@ class CanvasCapture:
             "fps": self.spec.fps,
             "bitrate": intermediate_bitrate(self.spec),
             "candidates": webcodecs_candidates(self.spec),
-            "preference": self.spec.web_codecs_preference,
+            # WebCodecs drops the canvas alpha: transparent renders capture the canvas as PNG
+            "preference": "disabled" if self.spec.has_alpha else self.spec.web_codecs_preference,
             "imageFormat": self.spec.intermediate_image_format,
             "imageQuality": self.spec.intermediate_image_quality,
         }
