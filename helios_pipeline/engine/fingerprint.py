@@ -49,4 +49,6 @@ def render_fingerprint(spec: RenderSpec) -> str:
             _hash_file(digest, path)
     for track in spec.audio_tracks:
         _hash_file(digest, track.path)
+    if spec.subtitles is not None:
+        _hash_file(digest, Path(spec.subtitles))
     return digest.hexdigest()[:16]
