@@ -24,6 +24,7 @@ from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCaptu
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.page_audio import ChunkPageAudio
 from helios_pipeline.engine.probe import count_video_frames
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
@@ -55,6 +56,8 @@ class ChunkResult:
     host: str
     pid: int
     capture_method: str = "dom"
+    page_audio_sources: int = 0
+    """Audible <audio>/<video> elements of the page whose sound the chunk carries (as PCM)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +185,11 @@ def render_chunk(
                 )
             )
             capture_started = time.perf_counter()
+            page_audio = ChunkPageAudio(page, url, spec, chunk)
             try:
+                # implicit audio: scan the page's media now, render this chunk's PCM while frames are captured
+                watchdog.arm()
+                page_audio.start()
                 preamble = getattr(capture, "preamble", lambda: b"")()
                 if preamble:
                     encoder.write(preamble)
@@ -207,9 +214,12 @@ def render_chunk(
                     encoder.write(tail)
                 capture_seconds = time.perf_counter() - capture_started
                 encoder.finish()
+                page_audio.mux_into(partial)
             except BaseException:
                 encoder.kill()
                 raise
+            finally:
+                page_audio.close()
             frames = count_video_frames(partial)
             if frames != chunk.frame_count:
                 raise RenderError(f"chunk {chunk.id}: encoded {frames} frames, expected {chunk.frame_count}")
@@ -239,4 +249,5 @@ def render_chunk(
         host=socket.gethostname(),
         pid=os.getpid(),
         capture_method=capture.description,
+        page_audio_sources=page_audio.track_count,
     )

@@ -1,0 +1,551 @@
+"""Implicit audio: the sound of the page's own ``<audio>`` and ``<video>`` elements, per chunk, as PCM.
+
+Pages are seeked, never played, so the browser produces no sound: after the page has loaded, each
+chunk reads its media elements (open shadow roots included) and FFmpeg renders what they would
+have played during the chunk's time range, from their sources, as ``pcm_s16le`` 48 kHz stereo.
+The PCM is muxed into the chunk file after the video is encoded; concatenation carries it along
+by stream copy, and the final mix (:mod:`helios_pipeline.engine.mix`) adds it to the spec's
+audio tracks with no level change.
+
+What an element contributes. Skipped: ``data-helios-no-audio``, ``muted``, ``volume`` 0, no
+source, or a source without an audio stream (a silent video). Otherwise its source (``currentSrc``)
+plays from ``data-helios-seek`` seconds into it, starting at ``data-helios-offset`` seconds on the
+composition timeline (composition time 0 is frame 0), at ``playbackRate`` (pitch kept), at
+``volume``, restarting from the beginning of the source with ``loop`` (like the seek driver,
+which sets ``currentTime = ((t - offset) * rate + seek) % duration``). ``data-helios-fade-in``
+fades in from the offset; ``data-helios-fade-out`` ends where the element stops being audible:
+the end of its source, or the end of the render. Sources may be files of a local composition
+(read from disk), http(s) URLs (read by FFmpeg), or ``blob:``/``data:`` URLs (fetched inside the
+page and written to a temporary file beside the chunk, removed afterwards).
+
+Sample exactness. Global sample ``s`` is composition time ``s / 48000``; the chunk of frames
+``[a, b)`` carries samples ``[round(48000 a / fps), round(48000 b / fps))`` (:func:`sample_window`),
+so the chunks tile the timeline with no gap or overlap. Every track is computed from the start of
+its source in every chunk and only then cut to the chunk's window, so a chunk's samples are the
+very samples a single-chunk render has at those positions, and the concatenated PCM equals the
+PCM of one render, bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import math
+import os
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from helios_pipeline.engine.encode import fps_fraction, timescale_args
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.mix import NORMALISE, SAMPLE_RATE, TEMPO_TAIL_PAD, _tempo_chain
+from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
+from helios_pipeline.plan import RenderChunk
+from helios_pipeline.spec import RenderSpec
+
+CHANNELS = 2
+CODEC = "pcm_s16le"
+METADATA_TIMEOUT_MS = 10000
+"""How long the scan waits for an audible element to load its metadata (then it is read as it is)."""
+
+# Runs in the page (an async function, evaluated once after load). It mirrors the seek driver's
+# reading of the same attributes (timeline.js mediaTarget), so sound and picture agree.
+SCAN_SCRIPT = """
+async (metadataTimeout) => {
+  const roots = [document];
+  const walk = (root) => {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT);
+    for (let node = walker.currentNode; node; node = walker.nextNode()) {
+      if (node.shadowRoot) {
+        roots.push(node.shadowRoot);
+        walk(node.shadowRoot);
+      }
+    }
+  };
+  walk(document);
+  const seconds = (el, name) => {
+    const value = parseFloat(el.getAttribute(name) || "0");
+    return Number.isFinite(value) ? value : 0;
+  };
+  const elements = [];
+  for (const root of roots) {
+    for (const el of root.querySelectorAll("audio, video")) elements.push(el);
+  }
+  const audible = (el) => !el.hasAttribute("data-helios-no-audio") && !el.muted && el.volume > 0;
+  const hasSource = (el) => Boolean(el.currentSrc || el.src || el.querySelector("source[src]"));
+  // currentSrc is chosen by the media element's resource selection: wait (bounded) until it has run
+  const loading = elements
+    .filter((el) => audible(el) && hasSource(el) && el.readyState < 1 && !el.error)
+    .filter((el) => el.preload !== "none" && el.networkState !== HTMLMediaElement.NETWORK_NO_SOURCE)
+    .map((el) => new Promise((resolve) => {
+      el.addEventListener("loadedmetadata", resolve, { once: true });
+      el.addEventListener("error", resolve, { once: true });
+    }));
+  if (loading.length) {
+    const setTimer = window.__helios_real_set_timeout || window.setTimeout;
+    await Promise.race([Promise.all(loading), new Promise((resolve) => setTimer(resolve, metadataTimeout))]);
+  }
+  return elements.map((el) => {
+    let src = el.currentSrc || el.src || "";
+    if (!src) {
+      const source = el.querySelector("source[src]");
+      if (source) src = source.src;
+    }
+    return {
+      tag: el.tagName.toLowerCase(),
+      id: el.id || "",
+      src,
+      noAudio: el.hasAttribute("data-helios-no-audio"),
+      muted: el.muted,
+      volume: el.volume,
+      loop: el.loop,
+      playbackRate: el.playbackRate || 1,
+      offset: seconds(el, "data-helios-offset"),
+      seek: seconds(el, "data-helios-seek"),
+      fadeIn: seconds(el, "data-helios-fade-in"),
+      fadeOut: seconds(el, "data-helios-fade-out"),
+    };
+  });
+}
+"""
+
+# Reads a blob:/data: URL inside the page (only the page can) and returns it as a data: URL.
+FETCH_SCRIPT = """
+async (url) => {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const blob = await response.blob();
+  return await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+"""
+
+
+@dataclass(frozen=True)
+class MediaElement:
+    """One ``<audio>``/``<video>`` element as the scan read it."""
+
+    tag: str
+    id: str
+    src: str
+    no_audio: bool
+    muted: bool
+    volume: float
+    loop: bool
+    playback_rate: float
+    offset: float
+    seek: float
+    fade_in: float
+    fade_out: float
+
+    @classmethod
+    def from_page(cls, data: dict[str, Any]) -> MediaElement:
+        return cls(
+            tag=str(data.get("tag") or "audio"),
+            id=str(data.get("id") or ""),
+            src=str(data.get("src") or ""),
+            no_audio=bool(data.get("noAudio")),
+            muted=bool(data.get("muted")),
+            volume=float(data.get("volume") or 0.0),
+            loop=bool(data.get("loop")),
+            playback_rate=float(data.get("playbackRate") or 1.0),
+            offset=float(data.get("offset") or 0.0),
+            seek=float(data.get("seek") or 0.0),
+            fade_in=float(data.get("fadeIn") or 0.0),
+            fade_out=float(data.get("fadeOut") or 0.0),
+        )
+
+    @property
+    def audible(self) -> bool:
+        """Could it make a sound at all (before its source is looked at)?"""
+        return bool(self.src) and not self.no_audio and not self.muted and self.volume > 0
+
+    @property
+    def label(self) -> str:
+        """``<audio id="x" src="…">``: how errors name the element."""
+        ident = f' id="{self.id}"' if self.id else ""
+        src = self.src if len(self.src) <= 80 else self.src[:77] + "..."
+        return f'<{self.tag}{ident} src="{src}">'
+
+
+@dataclass(frozen=True)
+class PageAudioTrack:
+    """An audible element with its source resolved to something FFmpeg reads (a file or a URL)."""
+
+    source: str
+    label: str
+    volume: float = 1.0
+    offset: float = 0.0
+    seek: float = 0.0
+    loop: bool = False
+    playback_rate: float = 1.0
+    fade_in: float = 0.0
+    fade_out: float = 0.0
+    duration: float | None = None
+    """Seconds of the source's audio (None if unknown); places the fade-out of a non-looping track."""
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """A track in integer samples at 48 kHz. Track-local sample 0 sounds at global sample ``start``."""
+
+    track: PageAudioTrack
+    start: int
+    """Global sample where the track starts (its offset; negative when it started before frame 0)."""
+    seek: int
+    """Source samples skipped at its beginning (``data-helios-seek``)."""
+    end: int
+    """Track-local sample where it stops being audible (source end or render end)."""
+    fade_in: int
+    fade_out: int
+
+
+def _samples(seconds: float) -> int:
+    return round(SAMPLE_RATE * seconds)
+
+
+def frame_sample(frame: int, fps: float) -> int:
+    """The global sample where frame ``frame`` starts: ``round(48000 * frame / fps)``, in exact arithmetic."""
+    return round(Fraction(SAMPLE_RATE) * frame / fps_fraction(fps))
+
+
+def sample_window(start_frame: int, end_frame: int, fps: float) -> tuple[int, int]:
+    """The global samples ``[first, end)`` that frames ``[start_frame, end_frame)`` carry."""
+    return frame_sample(start_frame, fps), frame_sample(end_frame, fps)
+
+
+def _place(track: PageAudioTrack, render_end: int) -> _Placement | None:
+    """Resolve a track on the global timeline; None when it is never audible before ``render_end``."""
+    start = _samples(track.offset)
+    seek = max(0, _samples(track.seek))
+    length: float = math.inf
+    if not track.loop and track.duration is not None:
+        length = max(0, round((_samples(track.duration) - seek) / track.playback_rate))
+    end = min(start + length, render_end) - start
+    if end <= 0:
+        return None
+    end = int(end)
+    fade_out = min(_samples(max(0.0, track.fade_out)), end)
+    return _Placement(
+        track=track, start=start, seek=seek, end=end, fade_in=_samples(max(0.0, track.fade_in)), fade_out=fade_out
+    )
+
+
+def _track_chain(placement: _Placement, window: tuple[int, int]) -> list[str]:
+    """Filters that turn input ``i`` into the track's samples of ``window``, exactly ``end - first`` long.
+
+    The result for a window is the single-render result cut at the window: sources are decoded from
+    their beginning, every filter after the cut is a function of the sample position only, and a
+    rate change (atempo, which depends on what came before) runs from the track's start.
+    """
+    first, last = window
+    track = placement.track
+    skip = max(0, first - placement.start)  # track-local samples before the window
+    chain = list(NORMALISE)
+    tempo = _tempo_chain(track.playback_rate)
+    if tempo:
+        if placement.seek:
+            chain += [f"atrim=start_sample={placement.seek}", "asetpts=N/SR/TB"]
+        if not track.loop:
+            # atempo drops its last analysis window at the end of the stream: feed it silence
+            chain.append(f"apad=pad_len={TEMPO_TAIL_PAD * max(1, math.ceil(track.playback_rate))}")
+        chain += [*tempo, "asetpts=N/SR/TB"]
+    elif placement.seek + skip:
+        chain += [f"atrim=start_sample={placement.seek + skip}", f"asetpts=(N+{skip})/SR/TB"]
+    # afade places itself by timestamp: timestamps are track-local sample numbers here
+    if placement.fade_in > 0:
+        chain.append(f"afade=t=in:ss=0:ns={placement.fade_in}")
+    if placement.fade_out > 0:
+        chain.append(f"afade=t=out:ss={placement.end - placement.fade_out}:ns={placement.fade_out}")
+    # atrim counts the samples it has seen (not timestamps)
+    if tempo:
+        chain.append(f"atrim=start_sample={skip}:end_sample={min(placement.end, last - placement.start)}")
+    else:
+        chain.append(f"atrim=end_sample={min(placement.end, last - placement.start) - skip}")
+    if track.volume != 1.0:
+        chain.append(f"volume={track.volume:.10g}")
+    chain.append("asetpts=N/SR/TB")
+    delay = max(0, placement.start - first)
+    if delay:
+        chain.append(f"adelay=delays={delay}S:all=1")
+    return [*chain, "apad", "asetpts=N/SR/TB", f"atrim=end_sample={last - first}"]
+
+
+def chunk_audio_graph(
+    tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int
+) -> tuple[str, list[PageAudioTrack]]:
+    """The ``-filter_complex`` graph (output ``[aout]``) of the page audio in ``window``, and its inputs.
+
+    Input ``i`` (from 0) is the i-th returned track: only tracks audible in the window are read.
+    ``render_end`` is the global sample where the render ends (fade-outs of looping tracks end there).
+    """
+    first, last = window
+    if last <= first:
+        raise ValueError(f"empty sample window {window}")
+    lines: list[str] = []
+    used: list[PageAudioTrack] = []
+    for track in tracks:
+        placement = _place(track, render_end)
+        if placement is None or placement.start + placement.end <= first or placement.start >= last:
+            continue
+        lines.append(f"[{len(used)}:a:0]" + ",".join(_track_chain(placement, window)) + f"[t{len(used)}]")
+        used.append(track)
+    if not used:
+        lines.append(f"anullsrc=r={SAMPLE_RATE}:cl=stereo,atrim=end_sample={last - first}[aout]")
+    else:
+        labels = "".join(f"[t{i}]" for i in range(len(used)))
+        lines.append(f"{labels}amix=inputs={len(used)}:duration=longest:dropout_transition=0:normalize=0[aout]")
+    return ";\n".join(lines) + "\n", used
+
+
+def chunk_audio_command(used: Sequence[PageAudioTrack], filter_script: Path, output: Path) -> list[str]:
+    """FFmpeg: read the sources, run the graph in ``filter_script``, write PCM s16le 48 kHz stereo."""
+    inputs: list[str] = []
+    for track in used:
+        inputs += [*(["-stream_loop", "-1"] if track.loop else []), "-i", track.source]
+    return [
+        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *inputs,
+        "-filter_complex_script", str(filter_script), "-map", "[aout]",
+        "-c:a", CODEC, "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "-map_metadata", "-1", str(output),
+    ]  # fmt: skip
+
+
+def render_page_audio(
+    tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int, output: Path
+) -> subprocess.Popen[bytes]:
+    """Start FFmpeg writing the page audio of ``window`` to ``output`` (a .wav); the caller waits.
+
+    The filter graph is written beside ``output`` (``output`` + ``.filtergraph``); remove it after.
+    """
+    graph, used = chunk_audio_graph(tracks, window, render_end)
+    script = output.with_name(output.name + ".filtergraph")
+    script.write_text(graph, encoding="utf-8")
+    return subprocess.Popen(
+        chunk_audio_command(used, script, output),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def write_page_audio(tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int, output: Path) -> Path:
+    """Render the page audio of ``window`` to ``output`` and wait for it (library and tests)."""
+    process = render_page_audio(tracks, window, render_end, output)
+    try:
+        _, stderr = process.communicate()
+    finally:
+        output.with_name(output.name + ".filtergraph").unlink(missing_ok=True)
+    if process.returncode != 0:
+        raise RenderError(f"page audio: FFmpeg failed ({process.returncode}): {stderr.decode(errors='replace')}")
+    return output
+
+
+def mux_audio(video: Path, audio: Path, fps: float) -> None:
+    """Add ``audio`` (copied, PCM) to ``video`` as its audio stream, in place; the video is copied too."""
+    muxed = video.with_name(f"{video.stem}.with-audio{video.suffix}")
+    command = [
+        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c", "copy",
+        *timescale_args(fps, video), "-map_metadata", "-1", str(muxed),
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RenderError(f"could not add the page audio to {video.name}: {result.stderr.strip()}")
+        os.replace(muxed, video)
+    finally:
+        muxed.unlink(missing_ok=True)
+
+
+# -- reading the page ------------------------------------------------------------------------------
+
+
+def scan_media(page: Any, metadata_timeout_ms: int = METADATA_TIMEOUT_MS) -> list[MediaElement]:
+    """Every ``<audio>``/``<video>`` of the loaded page (open shadow roots included), in document order."""
+    return [MediaElement.from_page(item) for item in page.evaluate(SCAN_SCRIPT, metadata_timeout_ms)]
+
+
+def local_file_for(src: str, page_url: str, composition: str) -> Path | None:
+    """The file of a local composition that ``src`` (a URL on its loopback server) names, if any."""
+    parsed, base = urlparse(src), urlparse(page_url)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        return path if path.is_file() else None
+    if composition.startswith(("http://", "https://")) or (parsed.scheme, parsed.netloc) != (
+        base.scheme,
+        base.netloc,
+    ):
+        return None
+    root = Path(composition).parent.resolve()
+    path = (root / unquote(parsed.path).lstrip("/")).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def fetch_in_page(page: Any, url: str, label: str) -> bytes:
+    """The bytes behind a ``blob:`` or ``data:`` URL, read inside the page."""
+    try:
+        data_url = page.evaluate(FETCH_SCRIPT, url)
+    except Exception as exc:
+        message = str(getattr(exc, "message", exc)).splitlines()[0]
+        raise RenderError(f"page audio: could not read {label} in the page: {message}") from None
+    _, _, payload = str(data_url).partition(",")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RenderError(f"page audio: {label} did not read back as base64 data") from None
+
+
+def probe_source(source: str, label: str) -> tuple[bool, float | None]:
+    """Does ``source`` have an audio stream, and how long is it (seconds, None if unknown)?"""
+    command = [
+        ffprobe_path(), "-v", "error", "-of", "json", "-select_streams", "a:0",
+        "-show_entries", "stream=codec_name,duration:format=duration", source,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RenderError(f"page audio: FFmpeg cannot read the source of {label}: {result.stderr.strip()}")
+    data = json.loads(result.stdout or "{}")
+    streams = data.get("streams") or []
+    if not streams:
+        return False, None
+    for raw in (streams[0].get("duration"), (data.get("format") or {}).get("duration")):
+        with contextlib.suppress(TypeError, ValueError):
+            value = float(raw)
+            if value > 0:
+                return True, value
+    return True, None
+
+
+@dataclass
+class PageAudioSources:
+    """The page's audible tracks with sources FFmpeg can read; owns the temporary files of blob sources."""
+
+    tracks: list[PageAudioTrack] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+
+    def close(self) -> None:
+        for path in self.temp_files:
+            path.unlink(missing_ok=True)
+        self.temp_files.clear()
+
+
+def collect_page_audio(page: Any, page_url: str, composition: str, work_dir: Path, prefix: str) -> PageAudioSources:
+    """Scan the loaded page and resolve each audible element's source.
+
+    Files of a local composition are read from disk; other http(s) URLs are left to FFmpeg;
+    ``blob:``/``data:`` sources are fetched in the page and written to ``work_dir`` as
+    ``<prefix>.page-audio-<n>.media`` (removed by :meth:`PageAudioSources.close`).
+    """
+    found = PageAudioSources()
+    try:
+        for element in scan_media(page):
+            if not element.audible:
+                continue
+            scheme = urlparse(element.src).scheme.lower()
+            if scheme in ("blob", "data"):
+                path = work_dir / f"{prefix}.page-audio-{len(found.temp_files)}.media"
+                found.temp_files.append(path)
+                path.write_bytes(fetch_in_page(page, element.src, element.label))
+                source = str(path)
+            elif (local := local_file_for(element.src, page_url, composition)) is not None:
+                source = str(local)
+            elif scheme in ("http", "https"):
+                source = element.src
+            else:
+                raise RenderError(f"page audio: {element.label}: unsupported source (use a file, http(s) or blob:)")
+            has_audio, duration = probe_source(source, element.label)
+            if not has_audio:
+                continue  # e.g. a <video> without a sound track
+            found.tracks.append(
+                PageAudioTrack(
+                    source=source,
+                    label=element.label,
+                    volume=element.volume,
+                    offset=element.offset,
+                    seek=max(0.0, element.seek),
+                    loop=element.loop,
+                    playback_rate=element.playback_rate if element.playback_rate > 0 else 1.0,
+                    fade_in=max(0.0, element.fade_in),
+                    fade_out=max(0.0, element.fade_out),
+                    duration=duration,
+                )
+            )
+    except BaseException:
+        found.close()
+        raise
+    return found
+
+
+class ChunkPageAudio:
+    """The page audio of one chunk: scanned after load, rendered by FFmpeg while frames are captured,
+    muxed into the chunk file after the video is encoded. Without audible elements it does nothing.
+    """
+
+    def __init__(self, page: Any, page_url: str, spec: RenderSpec, chunk: RenderChunk):
+        self.page, self.page_url, self.spec, self.chunk = page, page_url, spec, chunk
+        output = Path(chunk.output_file)
+        self.work_dir = output.parent
+        self.prefix = f".{output.stem}.{os.getpid()}"
+        self.audio_file = self.work_dir / f"{self.prefix}.page-audio.wav"
+        self.sources = PageAudioSources()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr = b""
+        self._reader: threading.Thread | None = None
+
+    @property
+    def track_count(self) -> int:
+        return len(self.sources.tracks)
+
+    def start(self) -> None:
+        """Scan the page and, when something in it is audible, start rendering this chunk's PCM."""
+        self.sources = collect_page_audio(self.page, self.page_url, self.spec.composition, self.work_dir, self.prefix)
+        if not self.sources.tracks:
+            return
+        window = sample_window(self.chunk.start_frame, self.chunk.end_frame, self.spec.fps)
+        render_end = frame_sample(self.spec.start_frame + self.spec.total_frames, self.spec.fps)
+        self._process = render_page_audio(self.sources.tracks, window, render_end, self.audio_file)
+        self._reader = threading.Thread(target=self._read_stderr, name="helios-page-audio", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        self._stderr = self._process.stderr.read()
+
+    def mux_into(self, video: Path, timeout: float = 600) -> None:
+        """Wait for the PCM and add it to ``video`` (the encoded chunk) as its audio stream."""
+        if self._process is None:
+            return
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RenderError(f"page audio: FFmpeg did not finish within {timeout} s") from None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._process.returncode != 0:
+            message = self._stderr.decode(errors="replace").strip()
+            raise RenderError(f"page audio of chunk {self.chunk.id}: FFmpeg failed: {message}")
+        mux_audio(video, self.audio_file, self.spec.fps)
+
+    def close(self) -> None:
+        """Stop FFmpeg if it still runs and remove every temporary file (safe to call twice)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self.audio_file.unlink(missing_ok=True)
+        self.audio_file.with_name(self.audio_file.name + ".filtergraph").unlink(missing_ok=True)
+        self.sources.close()
