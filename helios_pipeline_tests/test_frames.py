@@ -81,3 +81,23 @@ def test_chunked_output_equals_single_chunk_output(tmp_path: Path) -> None:
         for neighbour in (k - 1, k + 1):
             if 0 <= neighbour < 40:
                 assert same[k] < np.abs(a[neighbour] - b[k]).mean(), f"frame {k} looks like frame {neighbour}"
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_video_elements_show_the_frame_of_the_composition_time(concurrency: int, tmp_path: Path) -> None:
+    """A <video> (1 s red, 1 s green, 1 s blue) is seeked per frame, served with HTTP ranges; a source-less
+    <audio> and a preload="none" <video> beside it neither hang the render nor change the picture."""
+    import subprocess
+
+    from helios_pipeline.engine.tools import ffmpeg_path
+
+    output = tmp_path / "out.mp4"
+    RenderOrchestrator.render(
+        str(COMPOSITIONS / "video_element"), output, width=64, height=64, fps=30, frame_count=90,
+        concurrency=concurrency, stability_timeout=10000,
+    )  # fmt: skip
+    command = [ffmpeg_path(), "-v", "error", "-i", str(output), "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]
+    pixels = np.frombuffer(subprocess.run(command, capture_output=True, check=True).stdout, np.uint8)
+    centre = pixels.reshape(-1, 64, 64, 3)[:, 32, 32]
+    colours = "".join("rgb"[int(np.argmax(pixel))] for pixel in centre)
+    assert colours == "r" * 30 + "g" * 30 + "b" * 30

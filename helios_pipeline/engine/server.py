@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
+
+_RANGE = re.compile(r"bytes=(?P<first>\d*)-(?P<last>\d*)")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -25,9 +29,54 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         ".svg": "image/svg+xml",
     }
 
+    _range: tuple[int, int] | None = None
+
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Accept-Ranges", "bytes")
         super().end_headers()
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        """Answer ``Range: bytes=a-b`` with 206: media elements can only seek in ranged resources."""
+        self._range = None
+        header = self.headers.get("Range", "")
+        match = _RANGE.fullmatch(header.strip())
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        first = int(match["first"]) if match["first"] else max(0, size - int(match["last"] or 0))
+        last = int(match["last"]) if match["first"] and match["last"] else size - 1
+        last = min(last, size - 1)
+        if first >= size or first > last:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return None
+        handle = path.open("rb")
+        handle.seek(first)
+        self._range = (first, last)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        return handle
+
+    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if self._range is None:
+                shutil.copyfileobj(source, outputfile)
+                return
+            remaining = self._range[1] - self._range[0] + 1
+            while remaining > 0:
+                block = source.read(min(1 << 16, remaining))
+                if not block:
+                    break
+                outputfile.write(block)
+                remaining -= len(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser dropped a request it no longer needs (a media element seeking)
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -171,30 +171,43 @@
     if (el.loop && Number.isFinite(el.duration) && el.duration > 0) target %= el.duration;
     return target;
   }
+  function once(el, events) {
+    return new Promise((resolve) => {
+      const done = () => {
+        for (const name of events) el.removeEventListener(name, done);
+        resolve();
+      };
+      for (const name of events) el.addEventListener(name, done);
+    });
+  }
+  async function syncMedia(el, t) {
+    if (!el.paused) el.pause();
+    const hasSource = el.currentSrc || el.getAttribute("src") || el.querySelector("source[src]");
+    if (!hasSource || el.error) return; // nothing to show or hear: nothing to wait for
+    if (el.readyState === 0) {
+      // not loaded yet (preload="none", or still fetching): load it, then seek
+      const loaded = once(el, ["loadedmetadata", "error"]);
+      if (el.networkState !== HTMLMediaElement.NETWORK_LOADING) {
+        el.preload = "auto";
+        el.load();
+      }
+      await loaded;
+      if (el.error) return;
+    }
+    const target = mediaTarget(el, t);
+    if (Math.abs(el.currentTime - target) > 0.0005) {
+      const seeked = once(el, ["seeked", "error"]);
+      el.currentTime = target;
+      await seeked;
+    }
+    if (el.tagName === "VIDEO" && el.readyState < 2 && !el.error) {
+      await once(el, ["canplay", "loadeddata", "error"]); // the picture at the new position
+    }
+  }
   function seekMedia(roots, t) {
     const waits = [];
     for (const root of roots) {
-      for (const el of root.querySelectorAll("audio, video")) {
-        if (!el.paused) el.pause();
-        const target = mediaTarget(el, t);
-        if (Math.abs(el.currentTime - target) > 0.0005) {
-          waits.push(
-            new Promise((resolve) => {
-              el.addEventListener("seeked", resolve, { once: true });
-              el.addEventListener("error", resolve, { once: true });
-            }),
-          );
-          el.currentTime = target;
-        }
-        if (el.tagName === "VIDEO" && el.readyState < 2 && !el.error && el.src) {
-          waits.push(
-            new Promise((resolve) => {
-              el.addEventListener("loadeddata", resolve, { once: true });
-              el.addEventListener("error", resolve, { once: true });
-            }),
-          );
-        }
-      }
+      for (const el of root.querySelectorAll("audio, video")) waits.push(syncMedia(el, t));
     }
     return Promise.all(waits);
   }
