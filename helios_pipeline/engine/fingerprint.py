@@ -13,7 +13,7 @@ from pathlib import Path
 from helios_pipeline.spec import RenderSpec
 
 SKIPPED_DIRS = {"out", "node_modules", "__pycache__"}
-ENGINE_VERSION = "1"  # bump when the engine's output for the same input changes
+ENGINE_VERSION = "2"  # bump when the engine's output for the same input changes
 
 
 def _composition_files(root: Path) -> list[Path]:
