@@ -43,6 +43,22 @@ def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=retryable)
 
 
+# A terminated run (UI "Terminate", the CLI's Ctrl-C) interrupts its step. Dagster retries an interrupted
+# step that has a RetryPolicy, which rendered a terminated chunk all over again and ended its run in SUCCESS;
+# and an interrupt inside Playwright can surface as some other error. Once the run is being terminated, a
+# chunk fails without retry, and its run ends CANCELED.
+INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
+
+
+def _run_terminating(context: dg.AssetExecutionContext) -> bool:
+    run = context.instance.get_run_by_id(context.run_id)
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+
+def _terminated(render_key: str, index: int) -> dg.Failure:
+    return dg.Failure(description=f"chunk {index:03d} of {render_key}: the run was terminated", allow_retries=False)
+
+
 # Each render's plan is requested once, when its partition appears. Not `eager()` (nor `on_missing()`):
 # their `since_last_handled()` resets on the automation sensor's first evaluation, so a render registered
 # before that evaluation (a fresh `dagster dev` whose inbox sensor ticks first) would never be planned.
@@ -147,6 +163,8 @@ def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int
 def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
     render_key, index = keys["render"], int(keys["chunk"])
+    if _run_terminating(context):  # a retry of a step interrupted before it got to the render below
+        raise _terminated(render_key, index)
     try:
         plan = storage.plan_for(render_key)
     except (SpecError, ValueError) as exc:
@@ -173,8 +191,12 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         result = render_chunk(plan.spec, chunk, on_progress=on_progress)
     except PageError as exc:  # the page itself is broken: retrying cannot help
         raise _fail(exc, retryable=False) from None
-    except RenderError as exc:  # browser crash, FFmpeg failure, load error: worth a retry
-        raise _fail(exc, retryable=True) from None
+    except BaseException as exc:
+        if isinstance(exc, INTERRUPTS) or _run_terminating(context):
+            raise _terminated(render_key, index) from None
+        if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error: worth a retry
+            raise _fail(exc, retryable=True) from None
+        raise
     return dg.MaterializeResult(
         metadata={
             "frames": result.frame_count,

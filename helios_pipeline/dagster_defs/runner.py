@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import psutil
 from dagster._core.storage.dagster_run import RunsFilter
 
 from helios_pipeline.dagster_defs.registry import register_spec
@@ -33,6 +35,9 @@ DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DAEMON_FRESH_SECONDS = 60
 REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 POLL_SECONDS = 0.5
+DAEMON_STOP_SECONDS = 20
+CANCEL_WAIT_SECONDS = 30
+BACKFILL_ASSETS = ("render_plan", "chunk_video", "concat_video", "mixed_video")
 
 
 def dagster_home() -> Path:
@@ -101,15 +106,43 @@ def ensure_daemon(instance: dg.DagsterInstance) -> Iterator[subprocess.Popen | N
     try:
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_tree(process)
         instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
+
+
+def stop_process_tree(process: subprocess.Popen, timeout: float = DAEMON_STOP_SECONDS) -> None:
+    """Stop a daemon started in its own session and wait for everything it started to exit.
+
+    SIGTERM goes to the daemon's process group (daemon, code server, run workers, FFmpeg); Chromium
+    runs in a session of its own and exits with its Playwright driver. Whatever is still alive after
+    ``timeout`` is killed, so a render never leaves processes behind (the code server outlives a
+    SIGTERMed daemon for as long as a run is still executing in it).
+    """
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for leftover in _alive(tree):
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # anything the group started after the snapshot
+    process.wait()
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for candidate in processes:
+        with contextlib.suppress(psutil.Error):
+            if candidate.is_running() and candidate.status() != psutil.STATUS_ZOMBIE:
+                alive.append(candidate)
+    return alive
 
 
 @dataclass
@@ -189,27 +222,162 @@ def follow(
         time.sleep(POLL_SECONDS)
 
 
-def cancel_render(instance: dg.DagsterInstance, key: str, since: float) -> None:
-    """Terminate the render's queued and running runs."""
-    for run in _render_runs(instance, key, since):
-        if not run.is_finished:
+def cancel_render(
+    instance: dg.DagsterInstance, key: str, since: float, timeout: float = CANCEL_WAIT_SECONDS
+) -> list[dg.DagsterRun]:
+    """Terminate the render's queued and running runs and wait until every one of them has ended.
+
+    A queued run is canceled outright; a started one is sent a termination request and ends
+    CANCELED once its worker has stopped Chromium and FFmpeg. Runs that appear meanwhile (a run
+    retry of a worker terminated while starting) are canceled as well. A run that has still not
+    ended after ``timeout`` (a worker that is stuck or already gone) is marked canceled, so no run
+    of the render is left looking alive. Returns the render's runs as they ended.
+    """
+    terminated: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = _render_runs(instance, key, since)
+        pending = [run for run in runs if not run.is_finished]
+        if not pending:
+            return runs
+        if time.monotonic() >= deadline:
+            break
+        for run in pending:
             with contextlib.suppress(Exception):
-                if run.status == dg.DagsterRunStatus.QUEUED:
-                    instance.report_run_canceled(run)
-                else:
+                if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+                    instance.report_run_canceled(run, message="canceled: the render was cancelled")
+                elif run.run_id not in terminated:
+                    terminated.add(run.run_id)
                     instance.run_launcher.terminate(run.run_id)
+        time.sleep(POLL_SECONDS)
+    for run in pending:
+        with contextlib.suppress(Exception):
+            instance.report_run_canceled(run, message=f"did not end within {timeout:.0f} s of its termination")
+    return _render_runs(instance, key, since)
 
 
 def render_through_dagster(
     spec: RenderSpec, on_status: Callable[[RenderStatus], None], timeout: float | None = None, source: str = "spec"
 ) -> RenderStatus:
-    """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed)."""
+    """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed).
+
+    Ctrl-C terminates the render's runs and waits for them to end before the daemon started
+    here is stopped, then raises ``RenderCancelled``.
+    """
     instance = get_instance()
     since = time.time()
-    with ensure_daemon(instance):
+    with ensure_daemon(instance) as own_daemon:
         key = submit(spec, instance, source=source)
         try:
             return follow(instance, key, since, on_status, timeout)
         except KeyboardInterrupt:
             cancel_render(instance, key, since)
-            raise RenderCancelled(f"render {key} cancelled") from None
+    if own_daemon is not None:
+        # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled too
+        cancel_render(instance, key, since, timeout=0)
+    raise RenderCancelled(f"render {key} cancelled")
+
+
+# --- backfills (what the UI launches) -------------------------------------------------------------
+# PartitionBackfill and AssetBackfillData are internal Dagster API (pinned to 1.13.27): they are
+# used here and nowhere else.
+
+
+def _asset_graph(asset_graph: Any | None) -> Any:
+    """The graph to resolve partitions against: the one given (a loaded workspace's), else this process's."""
+    if asset_graph is not None:
+        return asset_graph
+    from helios_pipeline.dagster_defs.definitions import defs
+
+    return defs.resolve_asset_graph()
+
+
+def launch_backfill(
+    instance: dg.DagsterInstance,
+    render_key: str,
+    asset_graph: Any | None = None,
+    tags: dict[str, str] | None = None,
+    with_plan: bool = True,
+) -> str:
+    """Submit an asset backfill of one registered render and return its id.
+
+    The backfill targets the render's plan, every chunk partition of the render, the concat and
+    the mixed video: what a user selects in the UI. The daemon then runs the plan, one run per
+    chunk under the run queue, and concat + mix together once all chunks exist. ``with_plan=False``
+    leaves the plan out (chunks read the registered spec, not the plan asset), which saves the
+    daemon one 30 s loop before the chunks start.
+
+    ``asset_graph`` must be the deployment's (for example ``WorkspaceRequestContext.asset_graph``
+    of a workspace loaded with the deployment's environment); by default it is this process's
+    definitions, which is right when this process has the deployment's HELIOS_MAX_CHUNKS.
+    """
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    if not instance.has_dynamic_partition(RENDERS, render_key):
+        raise ValueError(f"render {render_key!r} is not registered (no such `{RENDERS}` partition)")
+    graph = _asset_graph(asset_graph)
+    if with_plan:  # the plan partition is the backfill's root; everything below it follows
+        assets, partitions = BACKFILL_ASSETS, [render_key]
+    else:  # the render's chunk partitions are the root
+        chunk_dimension = graph.get(dg.AssetKey("chunk_video")).partitions_def.get_partitions_def_for_dimension("chunk")
+        assets = BACKFILL_ASSETS[1:]
+        partitions = [
+            str(dg.MultiPartitionKey({"render": render_key, "chunk": chunk}))
+            for chunk in chunk_dimension.get_partition_keys()
+        ]
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=graph,
+        partition_names=partitions,
+        asset_selection=[dg.AssetKey(name) for name in assets],
+        backfill_timestamp=time.time(),
+        tags={"helios/render": render_key, **(tags or {})},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=f"render {render_key}",
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def reexecute_backfill_from_failure(
+    instance: dg.DagsterInstance, backfill_id: str, asset_graph: Any | None = None
+) -> str:
+    """Re-execute a finished asset backfill from failure and return the new backfill's id.
+
+    The UI's "Re-execute backfill → from failure" (GraphQL ``reexecutePartitionBackfill`` with
+    ``FROM_FAILURE``): a new backfill of the target minus what the backfill materialised, so
+    finished chunks are reused and only the failed ones (and what depends on them) run again.
+    """
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, PartitionBackfill
+    from dagster._core.storage.tags import PARENT_BACKFILL_ID_TAG, ROOT_BACKFILL_ID_TAG
+    from dagster._core.utils import make_new_backfill_id
+
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None or not backfill.is_asset_backfill:
+        raise ValueError(f"no asset backfill {backfill_id!r} in this instance")
+    if backfill.status not in BULK_ACTION_TERMINAL_STATUSES:
+        raise ValueError(f"backfill {backfill_id} is still {backfill.status.value}; re-execute it once it has ended")
+    data = backfill.get_asset_backfill_data(_asset_graph(asset_graph))
+    remaining = data.target_subset - data.materialized_subset
+    if remaining.num_partitions_and_non_partitioned_assets == 0:
+        raise ValueError(f"backfill {backfill_id} has nothing left to materialise")
+    new_backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=make_new_backfill_id(),
+        asset_graph_subset=remaining,
+        dynamic_partitions_store=instance,
+        tags={
+            **backfill.tags,
+            PARENT_BACKFILL_ID_TAG: backfill.backfill_id,
+            ROOT_BACKFILL_ID_TAG: backfill.tags.get(ROOT_BACKFILL_ID_TAG, backfill.backfill_id),
+        },
+        backfill_timestamp=time.time(),
+        title=f"Re-execution of {backfill.title}" if backfill.title else None,
+        description=backfill.description,
+        run_config=backfill.run_config,
+    )
+    instance.add_backfill(new_backfill)
+    return new_backfill.backfill_id

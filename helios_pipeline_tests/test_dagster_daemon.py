@@ -1,0 +1,475 @@
+"""The Dagster deployment end to end: a real daemon, real backfills, the CLI through Dagster, Ctrl-C.
+
+Everything is real: a temporary DAGSTER_HOME with the repo's dagster.yaml (run queue, pools, run
+retries), ``python -m dagster._daemon run -w workspace.yaml`` as a subprocess, one run process
+per chunk, Chromium and FFmpeg. Renders are tiny (128x128, 45-60 frames); most of the time is
+the backfill daemon's fixed 30 s loop, so the two backfill renders share one daemon and run
+side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psutil
+import pytest
+import yaml
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+from helios_pipeline.dagster_defs.registry import register_spec_file
+from helios_pipeline.dagster_defs.runner import (
+    launch_backfill,
+    reexecute_backfill_from_failure,
+    stop_process_tree,
+)
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.framecode import frame_indices
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_CHUNKS = 3  # HELIOS_MAX_CHUNKS of the deployment under test (the daemon's and the CLI's code location)
+FPS = 30
+SMALL = {"width": 128, "height": 128, "fps": FPS}
+RENDERS = "renders"
+PLAN = dg.AssetKey("render_plan")
+CHUNK = dg.AssetKey("chunk_video")
+CONCAT = dg.AssetKey("concat_video")
+MIXED = dg.AssetKey("mixed_video")
+# The backfill daemon loops every 30 s: plan, chunks, concat + mix, completion take 4 loops (~2 min on an idle
+# 2-core machine); the rest is slack for a loaded CI machine.
+BACKFILL_TIMEOUT_S = 240
+FAILED = (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED)
+ENDED_RUN = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE}
+
+
+# --- deployment plumbing --------------------------------------------------------------------------
+
+
+def write_instance_config(home: Path) -> None:
+    """The repo's dagster.yaml (run queue, pools, run retries) with a 1 s dequeue interval.
+
+    Dequeued runs are launched from threads: a launch waits until the run process has loaded the
+    code (seconds, more on a loaded machine), and launched one after another short chunk runs
+    would not overlap even though the queue and the chunk pool let them.
+    """
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    config.setdefault("run_queue", {}).update(dequeue_interval_seconds=1, dequeue_use_threads=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def deployment_env(home: Path, storage: Path, inbox: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_", "HELIOS_"))}
+    env.update(
+        DAGSTER_HOME=str(home), HELIOS_STORAGE=str(storage), HELIOS_INBOX=str(inbox), HELIOS_MAX_CHUNKS=str(MAX_CHUNKS)
+    )
+    return env
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    """The deployment's instance, opened (and its sqlite storage created) by the test process."""
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def deployment_processes(home: Path) -> list[psutil.Process]:
+    """Live processes of the deployment at ``home``: daemon, code server, run workers, Chromium, FFmpeg."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get("DAGSTER_HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def describe(processes: list[psutil.Process]) -> list[str]:
+    described = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{process.pid} {' '.join(process.cmdline()[:4])}")
+    return described
+
+
+def write_spec(folder: Path, name: str, composition: Path, **fields: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, "composition": str(composition), **SMALL, "output": str(folder / "out" / f"{name}.mp4")}
+    data.update(fields)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
+
+
+def wait_for_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float = BACKFILL_TIMEOUT_S):
+    def ended() -> BulkActionStatus | None:
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None
+        return backfill.status if backfill.status in BULK_ACTION_TERMINAL_STATUSES else None
+
+    return wait_for(ended, timeout, f"backfill {backfill_id} to end")
+
+
+def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.RunRecord]:
+    return list(instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id})))
+
+
+def render_runs(instance: dg.DagsterInstance, render_key: str) -> list[dg.RunRecord]:
+    records: dict[str, dg.RunRecord] = {}
+    for tags in ({"dagster/partition/render": render_key}, {"dagster/partition": render_key}):
+        for record in instance.get_run_records(dg.RunsFilter(tags=tags)):
+            records[record.dagster_run.run_id] = record
+    return list(records.values())
+
+
+def chunk_runs(records: list[dg.RunRecord]) -> dict[str, list[dg.RunRecord]]:
+    """Chunk runs by chunk key ("000", ...)."""
+    by_chunk: dict[str, list[dg.RunRecord]] = {}
+    for record in records:
+        if record.dagster_run.asset_selection == {CHUNK}:
+            chunk = record.dagster_run.tags["dagster/partition/chunk"]
+            by_chunk.setdefault(chunk, []).append(record)
+    return by_chunk
+
+
+def materialization_count(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> int:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=100
+    ).records
+    return len(records)
+
+
+def chunk_partition(render_key: str, chunk: str) -> str:
+    return str(dg.MultiPartitionKey({"render": render_key, "chunk": chunk}))
+
+
+def check_results(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, bool]:
+    results = {}
+    for run_id in run_ids:
+        for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            data = event.dagster_event.event_specific_data
+            results[data.check_name] = data.passed
+    return results
+
+
+def final_video(instance: dg.DagsterInstance, render_key: str) -> Path:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=MIXED, asset_partitions=[render_key]), limit=1
+    ).records
+    assert records, f"mixed_video[{render_key}] was not materialised"
+    return Path(records[0].asset_materialization.metadata["path"].value)
+
+
+def frame_index_page(folder: Path, per_frame_js: str) -> Path:
+    """A copy of frame_raf (paints its frame index) running ``per_frame_js`` in every frame, before painting."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page = (COMPOSITIONS / "frame_raf" / "index.html").read_text(encoding="utf-8")
+    marker = "    cells.forEach("
+    assert marker in page
+    (folder / "index.html").write_text(page.replace(marker, f"    {per_frame_js}\n{marker}", 1), encoding="utf-8")
+    return folder
+
+
+def failing_composition(folder: Path) -> Path:
+    """frame_raf, throwing from rAF on frames 20..39: chunk 001 of a 60-frame, 3-chunk render.
+
+    ``throws_late`` throws for every frame from 20 on (a chunk seeks straight to its first frame),
+    so chunk 002 would fail too, and it paints no frame index; this page fails only chunk 001 and
+    becomes a frame-index page again when fixed.
+    """
+    return frame_index_page(folder, 'if (frame >= 20 && frame < 40) throw new Error("boom in chunk 001");')
+
+
+def busy_composition(folder: Path) -> Path:
+    """frame_raf with busy work in every frame (like ``slow``), so a chunk run lasts a few seconds.
+
+    Chunk runs of bare frame_raf end about as fast as the run queue starts the next one, which
+    makes their overlap a matter of luck; these outlast the start-up jitter of parallel runs.
+    """
+    return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
+
+
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``dagster-daemon run`` on the repo's workspace, in its own session; its whole group is stopped after."""
+    with log.open("ab") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
+            cwd=REPO,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process_tree(process)  # SIGTERM to the group, then SIGKILL to whatever is left after 20 s
+
+
+@contextlib.contextmanager
+def deployment_workspace(instance: dg.DagsterInstance, env: dict[str, str]) -> Iterator[Any]:
+    """The repo's workspace loaded the way the UI loads it (a code server with the deployment's env)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DAGSTER_HOME", "HELIOS_STORAGE", "HELIOS_INBOX", "HELIOS_MAX_CHUNKS"):
+            patch.setenv(name, env[name])
+        patch.chdir(REPO)
+        context = WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(REPO / "workspace.yaml")]))
+    with context:
+        request_context = context.create_request_context()
+        assert not request_context.code_location_errors(), request_context.code_location_errors()
+        yield request_context
+
+
+# --- backfills on a running daemon ----------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    instance: dg.DagsterInstance
+    storage: RenderStorage
+    asset_graph: Any
+    backfills: dict[str, str]  # render key -> backfill id
+    failing_composition: Path
+
+
+EXACT, FAILING, FRAMES = "bf-exact", "bf-fails", 60
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One daemon for both backfill tests, each with its own render; both backfills exist before it starts.
+
+    The automation sensor (``render_automation``, RUNNING by default) is stopped first, as a user
+    would toggle it in the UI: it reacts to new partitions and, once a backfill has ended, would
+    request a failed chunk again on its own (its condition leaves targets alone only while a
+    backfill is in progress), racing the re-execution under test. With it stopped, every run here
+    comes from a backfill.
+
+    The daemon's backfill loop runs every 30 s, so the two renders share its loops: ``bf-fails``
+    is backfilled without its plan (its chunks render in the first loop, while ``bf-exact`` plans),
+    so the chunk runs of ``bf-exact`` start in the second loop with the chunk pool to themselves.
+    """
+    root = tmp_path_factory.mktemp("daemon")
+    home, storage_dir, inbox = root / "home", root / "storage", root / "inbox"
+    inbox.mkdir()
+    write_instance_config(home)
+    env = deployment_env(home, storage_dir, inbox)
+    storage = RenderStorage(base_dir=str(storage_dir))
+    instance = open_instance(home)
+    specs = root / "specs"
+    failing_page = failing_composition(root / "failing")
+    renders = {
+        EXACT: write_spec(specs, EXACT, busy_composition(root / "busy"), frame_count=FRAMES, concurrency=MAX_CHUNKS),
+        FAILING: write_spec(specs, FAILING, failing_page, frame_count=FRAMES, concurrency=MAX_CHUNKS),
+    }
+    try:
+        with deployment_workspace(instance, env) as workspace:
+            (location,) = workspace.code_locations  # workspace.yaml has one: helios_pipeline
+            repository = next(iter(location.get_repositories().values()))
+            automation = repository.get_sensor("render_automation")
+            instance.stop_sensor(automation.get_remote_origin_id(), automation.selector_id, automation)
+            backfills = {}
+            for key, spec_file in renders.items():
+                registered, _ = register_spec_file(storage, spec_file, MAX_CHUNKS)
+                assert registered == key
+                instance.add_dynamic_partitions(RENDERS, [key])
+                backfills[key] = launch_backfill(
+                    instance,
+                    key,
+                    workspace.asset_graph,
+                    tags={"dagster/priority": "1" if key == EXACT else "0"},  # bf-exact's runs dequeue first
+                    with_plan=key == EXACT,
+                )
+            with running_daemon(env, root / "daemon.log"):
+                yield Deployment(instance, storage, workspace.asset_graph, backfills, failing_page)
+    finally:
+        instance.wipe_daemon_heartbeats()
+        instance.dispose()
+
+
+# (first in the module: its re-execution then shares daemon loops with the other test's backfill)
+def test_permanent_chunk_failure_then_reexecution_renders_only_that_chunk(deployment: Deployment) -> None:
+    instance, graph = deployment.instance, deployment.asset_graph
+    first_backfill = deployment.backfills[FAILING]
+    partitions = {chunk: chunk_partition(FAILING, chunk) for chunk in ("000", "001", "002")}
+
+    status = wait_for_backfill(instance, first_backfill)
+
+    assert status in FAILED
+    chunks = chunk_runs(backfill_runs(instance, first_backfill))
+    statuses = {chunk: [r.dagster_run.status for r in runs] for chunk, runs in chunks.items()}
+    assert statuses == {
+        "000": [dg.DagsterRunStatus.SUCCESS],
+        "001": [dg.DagsterRunStatus.FAILURE],  # a page error: no step retry, and no run retry
+        "002": [dg.DagsterRunStatus.SUCCESS],
+    }
+    materialized = instance.get_materialized_partitions(CHUNK)
+    assert partitions["000"] in materialized and partitions["002"] in materialized
+    assert partitions["001"] not in materialized
+    assert FAILING not in instance.get_materialized_partitions(CONCAT)
+    assert FAILING not in instance.get_materialized_partitions(MIXED)
+    assert not any(r.dagster_run.asset_selection & {CONCAT, MIXED} for r in render_runs(instance, FAILING))
+    before = {chunk: materialization_count(instance, CHUNK, partition) for chunk, partition in partitions.items()}
+    assert before == {"000": 1, "001": 0, "002": 1}
+
+    # fix the page, then what the UI calls "Re-execute backfill -> from failure"
+    shutil.copy(COMPOSITIONS / "frame_raf" / "index.html", deployment.failing_composition / "index.html")
+    retry_backfill = reexecute_backfill_from_failure(instance, first_backfill, graph)
+    assert wait_for_backfill(instance, retry_backfill) == BulkActionStatus.COMPLETED_SUCCESS
+
+    retry_runs = backfill_runs(instance, retry_backfill)
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in retry_runs)
+    assert sorted(chunk_runs(retry_runs)) == ["001"], "only the failed chunk may be rendered again"
+    after = {chunk: materialization_count(instance, CHUNK, partition) for chunk, partition in partitions.items()}
+    assert after == {"000": 1, "001": 1, "002": 1}
+    assert set().union(*(r.dagster_run.asset_selection for r in retry_runs)) == {CHUNK, CONCAT, MIXED}
+    assert frame_indices(final_video(instance, FAILING)) == list(range(FRAMES))
+
+
+def test_backfill_renders_chunks_in_parallel_then_concat_and_final(deployment: Deployment) -> None:
+    instance, backfill_id = deployment.instance, deployment.backfills[EXACT]
+
+    status = wait_for_backfill(instance, backfill_id)
+
+    assert status == BulkActionStatus.COMPLETED_SUCCESS
+    records = backfill_runs(instance, backfill_id)
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    assert [r.dagster_run.asset_selection for r in records].count({PLAN}) == 1
+    chunks = chunk_runs(records)
+    assert sorted(chunks) == ["000", "001", "002"] and all(len(runs) == 1 for runs in chunks.values())
+    spans = sorted((runs[0].start_time, runs[0].end_time) for runs in chunks.values())
+    assert all(start and end for start, end in spans)
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
+    assert overlapping, f"the chunk runs ran one after another: {spans}"
+    for asset in (CONCAT, MIXED):
+        assert EXACT in instance.get_materialized_partitions(asset)
+    final_runs = [r for r in records if r.dagster_run.asset_selection & {CONCAT, MIXED}]
+    assert [r.dagster_run.asset_selection for r in final_runs] == [{CONCAT, MIXED}]  # concat + mix in one run
+    video = final_video(instance, EXACT)
+    assert video == deployment.storage.plan_for(EXACT).final_output_file
+    assert frame_indices(video) == list(range(FRAMES))
+    assert check_results(instance, [final_runs[0].dagster_run.run_id]) == {
+        "chunks_complete": True,
+        "final_video_valid": True,
+    }
+
+
+# --- the CLI through Dagster (it starts and stops its own daemon) ---------------------------------
+
+
+@dataclass
+class CliDeployment:
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    specs: Path
+    log: Path  # the CLI's stdout and stderr
+
+
+@pytest.fixture
+def cli_deployment(tmp_path: Path) -> Iterator[CliDeployment]:
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    inbox.mkdir()
+    write_instance_config(home)
+    instance = open_instance(home)  # creates the sqlite storage before the CLI and its daemon open it
+    try:
+        env = deployment_env(home, tmp_path / "storage", inbox)
+        yield CliDeployment(home, env, instance, tmp_path / "specs", tmp_path / "cli.log")
+    finally:
+        for process in deployment_processes(home):  # only if a test failed half-way
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        instance.wipe_daemon_heartbeats()
+        instance.dispose()
+
+
+def cli_render(deployment: CliDeployment, spec: Path, **popen: Any) -> subprocess.Popen:
+    """``helios-pipeline render SPEC -q`` with the deployment's environment; its output goes to ``deployment.log``."""
+    command = [sys.executable, "-m", "helios_pipeline.cli", "render", str(spec), "-q"]
+    with deployment.log.open("wb") as log:
+        return subprocess.Popen(command, cwd=REPO, env=deployment.env, stdout=log, stderr=subprocess.STDOUT, **popen)
+
+
+def cli_output(deployment: CliDeployment) -> str:
+    return deployment.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+
+
+def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployment: CliDeployment) -> None:
+    instance = cli_deployment.instance
+    assert not instance.get_daemon_heartbeats(), "this test needs an instance without a daemon"
+    spec = write_spec(cli_deployment.specs, "cli-exact", COMPOSITIONS / "frame_raf", frame_count=45, concurrency=2)
+
+    process = cli_render(cli_deployment, spec)
+    process.wait(timeout=150)
+
+    assert process.returncode == 0, cli_output(cli_deployment)
+    video = spec.parent / "out" / "cli-exact.mp4"
+    assert frame_indices(video) == list(range(45))
+    records = render_runs(instance, "cli-exact")
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    selections = [r.dagster_run.asset_selection for r in records]
+    assert selections.count({PLAN}) == 1
+    chunks = chunk_runs(records)
+    assert sorted(chunks) == ["000", "001"] and all(len(runs) == 1 for runs in chunks.values())
+    assert set().union(*selections) == {PLAN, CHUNK, CONCAT, MIXED}
+    assert len(records) in (4, 5)  # plan, two chunks, concat + mix (together, or one run each)
+    assert video == final_video(instance, "cli-exact")
+    assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+
+
+def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_deployment: CliDeployment) -> None:
+    instance = cli_deployment.instance
+    spec = write_spec(cli_deployment.specs, "cli-cancel", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
+    output = spec.parent / "out" / "cli-cancel.mp4"
+
+    process = cli_render(cli_deployment, spec, start_new_session=True)
+    try:
+
+        def chunk_started() -> bool:
+            assert process.poll() is None, cli_output(cli_deployment)
+            records = chunk_runs(render_runs(instance, "cli-cancel")).values()
+            return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
+
+        wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the foreground group on Ctrl-C
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    assert process.returncode == 130, cli_output(cli_deployment)
+    assert "cancelled" in cli_output(cli_deployment)
+    assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+    assert not output.exists()
+    assert "cli-cancel" not in instance.get_materialized_partitions(MIXED)
+    chunks = chunk_runs(render_runs(instance, "cli-cancel"))
+    assert chunks, "no chunk run was launched"
+    statuses = {chunk: [r.dagster_run.status for r in runs] for chunk, runs in chunks.items()}
+    assert all(status in ENDED_RUN for runs in statuses.values() for status in runs), statuses
+    rendered = [key for key in instance.get_materialized_partitions(CHUNK) if key.endswith("|cli-cancel")]
+    assert rendered == [], "a terminated chunk run must not render its chunk after all (by a step retry)"
