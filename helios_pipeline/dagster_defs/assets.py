@@ -209,6 +209,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "encode_seconds": result.encode_seconds,
             "encode_cpu_seconds": result.encode_cpu_seconds,
             "bytes": result.bytes,
+            "capture_method": dg.MetadataValue.text(result.capture_method),
+            "page_audio_sources": result.page_audio_sources,
             "worker_host": dg.MetadataValue.text(result.host),
             "worker_pid": result.pid,
             "path": dg.MetadataValue.path(result.output_file),
@@ -327,9 +329,10 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
         problems.append(f"duration {info.duration:.4f} s, expected {expected_duration:.4f} s")
     if (info.width, info.height) != (spec.width, spec.height):
         problems.append(f"{info.width}x{info.height}, expected {spec.width}x{spec.height}")
-    wants_audio = bool(spec.audio_tracks)
+    # audio is expected from the spec's tracks or from the page's own media (carried by the chunks)
+    wants_audio = bool(spec.audio_tracks) or probe(plan.concat_output_file).audio_codec is not None
     if (info.audio_codec is not None) != wants_audio:
-        problems.append("audio stream present without audio tracks" if info.audio_codec else "audio stream missing")
+        problems.append("audio stream present without any audio source" if info.audio_codec else "audio stream missing")
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
