@@ -1,0 +1,113 @@
+"""Dagster overhead: one render through Dagster against the same render through the library.
+
+Renders the example composition (examples/promo) at 1280x720, 30 fps, 20 s, in 2 chunks:
+1. with the library orchestrator (RenderOrchestrator.render, local worker processes);
+2. through Dagster as a backfill (plan, 2 chunk runs, concat+mix) on a real daemon;
+3. through Dagster the way `helios-pipeline render` does it (plan in-process, automation runs the rest).
+Prints wall times, the ratios Dagster/library and the per-run overhead they imply, from one run.
+
+    python benchmarks/bench_dagster.py [--seconds 20] [--width 1280 --height 720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNKS = 2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="helios-bench-dagster-"))
+    home = scratch / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    os.environ.update(
+        DAGSTER_HOME=str(home),
+        HELIOS_STORAGE=str(scratch / "storage"),
+        HELIOS_INBOX=str(scratch / "inbox"),
+        HELIOS_MAX_CHUNKS=str(CHUNKS),
+    )
+    (scratch / "inbox").mkdir()
+
+    from helios_pipeline.dagster_defs.registry import register_spec
+    from helios_pipeline.dagster_defs.runner import (
+        ensure_daemon,
+        get_instance,
+        launch_backfill,
+        render_through_dagster,
+    )
+    from helios_pipeline.dagster_defs.settings import Settings
+    from helios_pipeline.dagster_defs.storage import RenderStorage
+    from helios_pipeline.orchestrator import RenderOrchestrator, resolve_spec
+
+    def spec_for(name: str):
+        return resolve_spec(
+            str(REPO / "examples" / "promo" / "index.html"),
+            scratch / "out" / f"{name}.mp4",
+            {"name": name, "width": args.width, "height": args.height, "fps": 30,
+             "duration_in_seconds": args.seconds, "concurrency": CHUNKS,
+             "input_props": {"title": "benchmark", "duration": args.seconds}},
+        )  # fmt: skip
+
+    results: dict[str, float] = {}
+    started = time.perf_counter()
+    RenderOrchestrator.render(spec_for("library"))
+    results["library_seconds"] = time.perf_counter() - started
+
+    instance = get_instance()
+    storage = RenderStorage(base_dir=str(Settings.from_env().storage))
+    with ensure_daemon(instance):
+        # the automation sensor would also pick up the backfilled render: give the backfill the render alone
+        time.sleep(2)
+        key, _ = register_spec(storage, spec_for("backfill"), CHUNKS)
+        started = time.perf_counter()
+        instance.add_dynamic_partitions("renders", [key])
+        backfill_id = launch_backfill(instance, key)
+        while True:
+            backfill = instance.get_backfill(backfill_id)
+            if backfill is not None and backfill.status.value.startswith("COMPLETED"):
+                break
+            if backfill is not None and backfill.status.value in ("FAILED", "CANCELED"):
+                break
+            time.sleep(0.5)
+        results["backfill_seconds"] = time.perf_counter() - started
+        results["backfill_status"] = backfill.status.value  # type: ignore[assignment]
+
+        started = time.perf_counter()
+        render_through_dagster(spec_for("automation"), lambda _status: None, timeout=1800)
+        results["automation_seconds"] = time.perf_counter() - started
+
+    runs = 1 + CHUNKS + 1  # plan, chunks, concat+mix
+    library = results["library_seconds"]
+    for path in ("backfill", "automation"):
+        results[f"{path}_ratio"] = results[f"{path}_seconds"] / library
+        results[f"{path}_overhead_per_run_seconds"] = (results[f"{path}_seconds"] - library) / runs
+    print(f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks")
+    print(f"  library orchestrator       {library:7.1f} s")
+    for path in ("backfill", "automation"):
+        print(
+            f"  dagster {path:<18} {results[f'{path}_seconds']:7.1f} s  ratio {results[f'{path}_ratio']:.2f}  "
+            f"overhead/run {results[f'{path}_overhead_per_run_seconds']:.1f} s ({runs} runs)"
+        )
+    print(json.dumps(results))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
