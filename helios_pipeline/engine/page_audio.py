@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlparse
 
 from helios_pipeline.engine.encode import fps_fraction, timescale_args
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.mix import NORMALISE, SAMPLE_RATE, TEMPO_TAIL_PAD, _tempo_chain
+from helios_pipeline.engine.mix import NORMALISE, SAMPLE_RATE, TEMPO_TAIL_PAD, _samples, _tempo_chain
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
@@ -209,10 +209,6 @@ class _Placement:
     """Track-local sample where it stops being audible (source end or render end)."""
     fade_in: int
     fade_out: int
-
-
-def _samples(seconds: float) -> int:
-    return round(SAMPLE_RATE * seconds)
 
 
 def frame_sample(frame: int, fps: float) -> int:
