@@ -141,7 +141,8 @@ def _render_local(spec: RenderSpec, quiet: bool) -> int:
             return EXIT_CANCELLED
     err.print(
         f"[green]done[/] {result.output}  {total} frames in {result.seconds:.1f} s "
-        f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)"
+        f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)",
+        soft_wrap=True,
     )
     return EXIT_OK
 
@@ -165,7 +166,10 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
             _report("cancelled", "yellow", "the render's runs were terminated; no output written")
             return EXIT_CANCELLED
     seconds = time.monotonic() - started
-    err.print(f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)")
+    err.print(
+        f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)",
+        soft_wrap=True,
+    )
     return EXIT_OK
 
 
