@@ -2,8 +2,11 @@
 
 Renders the example composition (examples/promo) at 1280x720, 30 fps, 20 s, in 2 chunks:
 1. with the library orchestrator (RenderOrchestrator.render, local worker processes);
-2. through Dagster as a backfill (plan, 2 chunk runs, concat+mix) on a real daemon;
-3. through Dagster the way `helios-pipeline render` does it (plan in-process, automation runs the rest).
+2. through Dagster as the UI's backfill (plan run, 2 chunk runs, concat+mix run) on a real daemon;
+3. through Dagster the way `helios-pipeline render` does it (plan in-process, then a backfill of
+   the 2 chunk runs and the concat+mix run).
+The daemon is the project's (`helios_pipeline.dagster_defs.daemon`: Dagster's daemon with a 2 s
+backfill loop), as `helios-pipeline ui` and the CLI run it.
 Prints wall times, the ratios Dagster/library and the per-run overhead they imply, from one run.
 
     python benchmarks/bench_dagster.py [--seconds 20] [--width 1280 --height 720]
@@ -24,11 +27,42 @@ REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2
 
 
+def deployment_cpu_seconds() -> float:
+    """CPU seconds used so far by the daemon and its code server themselves (not by the run workers)."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "helios_pipeline.dagster_defs.daemon" in command or "dagster api grpc" in command:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
+    """The slowest chunk's wall seconds as its materialisation recorded them."""
+    import dagster as dg
+
+    walls = []
+    for chunk in range(CHUNKS):
+        partition = str(dg.MultiPartitionKey({"render": render_key, "chunk": f"{chunk:03d}"}))
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("chunk_video"), asset_partitions=[partition]), limit=1
+        ).records
+        walls.append(float(records[0].asset_materialization.metadata["wall_seconds"].value))
+    return max(walls)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--keep", action="store_true", help="keep the instance and outputs (path printed)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-dagster-"))
@@ -65,8 +99,9 @@ def main() -> int:
 
     results: dict[str, float] = {}
     started = time.perf_counter()
-    RenderOrchestrator.render(spec_for("library"))
+    library_result = RenderOrchestrator.render(spec_for("library"))
     results["library_seconds"] = time.perf_counter() - started
+    results["library_chunk_wall_seconds"] = max(chunk.wall_seconds for chunk in library_result.chunks)
 
     instance = get_instance()
     storage = RenderStorage(base_dir=str(Settings.from_env().storage))
@@ -74,6 +109,7 @@ def main() -> int:
         # the automation sensor would also pick up the backfilled render: give the backfill the render alone
         time.sleep(2)
         key, _ = register_spec(storage, spec_for("backfill"), CHUNKS)
+        cpu_before = deployment_cpu_seconds()
         started = time.perf_counter()
         instance.add_dynamic_partitions("renders", [key])
         backfill_id = launch_backfill(instance, key)
@@ -85,26 +121,40 @@ def main() -> int:
                 break
             time.sleep(0.5)
         results["backfill_seconds"] = time.perf_counter() - started
+        results["backfill_deployment_cpu_seconds"] = deployment_cpu_seconds() - cpu_before
         results["backfill_status"] = backfill.status.value  # type: ignore[assignment]
 
+        cpu_before = deployment_cpu_seconds()
         started = time.perf_counter()
-        render_through_dagster(spec_for("automation"), lambda _status: None, timeout=1800)
-        results["automation_seconds"] = time.perf_counter() - started
+        render_through_dagster(spec_for("cli"), lambda _status: None, timeout=1800)
+        results["cli_seconds"] = time.perf_counter() - started
+        results["cli_deployment_cpu_seconds"] = deployment_cpu_seconds() - cpu_before
 
-    runs = 1 + CHUNKS + 1  # plan, chunks, concat+mix
+    for path in ("backfill", "cli"):
+        results[f"{path}_chunk_wall_seconds"] = dagster_chunk_wall_seconds(instance, path)
+    runs = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1}  # (plan), chunks, concat+mix
     library = results["library_seconds"]
-    for path in ("backfill", "automation"):
+    for path in ("backfill", "cli"):
         results[f"{path}_ratio"] = results[f"{path}_seconds"] / library
-        results[f"{path}_overhead_per_run_seconds"] = (results[f"{path}_seconds"] - library) / runs
+        results[f"{path}_overhead_per_run_seconds"] = (results[f"{path}_seconds"] - library) / runs[path]
     print(f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks")
     print(f"  library orchestrator       {library:7.1f} s")
-    for path in ("backfill", "automation"):
+    for path in ("backfill", "cli"):
         print(
             f"  dagster {path:<18} {results[f'{path}_seconds']:7.1f} s  ratio {results[f'{path}_ratio']:.2f}  "
-            f"overhead/run {results[f'{path}_overhead_per_run_seconds']:.1f} s ({runs} runs)"
+            f"overhead/run {results[f'{path}_overhead_per_run_seconds']:.1f} s ({runs[path]} runs)"
         )
+    print(
+        f"  slowest chunk: library {results['library_chunk_wall_seconds']:.1f} s, dagster backfill "
+        f"{results['backfill_chunk_wall_seconds']:.1f} s, cli {results['cli_chunk_wall_seconds']:.1f} s; "
+        f"daemon + code server CPU: backfill {results['backfill_deployment_cpu_seconds']:.1f} s, "
+        f"cli {results['cli_deployment_cpu_seconds']:.1f} s"
+    )
     print(json.dumps(results))
-    shutil.rmtree(scratch, ignore_errors=True)
+    if args.keep:
+        print(f"kept: DAGSTER_HOME={home}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

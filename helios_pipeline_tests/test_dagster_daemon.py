@@ -1,10 +1,10 @@
 """The Dagster deployment end to end: a real daemon, real backfills, the CLI through Dagster, Ctrl-C.
 
 Everything is real: a temporary DAGSTER_HOME with the repo's dagster.yaml (run queue, pools, run
-retries), ``python -m dagster._daemon run -w workspace.yaml`` as a subprocess, one run process
-per chunk, Chromium and FFmpeg. Renders are tiny (128x128, 45-60 frames); most of the time is
-the backfill daemon's fixed 30 s loop, so the two backfill renders share one daemon and run
-side by side.
+retries), the project's daemon (``python -m helios_pipeline.dagster_defs.daemon run -w
+workspace.yaml``: Dagster's daemon with a 1 s backfill loop) as a subprocess, one run process per
+chunk, Chromium and FFmpeg. Renders are tiny (128x128, 45-60 frames); the two backfill renders
+share one daemon and run side by side.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionsFilter, BulkActionStatus
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import (
     launch_backfill,
@@ -51,8 +52,8 @@ PLAN = dg.AssetKey("render_plan")
 CHUNK = dg.AssetKey("chunk_video")
 CONCAT = dg.AssetKey("concat_video")
 MIXED = dg.AssetKey("mixed_video")
-# The backfill daemon loops every 30 s: plan, chunks, concat + mix, completion take 4 loops (~2 min on an idle
-# 2-core machine); the rest is slack for a loaded CI machine.
+# plan, chunks, concat + mix: three runs one after another (~30 s on an idle 2-core machine); the rest is
+# slack for a loaded CI machine.
 BACKFILL_TIMEOUT_S = 240
 FAILED = (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED)
 ENDED_RUN = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE}
@@ -145,6 +146,10 @@ def render_runs(instance: dg.DagsterInstance, render_key: str) -> list[dg.RunRec
     return list(records.values())
 
 
+def render_backfills(instance: dg.DagsterInstance, render_key: str) -> list[Any]:
+    return list(instance.get_backfills(filters=BulkActionsFilter(tags={"helios/render": render_key})))
+
+
 def chunk_runs(records: list[dg.RunRecord]) -> dict[str, list[dg.RunRecord]]:
     """Chunk runs by chunk key ("000", ...)."""
     by_chunk: dict[str, list[dg.RunRecord]] = {}
@@ -214,10 +219,10 @@ def busy_composition(folder: Path) -> Path:
 
 @contextlib.contextmanager
 def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """``dagster-daemon run`` on the repo's workspace, in its own session; its whole group is stopped after."""
+    """The project's daemon on the repo's workspace, in its own session; its whole group is stopped after."""
     with log.open("ab") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
+            daemon_command("run", "-w", str(REPO / "workspace.yaml")),
             cwd=REPO,
             env=env,
             stdout=stream,
@@ -434,9 +439,15 @@ def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployme
     selections = [r.dagster_run.asset_selection for r in records]
     assert selections.count({PLAN}) == 1
     chunks = chunk_runs(records)
+    # only the chunks the plan uses (2 of the deployment's 3) get a run; automation requests nothing twice
     assert sorted(chunks) == ["000", "001"] and all(len(runs) == 1 for runs in chunks.values())
     assert set().union(*selections) == {PLAN, CHUNK, CONCAT, MIXED}
-    assert len(records) in (4, 5)  # plan, two chunks, concat + mix (together, or one run each)
+    assert len(records) == 4  # plan (in the CLI's process), two chunks, concat + mix
+    (backfill,) = render_backfills(instance, "cli-exact")
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+    launched = [r.dagster_run for r in records if r.dagster_run.asset_selection != {PLAN}]
+    assert all(run.tags.get("dagster/backfill") == backfill.backfill_id for run in launched)
+    assert chunk_partition("cli-exact", "002") in instance.get_materialized_partitions(CHUNK)  # skipped, runless
     assert video == final_video(instance, "cli-exact")
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
 
@@ -473,3 +484,4 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
     assert all(status in ENDED_RUN for runs in statuses.values() for status in runs), statuses
     rendered = [key for key in instance.get_materialized_partitions(CHUNK) if key.endswith("|cli-cancel")]
     assert rendered == [], "a terminated chunk run must not render its chunk after all (by a step retry)"
+    assert [b.status for b in render_backfills(instance, "cli-cancel")] == [BulkActionStatus.CANCELED]

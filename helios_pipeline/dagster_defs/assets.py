@@ -8,6 +8,7 @@ Dagster's: a chunk is a partition, each partition its own run.
 import json
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +18,7 @@ from helios_pipeline.dagster_defs.settings import Settings, chunk_keys
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.concat import concat_chunks
-from helios_pipeline.engine.contact_sheet import write_contact_sheet
+from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.fingerprint import ENGINE_VERSION, render_fingerprint
@@ -291,8 +292,16 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
     try:
-        mix = mix_final(plan.mix_options, plan.concat_output_file, plan.final_output_file)
-        sheet = write_contact_sheet(plan.final_output_file)
+        # the mix stream-copies the concat's video, so the contact sheet reads the concat meanwhile
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sheet_job = pool.submit(write_contact_sheet, plan.final_output_file, frames_from=plan.concat_output_file)
+            try:
+                mix = mix_final(plan.mix_options, plan.concat_output_file, plan.final_output_file)
+            except BaseException:
+                wait([sheet_job])
+                contact_sheet_path(plan.final_output_file).unlink(missing_ok=True)  # no sheet without its video
+                raise
+            sheet = sheet_job.result()
     except RenderError as exc:
         raise _fail(exc, retryable=False) from None
     info = probe(plan.final_output_file)

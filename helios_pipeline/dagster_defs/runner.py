@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import dagster as dg
 import psutil
 from dagster._core.storage.dagster_run import RunsFilter
 
+from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, Settings
 from helios_pipeline.dagster_defs.storage import RenderStorage
@@ -57,14 +57,22 @@ def get_instance() -> dg.DagsterInstance:
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
-    """Register ``spec`` as a render and plan it; a running deployment renders it without further steps."""
+    """Register ``spec`` as a render, plan it here, and hand the rest to the deployment as a backfill.
+
+    The backfill targets the render's chunks (only those its plan uses), the concat and the mixed
+    video, so the render shows in the UI's backfills with its progress and can be re-executed from
+    failure like one launched there. It is created before the plan is materialised: automation
+    leaves assets alone while a backfill targets them, so the chunks are never requested twice.
+    """
     settings = Settings.from_env()
     storage = RenderStorage(base_dir=str(settings.storage))
     key, _spec = register_spec(storage, spec, settings.max_chunks, render_key, source)
+    chunk_count = len(storage.plan_for(key).chunks)
     if not instance.has_dynamic_partition(RENDERS, key):
         instance.add_dynamic_partitions(RENDERS, [key])
-    # plan now, in this process (a real run in the instance); automation renders the chunks as soon
-    # as it sees the new plan, and a re-submitted spec with new content marks old chunks stale
+    backfill_id = launch_backfill(instance, key, with_plan=False, chunk_count=chunk_count)
+    # the plan asset, in this process (a run in the instance, without a run worker's start-up): its data
+    # version (the content fingerprint) is what marks a re-submitted render's old chunks stale
     from helios_pipeline.dagster_defs.definitions import defs
 
     plan_job = defs.resolve_implicit_global_asset_job_def()
@@ -76,9 +84,31 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
         raise_on_error=False,
     )
     if not result.success:
+        cancel_backfill(instance, backfill_id, daemon_alive=daemon_running(instance))
         failures = [event.message for event in result.all_events if event.is_step_failure]
         raise RenderError(f"planning render {key} failed: {'; '.join(str(f) for f in failures)}")
     return key
+
+
+def render_backfill(instance: dg.DagsterInstance, key: str, since: float) -> Any | None:
+    """The newest backfill of render ``key`` created after ``since`` (what ``submit`` launched)."""
+    from dagster._core.execution.backfill import BulkActionsFilter
+
+    backfills = instance.get_backfills(
+        filters=BulkActionsFilter(tags={"helios/render": key}, created_after=_datetime(since)), limit=1
+    )
+    return backfills[0] if backfills else None
+
+
+def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str, daemon_alive: bool) -> None:
+    """Stop a backfill from launching anything more: CANCELING for a live daemon, else CANCELED at once."""
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None or backfill.status in BULK_ACTION_TERMINAL_STATUSES:
+        return
+    status = BulkActionStatus.CANCELING if daemon_alive else BulkActionStatus.CANCELED
+    instance.update_backfill(backfill.with_status(status))
 
 
 def daemon_running(instance: dg.DagsterInstance) -> bool:
@@ -97,7 +127,7 @@ def ensure_daemon(instance: dg.DagsterInstance) -> Iterator[subprocess.Popen | N
     log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
     with log.open("ab") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml")),
             cwd=PROJECT_ROOT,
             stdout=stream,
             stderr=subprocess.STDOUT,
@@ -214,12 +244,21 @@ def follow(
         for run in runs:
             if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") != "true":
                 raise RenderError(f"render {key}: {_failed_run_message(instance, run)}")
+        backfill = render_backfill(instance, key, since)
+        ended_badly = backfill is not None and backfill.status.value in ("FAILED", "CANCELED", "COMPLETED_FAILED")
+        if ended_badly and not _final_video_recorded(instance, key, since):
+            raise RenderError(f"render {key}: its backfill {backfill.backfill_id} ended {backfill.status.value}")
         active = [run for run in runs if not run.is_finished]
         stage = "rendering chunks" if any("dagster/partition/render" in r.tags for r in active) else "waiting"
         on_status(RenderStatus(min(_frames_done(storage, key), total), total, stage))
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
+
+
+def _final_video_recorded(instance: dg.DagsterInstance, key: str, since: float) -> bool:
+    filter_ = dg.AssetRecordsFilter(asset_key=dg.AssetKey("mixed_video"), asset_partitions=[key], after_timestamp=since)
+    return bool(instance.fetch_materializations(filter_, limit=1).records)
 
 
 def cancel_render(
@@ -271,11 +310,19 @@ def render_through_dagster(
         try:
             return follow(instance, key, since, on_status, timeout)
         except KeyboardInterrupt:
+            _cancel_submitted(instance, key, since, daemon_alive=True)
             cancel_render(instance, key, since)
     if own_daemon is not None:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled too
+        _cancel_submitted(instance, key, since, daemon_alive=False)
         cancel_render(instance, key, since, timeout=0)
     raise RenderCancelled(f"render {key} cancelled")
+
+
+def _cancel_submitted(instance: dg.DagsterInstance, key: str, since: float, daemon_alive: bool) -> None:
+    backfill = render_backfill(instance, key, since)
+    if backfill is not None:
+        cancel_backfill(instance, backfill.backfill_id, daemon_alive)
 
 
 # --- backfills (what the UI launches) -------------------------------------------------------------
@@ -298,14 +345,16 @@ def launch_backfill(
     asset_graph: Any | None = None,
     tags: dict[str, str] | None = None,
     with_plan: bool = True,
+    chunk_count: int | None = None,
 ) -> str:
     """Submit an asset backfill of one registered render and return its id.
 
     The backfill targets the render's plan, every chunk partition of the render, the concat and
     the mixed video: what a user selects in the UI. The daemon then runs the plan, one run per
     chunk under the run queue, and concat + mix together once all chunks exist. ``with_plan=False``
-    leaves the plan out (chunks read the registered spec, not the plan asset), which saves the
-    daemon one 30 s loop before the chunks start.
+    leaves the plan out (chunks read the registered spec, not the plan asset), which saves a run
+    and a daemon loop before the chunks start; ``chunk_count`` then limits the backfill to the
+    chunks the render's plan uses (the concat waits only for parents inside the backfill).
 
     ``asset_graph`` must be the deployment's (for example ``WorkspaceRequestContext.asset_graph``
     of a workspace loaded with the deployment's environment); by default it is this process's
@@ -324,7 +373,7 @@ def launch_backfill(
         assets = BACKFILL_ASSETS[1:]
         partitions = [
             str(dg.MultiPartitionKey({"render": render_key, "chunk": chunk}))
-            for chunk in chunk_dimension.get_partition_keys()
+            for chunk in chunk_dimension.get_partition_keys()[:chunk_count]
         ]
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=make_new_backfill_id(),

@@ -15,19 +15,26 @@ def contact_sheet_path(video: Path) -> Path:
     return video.with_name(f"{video.stem}.contact.png")
 
 
-def write_contact_sheet(video: Path, *, columns: int = 4, rows: int = 3, thumb_width: int = 320) -> Path:
-    """Write a ``columns x rows`` grid of evenly spaced frames beside ``video`` and return its path."""
-    frames = count_video_frames(video)
+def write_contact_sheet(
+    video: Path, *, frames_from: Path | None = None, columns: int = 4, rows: int = 3, thumb_width: int = 320
+) -> Path:
+    """Write a ``columns x rows`` grid of evenly spaced frames beside ``video`` and return its path.
+
+    ``frames_from`` reads the frames from another file with the same video stream (the concat the
+    final mix stream-copies), so the sheet can be made while the mix is still writing ``video``.
+    """
+    source = frames_from or video
+    frames = count_video_frames(source)
     cells = columns * rows
     step = max(1, frames // cells)
     output = contact_sheet_path(video)
     with atomic_output(output) as partial:
         command = [
-            ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(video),
+            ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
             "-vf", f"select=not(mod(n\\,{step})),scale={thumb_width}:-2,tile={columns}x{rows}:padding=4:margin=4",
             "-frames:v", "1", "-fps_mode", "passthrough", str(partial),
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RenderError(f"contact sheet for {video} failed: {result.stderr.strip()}")
+            raise RenderError(f"contact sheet for {video} (frames from {source}) failed: {result.stderr.strip()}")
     return output
