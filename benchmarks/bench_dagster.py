@@ -9,7 +9,7 @@ The daemon is the project's (`helios_pipeline.dagster_defs.daemon`: Dagster's da
 backfill loop), as `helios-pipeline ui` and the CLI run it.
 Prints wall times, the ratios Dagster/library and the per-run overhead they imply, from one run.
 
-    python benchmarks/bench_dagster.py [--seconds 20] [--width 1280 --height 720]
+    python benchmarks/bench_dagster.py [--repeat 3] [--seconds 20] [--width 1280 --height 720]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (each path once per round); medians")
     parser.add_argument("--keep", action="store_true", help="keep the instance and outputs (path printed)")
     args = parser.parse_args()
 
@@ -97,47 +99,59 @@ def main() -> int:
              "input_props": {"title": "benchmark", "duration": args.seconds}},
         )  # fmt: skip
 
-    results: dict[str, float] = {}
-    started = time.perf_counter()
-    library_result = RenderOrchestrator.render(spec_for("library"))
-    results["library_seconds"] = time.perf_counter() - started
-    results["library_chunk_wall_seconds"] = max(chunk.wall_seconds for chunk in library_result.chunks)
+    def library_round(name: str) -> dict[str, float]:
+        started = time.perf_counter()
+        result = RenderOrchestrator.render(spec_for(name))
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "chunk_wall_seconds": max(chunk.wall_seconds for chunk in result.chunks)}
 
-    instance = get_instance()
-    storage = RenderStorage(base_dir=str(Settings.from_env().storage))
-    with ensure_daemon(instance):
-        # the automation sensor would also pick up the backfilled render: give the backfill the render alone
-        time.sleep(2)
-        key, _ = register_spec(storage, spec_for("backfill"), CHUNKS)
+    def backfill_round(name: str) -> dict[str, float]:
+        """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
+        key, _ = register_spec(storage, spec_for(name), CHUNKS)
         cpu_before = deployment_cpu_seconds()
         started = time.perf_counter()
         instance.add_dynamic_partitions("renders", [key])
         backfill_id = launch_backfill(instance, key)
         while True:
             backfill = instance.get_backfill(backfill_id)
-            if backfill is not None and backfill.status.value.startswith("COMPLETED"):
-                break
-            if backfill is not None and backfill.status.value in ("FAILED", "CANCELED"):
+            if backfill is not None and backfill.status.value in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED"):
                 break
             time.sleep(0.5)
-        results["backfill_seconds"] = time.perf_counter() - started
-        results["backfill_deployment_cpu_seconds"] = deployment_cpu_seconds() - cpu_before
-        results["backfill_status"] = backfill.status.value  # type: ignore[assignment]
+        if backfill.status.value != "COMPLETED_SUCCESS":
+            raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
+                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key)}  # fmt: skip
 
+    def cli_round(name: str) -> dict[str, float]:
+        """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
         cpu_before = deployment_cpu_seconds()
         started = time.perf_counter()
-        render_through_dagster(spec_for("cli"), lambda _status: None, timeout=1800)
-        results["cli_seconds"] = time.perf_counter() - started
-        results["cli_deployment_cpu_seconds"] = deployment_cpu_seconds() - cpu_before
+        render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
+                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name)}  # fmt: skip
 
-    for path in ("backfill", "cli"):
-        results[f"{path}_chunk_wall_seconds"] = dagster_chunk_wall_seconds(instance, path)
+    rounds: dict[str, list[dict[str, float]]] = {"library": [], "backfill": [], "cli": []}
+    instance = get_instance()
+    storage = RenderStorage(base_dir=str(Settings.from_env().storage))
+    with ensure_daemon(instance):
+        time.sleep(5)  # let the daemon's first sensor and automation ticks pass
+        for index in range(args.repeat):  # interleaved, so a slow spell on the machine hits every path alike
+            rounds["library"].append(library_round(f"library-{index}"))
+            rounds["backfill"].append(backfill_round(f"backfill-{index}"))
+            rounds["cli"].append(cli_round(f"cli-{index}"))
+
+    results: dict[str, float] = {"repeat": args.repeat}
+    for path, measured in rounds.items():
+        for field in measured[0]:
+            results[f"{path}_{field}"] = statistics.median(m[field] for m in measured)
     runs = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1}  # (plan), chunks, concat+mix
     library = results["library_seconds"]
     for path in ("backfill", "cli"):
         results[f"{path}_ratio"] = results[f"{path}_seconds"] / library
         results[f"{path}_overhead_per_run_seconds"] = (results[f"{path}_seconds"] - library) / runs[path]
-    print(f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks")
+    print(f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks, medians of {args.repeat}")
     print(f"  library orchestrator       {library:7.1f} s")
     for path in ("backfill", "cli"):
         print(
