@@ -17,10 +17,12 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.execution.backfill import BulkActionStatus
 
 from helios_pipeline.dagster_defs import assets, sensors
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
+from helios_pipeline.dagster_defs.runner import launch_backfill
 from helios_pipeline.dagster_defs.settings import Settings
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
@@ -313,6 +315,29 @@ def test_automation_leaves_other_renders_alone(instance: dg.DagsterInstance) -> 
     for chunk in CHUNK_KEYS:
         report(instance, chunk_video, chunk_partition("a", chunk))
     assert automation.tick() == {"concat_video": {"a"}, "mixed_video": {"a"}}
+
+
+@pytest.mark.parametrize("ended", ["CANCELED", "COMPLETED_FAILED"])
+def test_automation_leaves_a_render_alone_once_its_backfill_has_ended(instance: dg.DagsterInstance, ended: str) -> None:
+    """A render driven by a backfill (the CLI's, or one launched in the UI) that was cancelled or failed.
+
+    Automation must not pick up what the backfill left undone: a Ctrl-C'd render would otherwise be
+    rendered after all, and a failed chunk retried behind the user's back.
+    """
+    automation = Automation(instance)
+    automation.tick()
+    instance.add_dynamic_partitions(renders.name, ["bf"])
+    backfill_id = launch_backfill(instance, "bf", defs.resolve_asset_graph(), with_plan=False)
+    report(instance, render_plan, "bf")  # the CLI plans in its own process once the backfill exists
+    assert automation.tick() == {}, "everything after the plan belongs to the backfill"
+
+    report(instance, chunk_video, chunk_partition("bf", CHUNK_KEYS[0]))  # one chunk done, then the backfill ends
+    backfill = instance.get_backfill(backfill_id)
+    assert backfill is not None
+    instance.update_backfill(backfill.with_status(BulkActionStatus[ended]))
+
+    assert automation.tick() == {}
+    assert automation.tick() == {}
 
 
 # --- the code location loads ----------------------------------------------------------------------

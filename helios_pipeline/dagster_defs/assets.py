@@ -72,9 +72,14 @@ PLAN_CONDITION = (dg.AutomationCondition.newly_missing() & ~dg.AutomationConditi
 # Chunks, concat and mix: `eager()` without its reset on the first evaluation. eager() forgets any
 # trigger seen on the automation sensor's first tick, so a plan materialised before the daemon's
 # first evaluation (the CLI on a fresh instance) would never have its chunks rendered.
+# A partition that a run or backfill is working on also resets the trigger: what a backfill leaves
+# undone (cancelled with Ctrl-C, or a chunk that failed) stays undone, instead of automation picking
+# it up once the backfill has ended.
 STAGE_CONDITION = (
     (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since(
-        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+        dg.AutomationCondition.newly_requested()
+        | dg.AutomationCondition.newly_updated()
+        | dg.AutomationCondition.in_progress()
     )
     & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.any_deps_in_progress()

@@ -37,6 +37,7 @@ REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 POLL_SECONDS = 0.5
 DAEMON_STOP_SECONDS = 20
 CANCEL_WAIT_SECONDS = 30
+BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is already there
 BACKFILL_ASSETS = ("render_plan", "chunk_video", "concat_video", "mixed_video")
 
 
@@ -308,7 +309,10 @@ def render_through_dagster(
     with ensure_daemon(instance) as own_daemon:
         key = submit(spec, instance, source=source)
         try:
-            return follow(instance, key, since, on_status, timeout)
+            status = follow(instance, key, since, on_status, timeout)
+            if own_daemon is not None:  # let our daemon record the backfill as done before it stops
+                _wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
+            return status
         except KeyboardInterrupt:
             _cancel_submitted(instance, key, since, daemon_alive=True)
             cancel_render(instance, key, since)
@@ -317,6 +321,17 @@ def render_through_dagster(
         _cancel_submitted(instance, key, since, daemon_alive=False)
         cancel_render(instance, key, since, timeout=0)
     raise RenderCancelled(f"render {key} cancelled")
+
+
+def _wait_for_backfill_end(instance: dg.DagsterInstance, key: str, since: float, timeout: float) -> None:
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backfill = render_backfill(instance, key, since)
+        if backfill is None or backfill.status in BULK_ACTION_TERMINAL_STATUSES:
+            return
+        time.sleep(POLL_SECONDS)
 
 
 def _cancel_submitted(instance: dg.DagsterInstance, key: str, since: float, daemon_alive: bool) -> None:
