@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from helios_pipeline.containers import container_problem
 from helios_pipeline.engine.subtitles import SrtError, read_srt
 
 FRAME_TOLERANCE = 1e-6
@@ -244,6 +245,9 @@ class RenderSpec(_Model):
             self._check_alpha()
         if self.output is None:
             object.__setattr__(self, "output", (_base_dir(info) / "out" / f"{self.name}.mp4").resolve())
+        problem = container_problem(self.output, self.video_codec, self.intermediate_video_codec)
+        if problem:
+            raise _field_error("output", problem)
         return self
 
     @property

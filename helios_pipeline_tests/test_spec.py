@@ -442,3 +442,35 @@ def test_spec_error_keeps_structured_problems(project: Path) -> None:
         load_spec(write_yaml(project, {**MINIMAL, "fps": -1}))
     assert caught.value.source == str(project / "spec.yaml")
     assert caught.value.problems == [("fps", "Input should be greater than 0")]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mode": "canvas", "video_codec": "copy", "intermediate_video_codec": "vp8"},
+         "output: a .mp4 file cannot hold vp8 video (the kept WebCodecs stream (vp8)); write a .webm (or .mkv)"),
+        ({"video_codec": "libvpx"}, "output: a .mp4 file cannot hold vp8 video (video_codec libvpx); write a .webm"),
+        ({"video_codec": "libx264", "output": "out/a.webm"}, "output: a .webm file cannot hold h264 video"),
+        ({"video_codec": "prores_ks", "pixel_format": "yuva444p10le"}, "a .mp4 file cannot hold prores video"),
+        ({"video_codec": "libvpx-vp9", "output": "out/a.mov"}, "a .mov file cannot hold vp9 video"),
+    ],
+)  # fmt: skip
+def test_an_output_container_that_cannot_hold_the_video_is_refused_before_rendering(
+    project: Path, fields: dict, message: str
+) -> None:
+    error = spec_error(write_yaml(project, {**MINIMAL, **fields}))
+    assert message in error and "spec.yaml" in error
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mode": "canvas", "video_codec": "copy", "intermediate_video_codec": "vp9", "output": "out/a.webm"},
+        {"mode": "canvas", "video_codec": "copy", "intermediate_video_codec": "av1", "output": "out/a.mp4"},
+        {"video_codec": "libvpx-vp9", "output": "out/a.mkv"},
+        {"video_codec": "prores_ks", "output": "out/a.mov"},
+        {"video_codec": "mpeg4", "output": "out/a.avi"},  # containers and encoders the table does not know
+    ],
+)
+def test_containers_that_hold_the_video_are_accepted(project: Path, fields: dict) -> None:
+    assert load_spec(write_yaml(project, {**MINIMAL, **fields})).output.suffix == Path(fields["output"]).suffix
