@@ -101,3 +101,17 @@ def test_video_elements_show_the_frame_of_the_composition_time(concurrency: int,
     centre = pixels.reshape(-1, 64, 64, 3)[:, 32, 32]
     colours = "".join("rgb"[int(np.argmax(pixel))] for pixel in centre)
     assert colours == "r" * 30 + "g" * 30 + "b" * 30
+
+
+@pytest.mark.parametrize(("preset", "lookahead"), [("medium", 10), ("slow", 50)])
+def test_x264_look_ahead_is_short_at_the_fast_presets_and_kept_at_the_slow_ones(
+    preset: str, lookahead: int, tmp_path: Path
+) -> None:
+    """x264 records its settings in the stream (an SEI): read back what the encoder really used.
+
+    A chunk is one GOP and x264 caps the look-ahead at the GOP length: 60 frames leave room for 50.
+    """
+    output = _render(COMPOSITIONS / "frame_raf", tmp_path / "out.mp4", fps=30, frame_count=60, preset=preset)
+    settings = output.read_bytes()
+    assert f"rc_lookahead={lookahead} ".encode() in settings
+    assert frame_indices(output) == list(range(60))
