@@ -112,7 +112,8 @@ def test_new_spec_adds_a_partition_and_snapshots_it(
     result = tick(instance, storage, None)
 
     assert added_keys(result) == ["intro"]
-    assert not result.run_requests, "a new render is planned by automation, not by the sensor"
+    (request,) = result.run_requests
+    assert request.partition_key == "intro" and request.asset_selection == [render_plan.key], "the sensor plans it"
     snapshot = storage.load_spec("intro")
     assert snapshot.name == "intro" and snapshot.total_frames == 20 and snapshot.concurrency == 2
     assert snapshot.composition == str(COMPOSITIONS / "frame_raf" / "index.html")
@@ -229,6 +230,18 @@ def test_schedule_tick_registers_a_dated_render(
     assert snapshot.output_path.name == "nightly-20250304-0600.mp4"
     assert snapshot.output_path.parent == inbox / "out"
 
+    # the run's success is what plans the render (schedules cannot request a new partition's plan)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensors.plan_registered_render.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    )
+    plan_request = sensors.plan_registered_render(context)
+    assert isinstance(plan_request, dg.RunRequest)
+    assert plan_request.partition_key == "nightly-20250304-0600"
+    assert plan_request.job_name in (None, sensors.plan_render_job.name)
+
 
 def test_definitions_include_the_schedules_of_the_inbox() -> None:
     scheduled = {schedule.name for schedule in defs.schedules or []}
@@ -276,8 +289,7 @@ def test_automation_renders_a_registered_render_stage_by_stage(instance: dg.Dags
     assert automation.tick() == {}
 
     instance.add_dynamic_partitions(renders.name, ["r1"])
-    assert automation.tick() == {"render_plan": {"r1"}}
-    assert automation.tick() == {}, "requested once"
+    assert automation.tick() == {}, "a new partition waits for its plan (from a sensor, the CLI or a backfill)"
 
     report(instance, render_plan, "r1")
     assert automation.tick() == {"chunk_video": {chunk_partition("r1", chunk) for chunk in CHUNK_KEYS}}
@@ -294,14 +306,12 @@ def test_automation_renders_a_registered_render_stage_by_stage(instance: dg.Dags
     assert automation.tick() == {}
 
 
-def test_automation_plans_a_render_registered_before_its_first_evaluation(instance: dg.DagsterInstance) -> None:
-    """A fresh deployment whose inbox sensor registered a render before automation first ran."""
+def test_automation_renders_a_render_planned_before_its_first_evaluation(instance: dg.DagsterInstance) -> None:
+    """A fresh deployment whose inbox sensor registered and planned a render before automation first ran."""
     instance.add_dynamic_partitions(renders.name, ["early"])
+    report(instance, render_plan, "early")
     automation = Automation(instance)
 
-    assert automation.tick() == {"render_plan": {"early"}}
-
-    report(instance, render_plan, "early")
     assert automation.tick() == {"chunk_video": {chunk_partition("early", chunk) for chunk in CHUNK_KEYS}}
 
 
@@ -309,7 +319,7 @@ def test_automation_leaves_other_renders_alone(instance: dg.DagsterInstance) -> 
     automation = Automation(instance)
     automation.tick()
     instance.add_dynamic_partitions(renders.name, ["a", "b"])
-    assert automation.tick() == {"render_plan": {"a", "b"}}
+    assert automation.tick() == {}
     report(instance, render_plan, "a")
     assert automation.tick() == {"chunk_video": {chunk_partition("a", chunk) for chunk in CHUNK_KEYS}}
     for chunk in CHUNK_KEYS:

@@ -38,6 +38,7 @@ from helios_pipeline_tests.test_dagster_daemon import (
     describe,
     final_video,
     open_instance,
+    render_runs,
     wait_for,
     write_instance_config,
     write_spec,
@@ -182,3 +183,27 @@ def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_ev
     os.killpg(ui.process.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
     assert ui.process.wait(timeout=60) == 0, ui_log(ui)
     assert not deployment_processes(ui.home), describe(deployment_processes(ui.home))
+
+
+def test_a_spec_dropped_into_the_inbox_is_rendered_to_the_final_video_with_no_click(ui: Ui) -> None:
+    wait_until_up(ui)
+    inbox = Path(ui.env["HELIOS_INBOX"])
+    spec = write_spec(ui.root / "drafts", "dropped", COMPOSITIONS / "frame_raf", frame_count=FRAMES)
+    spec.replace(inbox / spec.name)  # appears whole, as a user's save or move would make it
+
+    def final_recorded() -> bool:
+        assert ui.process.poll() is None, ui_log(ui)
+        return "dropped" in ui.instance.get_materialized_partitions(dg.AssetKey("mixed_video"))
+
+    wait_for(final_recorded, 180, "the dropped spec's final video", 1.0)
+
+    def runs_ended() -> list[dg.DagsterRun] | None:
+        runs = [record.dagster_run for record in render_runs(ui.instance, "dropped")]
+        return runs if all(run.is_finished for run in runs) else None
+
+    runs = wait_for(runs_ended, 60, "the render's runs to end")
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    selections = sorted(sorted(key.to_user_string() for key in run.asset_selection) for run in runs)
+    assert selections == [["chunk_video"], ["chunk_video"], ["concat_video", "mixed_video"], ["render_plan"]]
+    assert frame_indices(final_video(ui.instance, "dropped")) == list(range(FRAMES))
+    assert not ui.instance.get_backfills(), "the inbox path needs no backfill"

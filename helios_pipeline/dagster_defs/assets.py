@@ -60,15 +60,9 @@ def _terminated(render_key: str, index: int) -> dg.Failure:
     return dg.Failure(description=f"chunk {index:03d} of {render_key}: the run was terminated", allow_retries=False)
 
 
-# Each render's plan is requested once, when its partition appears. Not `eager()` (nor `on_missing()`):
-# their `since_last_handled()` resets on the automation sensor's first evaluation, so a render registered
-# before that evaluation (a fresh `dagster dev` whose inbox sensor ticks first) would never be planned.
-# `newly_missing()` is true on the first evaluation too, and true only once per partition, so a failed
-# plan is not requested again and again; `~in_progress()` leaves a render to a run or backfill already on it.
-PLAN_CONDITION = (dg.AutomationCondition.newly_missing() & ~dg.AutomationCondition.in_progress()).with_label(
-    "render registered"
-)
-
+# A render's plan is requested by whatever registered the render (the inbox sensor, the scheduled
+# render's follow-up sensor, the CLI, a backfill from the UI), never by automation on its own: a
+# partition added by hand in the UI waits for the user's backfill instead of racing it.
 # Chunks, concat and mix: `eager()` without its reset on the first evaluation. eager() forgets any
 # trigger seen on the automation sensor's first tick, so a plan materialised before the daemon's
 # first evaluation (the CLI on a fresh instance) would never have its chunks rendered.
@@ -91,7 +85,6 @@ STAGE_CONDITION = (
     partitions_def=renders,
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    automation_condition=PLAN_CONDITION,
     description="The render's plan: frame ranges per chunk, files, mix. Its data version is the content "
     "fingerprint of spec + composition, so a changed composition marks the chunks stale.",
 )

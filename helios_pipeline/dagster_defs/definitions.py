@@ -15,6 +15,8 @@ from helios_pipeline.dagster_defs.assets import (
 from helios_pipeline.dagster_defs.sensors import (
     build_schedules,
     composition_inbox,
+    plan_registered_render,
+    plan_render_job,
     register_render_job,
     render_automation,
 )
@@ -23,8 +25,8 @@ from helios_pipeline.dagster_defs.storage import RenderStorage
 defs = dg.Definitions(
     assets=[render_plan, chunk_video, concat_video, mixed_video],
     asset_checks=[final_video_valid],
-    jobs=[register_render_job],
-    sensors=[composition_inbox, render_automation],
+    jobs=[register_render_job, plan_render_job],
+    sensors=[composition_inbox, plan_registered_render, render_automation],
     schedules=build_schedules(SETTINGS.inbox),
     resources={"storage": RenderStorage(base_dir=str(SETTINGS.storage))},
     # one process per run: a chunk run is one step, and a step subprocess would only add start-up time

@@ -1,7 +1,7 @@
 """Triggers: the inbox sensor, scheduled renders, and the automation sensor that finishes renders.
 
-Every trigger only *registers* a render (spec snapshot + a `renders` partition). Declarative
-automation then materialises plan -> chunks -> concat -> mixed video, each chunk its own run.
+Each trigger registers a render (spec snapshot + a `renders` partition) and requests its plan.
+Declarative automation then materialises chunks -> concat + mixed video, each chunk its own run.
 """
 
 import hashlib
@@ -66,13 +66,11 @@ def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorag
             context.log.warning(f"skipped {path}: {exc}")
             continue
         owners[key] = path.name
-        if key in existing:
-            # a changed spec: re-plan; its new fingerprint marks the chunks stale and automation re-renders
-            requests.append(
-                dg.RunRequest(run_key=f"{key}:{digest}", partition_key=key, asset_selection=[render_plan.key])
-            )
-        elif key not in new_keys:
-            new_keys.append(key)  # a new partition: automation plans and renders it
+        if key not in existing and key not in new_keys:
+            new_keys.append(key)
+        # a new or changed spec: (re-)plan; automation renders the chunks, and a changed spec's new
+        # fingerprint marks the old chunks stale
+        requests.append(dg.RunRequest(run_key=f"{key}:{digest}", partition_key=key, asset_selection=[render_plan.key]))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[renders.build_add_request(new_keys)] if new_keys else [],
@@ -93,9 +91,32 @@ def register_render(context: dg.OpExecutionContext, storage: RenderStorage) -> s
     return key
 
 
-@dg.job(description="Registers one render partition; automation renders it.")
+@dg.job(description="Registers one render partition; `plan_registered_render` then plans it.")
 def register_render_job() -> None:
     register_render()
+
+
+plan_render_job = dg.define_asset_job(
+    "plan_render", selection=[render_plan], partitions_def=renders, description="Plans one registered render."
+)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[register_render_job],
+    request_job=plan_render_job,
+    minimum_interval_seconds=INBOX_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Plans each render a schedule has registered (schedules cannot add partitions, so their tick "
+    "registers the render in a run, and this plans it once that run has succeeded).",
+)
+def plan_registered_render(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    run = context.dagster_run
+    config = run.run_config.get("ops", {}).get("register_render", {}).get("config", {})
+    key = sanitize_key(config["render_key"]) if config.get("render_key") else run.tags.get("helios/render")
+    if not key:
+        return dg.SkipReason(f"run {run.run_id} names no render (no render_key in its config)")
+    return dg.RunRequest(run_key=f"plan:{key}", partition_key=key, tags={"helios/render": key})
 
 
 def scheduled_render_key(name: str, when: datetime) -> str:
@@ -142,5 +163,5 @@ render_automation = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_S,
     emit_backfills=False,
-    description="Runs plan -> chunks -> concat -> mixed video for every registered render (one run per chunk).",
+    description="Runs chunks -> concat -> mixed video for every planned render (one run per chunk).",
 )
