@@ -127,7 +127,8 @@ specs = st.fixed_dictionaries(
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=150)
 @given(keys=specs, override=st.none() | st.integers(min_value=1, max_value=64))
 def test_plan_properties(project: Path, keys: dict, override: int | None) -> None:
-    spec = make_spec(project, audio_tracks=["music.wav"], **keys)
+    container = ".mov" if keys["video_codec"] == "prores_ks" else ".mp4"  # ProRes does not go into MP4
+    spec = make_spec(project, audio_tracks=["music.wav"], output=f"out/promo{container}", **keys)
     before = snapshot(project)
 
     render_plan = plan(spec, concurrency=override)
@@ -152,7 +153,7 @@ def test_plan_properties(project: Path, keys: dict, override: int | None) -> Non
     assert list(render_plan.concat_manifest) == files
     assert render_plan.concat_output_file.parent == render_plan.work_dir
     assert render_plan.concat_output_file not in files
-    assert render_plan.final_output_file == spec.output_path == project / "out" / "promo.mp4"
+    assert render_plan.final_output_file == spec.output_path == project / "out" / f"promo{container}"
     assert set(render_plan.cleanup_files) == {*files, render_plan.concat_output_file}
     assert render_plan.final_output_file not in render_plan.cleanup_files
     # Chunks of one render share one container suited to stream-copy concat.
