@@ -83,6 +83,8 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
         asset_selection=[dg.AssetKey("render_plan")],
         tags={"helios/render": key},
         raise_on_error=False,
+        # the run's events go to the instance (and the UI) as always; the terminal shows the CLI's progress
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
         cancel_backfill(instance, backfill_id, daemon_alive=daemon_running(instance))
