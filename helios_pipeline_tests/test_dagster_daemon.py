@@ -485,3 +485,25 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
     rendered = [key for key in instance.get_materialized_partitions(CHUNK) if key.endswith("|cli-cancel")]
     assert rendered == [], "a terminated chunk run must not render its chunk after all (by a step retry)"
     assert [b.status for b in render_backfills(instance, "cli-cancel")] == [BulkActionStatus.CANCELED]
+
+
+def test_a_failing_page_on_the_cli_exits_1_and_leaves_no_run_or_backfill_going(
+    cli_deployment: CliDeployment, tmp_path: Path
+) -> None:
+    instance = cli_deployment.instance
+    page = failing_composition(tmp_path / "failing")
+    spec = write_spec(cli_deployment.specs, "cli-fails", page, frame_count=60, concurrency=3)
+
+    process = cli_render(cli_deployment, spec)
+    process.wait(timeout=150)
+
+    output = cli_output(cli_deployment)
+    assert process.returncode == 1, output
+    assert "boom in chunk 001" in output
+    assert not (spec.parent / "out" / "cli-fails.mp4").exists()
+    assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+    records = render_runs(instance, "cli-fails")
+    assert records and all(r.dagster_run.is_finished for r in records)
+    statuses = {r.dagster_run.tags.get("dagster/partition/chunk"): r.dagster_run.status for r in records}
+    assert statuses["001"] == dg.DagsterRunStatus.FAILURE
+    assert [b.status in BULK_ACTION_TERMINAL_STATUSES for b in render_backfills(instance, "cli-fails")] == [True]

@@ -304,10 +304,13 @@ def render_through_dagster(
     """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed).
 
     Ctrl-C terminates the render's runs and waits for them to end before the daemon started
-    here is stopped, then raises ``RenderCancelled``.
+    here is stopped, then raises ``RenderCancelled``. A failed render raises ``RenderError``; when
+    the daemon is ours, its backfill and remaining runs are ended first, so nothing in the instance
+    is left looking alive.
     """
     instance = get_instance()
     since = time.time()
+    failure: RenderError | None = None
     with ensure_daemon(instance) as own_daemon:
         key = submit(spec, instance, source=source)
         try:
@@ -315,13 +318,23 @@ def render_through_dagster(
             if own_daemon is not None:  # let our daemon record the backfill as done before it stops
                 _wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
             return status
+        except RenderError as exc:
+            if own_daemon is None:
+                raise  # the deployment's daemon finishes the backfill (as failed) on its own
+            failure = exc  # ours stops with us: end the render's backfill and runs first
         except KeyboardInterrupt:
-            _cancel_submitted(instance, key, since, daemon_alive=True)
-            cancel_render(instance, key, since)
+            pass
+        _cancel_submitted(instance, key, since, daemon_alive=True)
+        cancel_render(instance, key, since)
+        if own_daemon is not None:
+            _wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
     if own_daemon is not None:
-        # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled too
+        # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
+        # too, and a backfill it did not get to end is marked canceled
         _cancel_submitted(instance, key, since, daemon_alive=False)
         cancel_render(instance, key, since, timeout=0)
+    if failure is not None:
+        raise failure
     raise RenderCancelled(f"render {key} cancelled")
 
 
