@@ -16,6 +16,7 @@ from helios_pipeline.dagster_defs.daemon import (
     daemon_command,
     shorten_backfill_loop,
 )
+from helios_pipeline.dagster_defs.settings import Settings
 
 
 def test_loop_interval_defaults_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +54,12 @@ def test_the_shortened_interval_is_the_one_dagsters_backfill_loop_reads(monkeypa
     source = inspect.getsource(backfill.execute_backfill_iteration_loop)
     assert "from dagster._daemon.controller import DEFAULT_DAEMON_INTERVAL_SECONDS" in source
     assert "DEFAULT_DAEMON_INTERVAL_SECONDS - loop_duration" in source
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"), [("four", "a whole number"), ("2.5", "a whole number"), ("0", "between 1 and 999")]
+)
+def test_a_bad_chunk_dimension_size_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, value: str, reason: str) -> None:
+    monkeypatch.setenv("HELIOS_MAX_CHUNKS", value)
+    with pytest.raises(ValueError, match=f"HELIOS_MAX_CHUNKS must be {reason}.*{value}"):
+        Settings.from_env()

@@ -17,23 +17,17 @@ removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
 
 
 def backfill_loop_seconds() -> float:
-    """The backfill loop interval from the environment; a clear error for a value that is not a positive number."""
-    raw = os.environ.get(LOOP_SETTING, str(DEFAULT_BACKFILL_LOOP_SECONDS))
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(f"{LOOP_SETTING} must be a number of seconds, got {raw!r}") from None
-    if not 0.5 <= seconds <= 300:
-        raise ValueError(f"{LOOP_SETTING} must be between 0.5 and 300 seconds, got {raw!r}")
-    return seconds
+    """The backfill loop interval from the environment; a clear error for a value out of 0.5..300 s."""
+    return env_number(LOOP_SETTING, DEFAULT_BACKFILL_LOOP_SECONDS, 0.5, 300, unit="seconds")
 
 
 def shorten_backfill_loop(seconds: float) -> bool:

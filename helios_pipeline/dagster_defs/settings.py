@@ -19,18 +19,25 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """HELIOS_STORAGE (default .helios/), HELIOS_INBOX (default compositions/), HELIOS_MAX_CHUNKS (4)."""
-        raw_chunks = os.environ.get("HELIOS_MAX_CHUNKS", str(DEFAULT_MAX_CHUNKS))
-        try:
-            max_chunks = int(raw_chunks)
-        except ValueError:
-            raise ValueError(f"HELIOS_MAX_CHUNKS must be a whole number, got {raw_chunks!r}") from None
-        if not 1 <= max_chunks <= 999:
-            raise ValueError(f"HELIOS_MAX_CHUNKS must be between 1 and 999, got {max_chunks}")
         return cls(
             storage=Path(os.environ.get("HELIOS_STORAGE") or PROJECT_ROOT / ".helios").resolve(),
             inbox=Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve(),
-            max_chunks=max_chunks,
+            max_chunks=int(env_number("HELIOS_MAX_CHUNKS", DEFAULT_MAX_CHUNKS, 1, 999, whole=True)),
         )
+
+
+def env_number(name: str, default: float, low: float, high: float, *, whole: bool = False, unit: str = "") -> float:
+    """A numeric setting from the environment, with an error that names it and the value it got."""
+    raw = os.environ.get(name, str(default))
+    of_unit = f" of {unit}" if unit else ""
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"{name} must be {kind}{of_unit}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}{' ' + unit if unit else ''}, got {raw!r}")
+    return value
 
 
 def chunk_keys(max_chunks: int) -> list[str]:
