@@ -40,13 +40,12 @@ from helios_pipeline.dagster_defs.runner import (
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.test_dagster_assets import write_spec
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_CHUNKS = 3  # HELIOS_MAX_CHUNKS of the deployment under test (the daemon's and the CLI's code location)
-FPS = 30
-SMALL = {"width": 128, "height": 128, "fps": FPS}
 RENDERS = "renders"
 PLAN = dg.AssetKey("render_plan")
 CHUNK = dg.AssetKey("chunk_video")
@@ -104,15 +103,6 @@ def describe(processes: list[psutil.Process]) -> list[str]:
         with contextlib.suppress(psutil.Error):
             described.append(f"{process.pid} {' '.join(process.cmdline()[:4])}")
     return described
-
-
-def write_spec(folder: Path, name: str, composition: Path, **fields: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"name": name, "composition": str(composition), **SMALL, "output": str(folder / "out" / f"{name}.mp4")}
-    data.update(fields)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
