@@ -131,6 +131,9 @@ class RenderSpec(_Model):
     start_frame: int = Field(0, ge=0)
     mode: Literal["dom", "canvas"] = "dom"
     concurrency: int = Field(default_factory=default_concurrency, ge=1)
+    frames_per_chunk: int | None = Field(
+        None, ge=1, description="chunks of at most this many frames; concurrency then caps how many render at once"
+    )
     video_codec: str = "libx264"
     pixel_format: str = "yuv420p"
     crf: int | None = Field(23, ge=0, le=63)
