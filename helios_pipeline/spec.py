@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from helios_pipeline.containers import container_problem
 from helios_pipeline.engine.subtitles import SrtError, read_srt
+from helios_pipeline.fargate import cpu_problem, memory_problem
 
 FRAME_TOLERANCE = 1e-6
 """How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
@@ -118,6 +119,29 @@ class AudioTrack(_Model):
         return resolved
 
 
+class WorkerResources(_Model):
+    """The task size of one chunk worker on ECS/Kubernetes; checked against Fargate's sizes so a
+    render is refused when it loads, not when the cluster rejects its first task."""
+
+    cpu: int = Field(description="ECS CPU units (1024 = one vCPU)")
+    memory: int = Field(description="MiB")
+
+    @field_validator("cpu")
+    @classmethod
+    def _fargate_cpu(cls, value: int) -> int:
+        if problem := cpu_problem(value):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _fargate_memory(cls, value: int, info: ValidationInfo) -> int:
+        cpu = info.data.get("cpu")
+        if cpu is not None and (problem := memory_problem(cpu, value)):
+            raise ValueError(problem)
+        return value
+
+
 class RenderSpec(_Model):
     """Everything needed to render one composition to one video."""
 
@@ -160,6 +184,7 @@ class RenderSpec(_Model):
     output: Path | None = None
     schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")
     timezone: str | None = Field(None, description="IANA timezone of the schedule (default UTC)")
+    worker: WorkerResources | None = Field(None, description="chunk worker task size; default: sized from the frame")
 
     @field_validator("name", mode="before")
     @classmethod
