@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from helios_pipeline.orchestrator import CHUNK_ENV
+from helios_pipeline_tests import services
 
 COMPOSITIONS = Path(__file__).parent / "compositions"
 HELIOS_CORE = "@helios-project/core@5.13.2"
@@ -45,3 +47,36 @@ def processes_for(work_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+# --- scale-out services (helios_pipeline_tests/services.py): one server each per session, on 127.0.0.1 ---
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[services.PostgresServer]:
+    with services.postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: services.PostgresServer) -> str:
+    """A fresh, empty database of the session's cluster, for this test only."""
+    return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[services.RedisServer]:
+    with services.redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[services.S3Server]:
+    with services.s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: services.S3Server) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh bucket for this test, and the AWS_* environment that reaches it (credentials, region, endpoint)."""
+    yield s3_server.create_bucket(), s3_server.env()
