@@ -12,7 +12,7 @@ import math
 import os
 import re
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from helios_pipeline.containers import container_problem
 from helios_pipeline.engine.subtitles import SrtError, read_srt
 from helios_pipeline.fargate import cpu_problem, memory_problem
+from helios_pipeline.storage.location import split_s3_uri
 
 FRAME_TOLERANCE = 1e-6
 """How far (in frames) ``duration * fps`` may be from an integer and still count as that integer."""
@@ -181,7 +182,9 @@ class RenderSpec(_Model):
     stability_timeout: float = Field(
         30000, gt=0, description="ms a frame may take to become ready (fonts, images, waitUntilStable)"
     )
-    output: Path | None = None
+    output: Path | str | None = Field(
+        None, description="the video file to write: a path, or s3://bucket/key.mp4 (uploaded when done)"
+    )
     schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")
     timezone: str | None = Field(None, description="IANA timezone of the schedule (default UTC)")
     worker: WorkerResources | None = Field(None, description="chunk worker task size; default: sized from the frame")
@@ -247,9 +250,14 @@ class RenderSpec(_Model):
 
     @field_validator("output")
     @classmethod
-    def _resolve_output(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _resolve_output(cls, value: Path | str | None, info: ValidationInfo) -> Path | str | None:
         if value is None:
             return None
+        if isinstance(value, str) and value.startswith("s3://"):
+            bucket, key = split_s3_uri(value, what="output")
+            if not key or key.endswith("/"):
+                raise ValueError(f"{value!r} names no object: give s3://bucket/path/video.mp4")
+            return f"s3://{bucket}/{key}"
         resolved = (_base_dir(info) / value).resolve()
         if resolved.is_dir():
             raise ValueError(f"{resolved} is a folder; give the path of the video file to write")
@@ -273,7 +281,7 @@ class RenderSpec(_Model):
             self._check_alpha()
         if self.output is None:
             object.__setattr__(self, "output", (_base_dir(info) / "out" / f"{self.name}.mp4").resolve())
-        problem = container_problem(self.output, self.video_codec, self.intermediate_video_codec)
+        problem = container_problem(Path(str(self.output)), self.video_codec, self.intermediate_video_codec)
         if problem:
             raise _field_error("output", problem)
         return self
@@ -308,8 +316,16 @@ class RenderSpec(_Model):
         return not self.composition.startswith(("http://", "https://"))
 
     @property
+    def output_uri(self) -> str | None:
+        """The ``s3://`` URI of a remote output, else None."""
+        return self.output if isinstance(self.output, str) else None
+
+    @property
     def output_path(self) -> Path:
+        """The local output file; for an ``s3://`` output, its file name (the video is made locally, then uploaded)."""
         assert self.output is not None
+        if isinstance(self.output, str):
+            return Path(PurePosixPath(self.output).name)
         return self.output
 
     def to_json_dict(self) -> dict[str, Any]:
