@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the render plan as JSON")
     _add_spec_arguments(plan)
     commands.add_parser("doctor", help="check Chromium, FFmpeg and codecs")
+    worker = commands.add_parser(
+        "worker", help="start a Celery worker of the Celery + Postgres deployment (deploy/celery/)"
+    )
+    worker.add_argument("-n", "--name", default=None, help="worker name (default: helios-<pid>); @host is appended")
+    worker.add_argument("-c", "--concurrency", type=int, default=1, help="runs (chunks) at once (default 1)")
+    worker.add_argument("-y", "--config", default=None, help="worker config (default deploy/celery/worker.yaml)")
+    worker.add_argument("-q", "--queue", action="append", default=[], help="Celery queue to listen on (repeatable)")
+    worker.add_argument("-l", "--loglevel", default="INFO")
     return parser
 
 
@@ -235,9 +243,49 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.ok for c in checks if c.name in required) else EXIT_FAILED
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A Celery worker for chunk runs, checked before it starts: exit 2 when its config or servers are wrong."""
+    import os
+    from pathlib import Path
+
+    from helios_pipeline.dagster_defs.worker import (
+        DEFAULT_WORKER_CONFIG,
+        WorkerConfigError,
+        WorkerOptions,
+        node_name,
+        preflight,
+        run_worker,
+    )
+
+    if args.concurrency < 1:
+        _report("error", "bold red", f"--concurrency must be at least 1, got {args.concurrency}")
+        return EXIT_INVALID
+    options = WorkerOptions(
+        name=args.name or f"helios-{os.getpid()}",
+        concurrency=args.concurrency,
+        config_yaml=Path(args.config or DEFAULT_WORKER_CONFIG).resolve(),
+        queues=tuple(args.queue),
+        loglevel=args.loglevel,
+    )
+    try:
+        preflight(options, os.environ.get("DAGSTER_HOME"))
+    except WorkerConfigError as exc:
+        _report("error", "bold red", exc)
+        return EXIT_INVALID
+    err.print(f"worker {node_name(options.name)}: {options.concurrency} at a time, config {options.config_yaml}")
+    return run_worker(options)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"render": cmd_render, "plan": cmd_plan, "doctor": cmd_doctor, "submit": cmd_submit, "ui": cmd_ui}
+    handlers = {
+        "render": cmd_render,
+        "plan": cmd_plan,
+        "doctor": cmd_doctor,
+        "submit": cmd_submit,
+        "ui": cmd_ui,
+        "worker": cmd_worker,
+    }
     try:
         return handlers[args.command](args)
     except SpecError as exc:
