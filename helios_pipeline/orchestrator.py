@@ -255,6 +255,28 @@ def run_plan(
     )
 
 
+def parallel_chunks(render_plan: RenderPlan) -> int:
+    """How many chunks render at once: ``concurrency`` when the spec fixes ``frames_per_chunk``,
+    else every chunk (the plan made one chunk per parallel worker)."""
+    chunks = len(render_plan.chunks)
+    if render_plan.spec.frames_per_chunk is None:
+        return chunks
+    return max(1, min(render_plan.spec.concurrency, chunks))
+
+
+def _render_one(
+    executor: RenderExecutor, spec: RenderSpec, chunk: RenderChunk, on_progress: ChunkProgress, abort: threading.Event
+) -> ChunkResult:
+    """One chunk in a pool thread; a failure sets ``abort`` before this thread can take a queued chunk."""
+    if abort.is_set():
+        raise RenderCancelled(f"chunk {chunk.id} not started: the render was aborted")
+    try:
+        return executor.render(spec, chunk, on_progress=on_progress, cancel=abort)
+    except BaseException:
+        abort.set()  # the first failing chunk aborts the others
+        raise
+
+
 def _render_chunks(
     render_plan: RenderPlan,
     executor: RenderExecutor,
@@ -263,9 +285,9 @@ def _render_chunks(
     outside_cancel: threading.Event,
 ) -> list[ChunkResult]:
     spec = render_plan.spec
-    pool = ThreadPoolExecutor(max_workers=len(render_plan.chunks), thread_name_prefix="chunk")
+    pool = ThreadPoolExecutor(max_workers=parallel_chunks(render_plan), thread_name_prefix="chunk")
     futures: list[Future[ChunkResult]] = [
-        pool.submit(executor.render, spec, chunk, on_progress=progress.for_chunk(i), cancel=abort)
+        pool.submit(_render_one, executor, spec, chunk, progress.for_chunk(i), abort)
         for i, chunk in enumerate(render_plan.chunks)
     ]
     try:
@@ -274,17 +296,19 @@ def _render_chunks(
             if outside_cancel.is_set():
                 abort.set()
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            if any(f.exception() is not None for f in done):
+            if abort.is_set() or any(f.exception() is not None for f in done):
                 abort.set()  # the first failing chunk aborts the others
                 break
     except BaseException:
         abort.set()  # Ctrl-C in the caller's thread
         raise
     finally:
-        pool.shutdown(wait=True)
+        # queued chunks never start once the render is aborted; running ones stop on ``abort``
+        pool.shutdown(wait=True, cancel_futures=abort.is_set())
     if outside_cancel.is_set():
         raise RenderCancelled("render cancelled")
-    failures = [f.exception() for f in futures if f.done() and f.exception() is not None]
+    finished = [f for f in futures if f.done() and not f.cancelled()]
+    failures = [f.exception() for f in finished if f.exception() is not None]
     real = [exc for exc in failures if not isinstance(exc, RenderCancelled)]
     if real or failures:
         raise (real or failures)[0]  # type: ignore[misc]

@@ -83,6 +83,20 @@ def split_frames(start: int, total: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def chunk_count(spec: RenderSpec, concurrency: int | None = None) -> int:
+    """How many chunks a render splits into.
+
+    With ``frames_per_chunk`` the chunk size is fixed (a cluster's unit of work) and ``concurrency``
+    only caps how many chunks render at once; without it every parallel worker gets one chunk.
+    ``concurrency`` overrides the spec's.
+    """
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    if spec.frames_per_chunk is not None:
+        return -(-spec.total_frames // spec.frames_per_chunk)
+    return spec.concurrency if concurrency is None else concurrency
+
+
 def chunk_extension(spec: RenderSpec) -> str:
     """Chunk container: MOV (fixed timescale, PCM audio) unless the codec lives in Matroska.
 
@@ -101,12 +115,12 @@ def default_work_dir(output: Path) -> Path:
 
 
 def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | None = None) -> RenderPlan:
-    """Plan a render: chunk ranges, their files, the concat and the final mix."""
+    """Plan a render: chunk ranges (see ``chunk_count``), their files, the concat and the final mix."""
     output = spec.output_path
     work = Path(work_dir) if work_dir is not None else default_work_dir(output)
     ext = chunk_extension(spec)
     total = spec.total_frames
-    ranges = split_frames(spec.start_frame, total, spec.concurrency if concurrency is None else concurrency)
+    ranges = split_frames(spec.start_frame, total, chunk_count(spec, concurrency))
     chunks = tuple(
         RenderChunk(id=i, start_frame=s, frame_count=n, output_file=work / f"chunk_{i:04d}{ext}")
         for i, (s, n) in enumerate(ranges)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helios_pipeline.plan import RenderPlan, default_work_dir, plan, split_frames
+from helios_pipeline.plan import RenderPlan, chunk_count, default_work_dir, plan, split_frames
 from helios_pipeline.spec import RenderSpec, frames_for_duration, validate_spec
 
 COMMON_RATES = (23.976, 24, 25, 29.97, 30, 50, 59.94, 60)
@@ -206,3 +206,53 @@ def test_plan_honours_explicit_work_dir_and_rejects_zero_concurrency(project: Pa
     assert not (tmp_path / "scratch").exists()
     with pytest.raises(ValueError):
         plan(spec, concurrency=0)
+
+
+# --- frames_per_chunk -----------------------------------------------------------------------------
+
+
+def test_plan_frames_per_chunk_issue_example(project: Path) -> None:
+    """18,000 frames at 240 frames per chunk: 75 chunks of 240, whatever the concurrency."""
+    spec = make_spec(project, frame_count=18_000, frames_per_chunk=240, concurrency=8)
+    render_plan = plan(spec)
+    assert len(render_plan.chunks) == 75
+    assert {chunk.frame_count for chunk in render_plan.chunks} == {240}
+    assert render_plan.chunks[-1].end_frame == 18_000
+    assert plan(spec, concurrency=3).chunks == render_plan.chunks, "concurrency no longer picks the chunk count"
+
+
+def test_plan_frames_per_chunk_balances_a_remainder(project: Path) -> None:
+    # 10 frames at most 4 per chunk: 3 chunks of 4, 3, 3 (not 4, 4, 2).
+    render_plan = plan(make_spec(project, frame_count=10, start_frame=5, frames_per_chunk=4))
+    assert [(c.start_frame, c.frame_count) for c in render_plan.chunks] == [(5, 4), (9, 3), (12, 3)]
+    # More frames per chunk than the render has: one chunk.
+    assert len(plan(make_spec(project, frame_count=10, frames_per_chunk=500)).chunks) == 1
+
+
+@st.composite
+def chunked_ranges(draw: st.DrawFn) -> tuple[int, int, int]:
+    """A start frame, a total and a chunk size giving at most 400 chunks (big plans are slow to build)."""
+    per_chunk = draw(st.integers(min_value=1, max_value=5_000))
+    total = draw(st.integers(min_value=1, max_value=min(100_000, 400 * per_chunk)))
+    return draw(st.integers(min_value=0, max_value=100_000)), total, per_chunk
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=150)
+@given(ranges=chunked_ranges(), concurrency=st.integers(min_value=1, max_value=64))
+def test_plan_frames_per_chunk_properties(project: Path, ranges: tuple[int, int, int], concurrency: int) -> None:
+    start, total, per_chunk = ranges
+    spec = make_spec(project, start_frame=start, frame_count=total, frames_per_chunk=per_chunk, concurrency=concurrency)
+    render_plan = plan(spec)
+    expected = math.ceil(total / per_chunk)
+    assert chunk_count(spec) == expected
+    ranges = [(chunk.start_frame, chunk.frame_count) for chunk in render_plan.chunks]
+    assert_exact_cover(ranges, start, total, expected)  # ordered, contiguous, sizes differ by at most one
+    assert max(size for _, size in ranges) <= per_chunk
+    assert RenderPlan.model_validate_json(render_plan.model_dump_json()) == render_plan
+
+
+def test_without_frames_per_chunk_the_chunk_count_is_the_concurrency(project: Path) -> None:
+    spec = make_spec(project, frame_count=100, concurrency=6)
+    assert chunk_count(spec) == 6 and chunk_count(spec, 2) == 2
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        chunk_count(make_spec(project, frame_count=100, frames_per_chunk=10), 0)
