@@ -134,7 +134,7 @@ def main() -> int:
 
     rounds: dict[str, list[dict[str, float]]] = {"library": [], "backfill": [], "cli": []}
     instance = get_instance()
-    storage = RenderStorage(base_dir=str(Settings.from_env().storage))
+    storage = RenderStorage(location=str(Settings.from_env().storage))
     with ensure_daemon(instance):
         time.sleep(5)  # let the daemon's first sensor and automation ticks pass
         for index in range(args.repeat):  # interleaved, so a slow spell on the machine hits every path alike

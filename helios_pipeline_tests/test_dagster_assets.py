@@ -126,7 +126,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 @pytest.fixture
 def storage(tmp_path: Path) -> RenderStorage:
-    return RenderStorage(base_dir=str(tmp_path / "storage"))
+    return RenderStorage(location=str(tmp_path / "storage"))
 
 
 # --- one render, materialised partition by partition ------------------------------------------
@@ -147,7 +147,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
     if MAX_CHUNKS < 3:
         pytest.skip(f"needs a chunk dimension of at least 3 (HELIOS_MAX_CHUNKS={MAX_CHUNKS})")
     folder = tmp_path_factory.mktemp("rendered")
-    storage = RenderStorage(base_dir=str(folder / "storage"))
+    storage = RenderStorage(location=str(folder / "storage"), keep_days="forever")  # the tests read the chunks
     spec_file = write_spec(folder / "specs", "raf-exact", COMPOSITIONS / "frame_raf", frame_count=30, concurrency=2)
     with dg.instance_for_test() as instance:
         key = register(instance, storage, spec_file)

@@ -273,7 +273,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     inbox.mkdir()
     write_instance_config(home)
     env = deployment_env(home, storage_dir, inbox)
-    storage = RenderStorage(base_dir=str(storage_dir))
+    storage = RenderStorage(location=str(storage_dir))
     instance = open_instance(home)
     specs = root / "specs"
     failing_page = failing_composition(root / "failing")

@@ -57,7 +57,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 @pytest.fixture
 def storage(tmp_path: Path) -> RenderStorage:
-    return RenderStorage(base_dir=str(tmp_path / "storage"))
+    return RenderStorage(location=str(tmp_path / "storage"))
 
 
 @pytest.fixture

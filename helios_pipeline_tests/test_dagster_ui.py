@@ -154,7 +154,7 @@ query($path: [String!]!) {
 
 def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_everything(ui: Ui) -> None:
     selector = wait_until_up(ui)
-    storage = RenderStorage(base_dir=ui.env["HELIOS_STORAGE"])
+    storage = RenderStorage(location=ui.env["HELIOS_STORAGE"])
     spec = write_spec(ui.root / "specs", "ui-render", COMPOSITIONS / "frame_raf", frame_count=FRAMES)
     key, _ = register_spec_file(storage, spec, 2)
 

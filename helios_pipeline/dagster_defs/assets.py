@@ -5,7 +5,8 @@ the UI can plot timings across partitions. Retries, parallelism and failure prop
 Dagster's: a chunk is a partition, each partition its own run.
 """
 
-import json
+import os
+import socket
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -21,10 +22,12 @@ from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
-from helios_pipeline.engine.fingerprint import ENGINE_VERSION, render_fingerprint
+from helios_pipeline.engine.fingerprint import ENGINE_VERSION
 from helios_pipeline.engine.mix import mix_final
 from helios_pipeline.engine.probe import count_video_frames, probe
 from helios_pipeline.spec import SpecError
+from helios_pipeline.storage import ObjectInfo, StorageError
+from helios_pipeline.storage.s3 import download_from_uri, presigned_url, upload_to_uri
 
 SETTINGS = Settings.from_env()
 GROUP = "helios"
@@ -36,8 +39,14 @@ chunk_partitions = dg.MultiPartitionsDefinition(
 )
 CHUNK_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 PROGRESS_INTERVAL_S = 0.5
+REMOTE_PROGRESS_INTERVAL_S = 2.0  # one small PUT per chunk every 2 s
 CHUNK_ASSET = dg.AssetKey("chunk_video")
 DATA_VERSION_TAG = "dagster/data_version"
+
+
+def worker_id() -> str:
+    """Which worker rendered a chunk: ``HELIOS_WORKER_ID`` (set by ``helios-pipeline worker``), else the host."""
+    return os.environ.get("HELIOS_WORKER_ID") or socket.gethostname()
 
 
 def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
@@ -94,7 +103,7 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         if not storage.has_spec(key):
             _register_from_inbox(key, storage)
         plan = storage.plan_for(key)
-    except (SpecError, ValueError) as exc:
+    except (SpecError, ValueError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
     if len(plan.chunks) > SETTINGS.max_chunks:
         raise _fail(
@@ -105,8 +114,9 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     plan_file = storage.render_dir(key) / "plan.json"
     with atomic_output(plan_file) as partial:
         partial.write_text(plan.model_dump_json(indent=2), encoding="utf-8")
+    storage.publish(key, plan_file)
     spec = plan.spec
-    fingerprint = render_fingerprint(spec)
+    fingerprint = storage.refresh_fingerprint(key, spec)
     _report_unused_chunks(context, key, len(plan.chunks), fingerprint)
     return dg.MaterializeResult(
         metadata={
@@ -119,8 +129,8 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "duration_seconds": plan.total_frames / spec.fps,
             "composition": dg.MetadataValue.text(spec.composition),
             "fingerprint": dg.MetadataValue.text(fingerprint),
-            "plan": dg.MetadataValue.path(str(plan_file)),
-            "output": dg.MetadataValue.path(str(plan.final_output_file)),
+            "plan": dg.MetadataValue.path(storage.uri_of(key, plan_file)),
+            "output": dg.MetadataValue.path(spec.output_uri or str(plan.final_output_file)),
         },
         data_version=dg.DataVersion(fingerprint),
     )
@@ -166,24 +176,28 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         raise _terminated(render_key, index)
     try:
         plan = storage.plan_for(render_key)
+        fingerprint = storage.fingerprint(render_key, plan.spec)
     except (SpecError, ValueError) as exc:
         raise _fail(exc, retryable=False) from None
-    fingerprint = render_fingerprint(plan.spec)
+    except StorageError as exc:  # storage unreachable, or the bundle missing or corrupt: a retry may help
+        raise _fail(exc, retryable=True) from None
     if index >= len(plan.chunks):
         return dg.MaterializeResult(
             metadata={"skipped": True, "frames": 0, "reason": f"the plan has {len(plan.chunks)} chunks"},
             data_version=dg.DataVersion(f"{fingerprint}-none"),
         )
     chunk = plan.chunks[index]
-    progress_file = storage.render_dir(render_key) / "progress" / f"{index:03d}.json"
-    progress_file.parent.mkdir(parents=True, exist_ok=True)
+    interval = REMOTE_PROGRESS_INTERVAL_S if storage.is_remote else PROGRESS_INTERVAL_S
     last_write = [0.0]
 
     def on_progress(frames: int) -> None:
         now = time.monotonic()
-        if frames == chunk.frame_count or now - last_write[0] >= PROGRESS_INTERVAL_S:
+        if frames == chunk.frame_count or now - last_write[0] >= interval:
             last_write[0] = now
-            progress_file.write_text(json.dumps({"frames": frames, "of": chunk.frame_count}))
+            try:
+                storage.write_progress(render_key, index, frames, chunk.frame_count)
+            except StorageError as exc:  # progress is for people watching: never fail a chunk over it
+                context.log.warning(f"progress not recorded: {exc}")
 
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
     try:
@@ -196,6 +210,15 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error: worth a retry
             raise _fail(exc, retryable=True) from None
         raise
+    output = Path(result.output_file)
+    upload_started = time.perf_counter()
+    try:
+        stored = storage.publish(render_key, output)
+    except StorageError as exc:
+        raise _fail(exc, retryable=True) from None
+    finally:
+        if storage.is_remote:  # the worker's disk holds only what it is rendering
+            output.unlink(missing_ok=True)
     return dg.MaterializeResult(
         metadata={
             "frames": result.frame_count,
@@ -210,9 +233,12 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "bytes": result.bytes,
             "capture_method": dg.MetadataValue.text(result.capture_method),
             "page_audio_sources": result.page_audio_sources,
+            "worker_id": dg.MetadataValue.text(worker_id()),
             "worker_host": dg.MetadataValue.text(result.host),
             "worker_pid": result.pid,
-            "path": dg.MetadataValue.path(result.output_file),
+            "upload_seconds": time.perf_counter() - upload_started,
+            "sha256": dg.MetadataValue.text(stored.sha256),
+            "path": dg.MetadataValue.path(storage.uri_of(render_key, output)),
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
     )
@@ -237,36 +263,55 @@ with warnings.catch_warnings():  # beta, but the mapping the UI, backfills and a
 def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
-    missing = [f"{chunk.id:03d}" for chunk in plan.chunks if not Path(chunk.output_file).is_file()]
-    if missing:
+    fingerprint = storage.fingerprint(render_key, plan.spec)
+    problems: dict[str, str] = {}
+    for chunk in plan.chunks:
+        problem = _fetch_chunk(context.instance, storage, render_key, chunk, fingerprint)
+        if problem:
+            problems[f"{chunk.id:03d}"] = problem
+    if problems:
+        missing = [index for index, problem in problems.items() if problem == NOT_RENDERED]
         yield dg.AssetCheckResult(
             check_name=CHUNKS_COMPLETE,
             passed=False,
-            metadata={"missing_chunks": dg.MetadataValue.text(", ".join(missing)), "expected": len(plan.chunks)},
+            metadata={
+                "missing_chunks": dg.MetadataValue.text(", ".join(missing) or "none"),
+                "problems": dg.MetadataValue.text("; ".join(f"chunk {i}: {p}" for i, p in problems.items())),
+                "expected": len(plan.chunks),
+            },
         )
-        raise dg.Failure(
-            description=f"render {render_key}: chunks {', '.join(missing)} are not rendered; "
-            "materialise them before the concat (a short video is never produced)",
-            allow_retries=False,
-        )
+        if len(missing) == len(problems):
+            description = (
+                f"render {render_key}: chunks {', '.join(missing)} are not rendered; "
+                "materialise them before the concat (a short video is never produced)"
+            )
+        else:
+            description = f"render {render_key}: " + "; ".join(f"chunk {i}: {p}" for i, p in problems.items())
+        raise dg.Failure(description=description, allow_retries=False)
     try:
         result = concat_chunks(
             list(plan.concat_manifest), plan.concat_output_file, fps=plan.spec.fps, expected_frames=plan.total_frames
         )
-    except RenderError as exc:
+        stored = storage.publish(render_key, plan.concat_output_file)
+    except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
+    finally:
+        if storage.is_remote:  # the fetched chunks were only needed for the join
+            for chunk_file in plan.concat_manifest:
+                Path(chunk_file).unlink(missing_ok=True)
     frames = count_video_frames(plan.concat_output_file)
     info = probe(plan.concat_output_file)
     yield dg.MaterializeResult(
         metadata={
             "seconds": result.seconds,
             "bytes": result.bytes,
+            "sha256": dg.MetadataValue.text(stored.sha256),
             "frames": frames,
             "chunks": result.chunks,
             "duration_seconds": frames / plan.spec.fps,
             "video_codec": dg.MetadataValue.text(info.video_codec),
             "audio_codec": dg.MetadataValue.text(info.audio_codec or "none"),
-            "path": dg.MetadataValue.path(result.output_file),
+            "path": dg.MetadataValue.path(storage.uri_of(render_key, plan.concat_output_file)),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -276,6 +321,48 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
             )
         ],
     )
+
+
+NOT_RENDERED = "not rendered"
+
+
+def _latest(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dg.AssetMaterialization | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def _stored_info(materialization: dg.AssetMaterialization) -> ObjectInfo | None:
+    """Size and checksum recorded when the file was published (None for records made before checksums)."""
+    metadata = materialization.metadata
+    if "sha256" not in metadata or "bytes" not in metadata:
+        return None
+    return ObjectInfo(size=int(metadata["bytes"].value), sha256=str(metadata["sha256"].value))
+
+
+def _fetch_chunk(
+    instance: dg.DagsterInstance, storage: RenderStorage, render_key: str, chunk, fingerprint: str
+) -> str | None:
+    """Bring one chunk of the render's current plan here, verified; what is wrong with it, or None.
+
+    A chunk must be the one materialised for this plan (its data version names the plan's fingerprint
+    and frame range) and must hash to what its run recorded, so a stale or damaged chunk is never joined.
+    """
+    partition = str(dg.MultiPartitionKey({"render": render_key, "chunk": f"{chunk.id:03d}"}))
+    record = _latest(instance, CHUNK_ASSET, partition)
+    if record is None or record.metadata.get("skipped") is not None:
+        return NOT_RENDERED
+    expected_version = f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"
+    version = (record.tags or {}).get(DATA_VERSION_TAG)
+    if version is not None and version != expected_version:
+        return (f"rendered for another version of the render (data version {version}, the plan needs "
+                f"{expected_version}): render it again")  # fmt: skip
+    try:
+        storage.fetch(render_key, Path(chunk.output_file), _stored_info(record))
+    except StorageError as exc:
+        return str(exc)
+    return None
 
 
 @dg.asset(
@@ -289,20 +376,27 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
 def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
+    final = final_video_file(storage, render_key)
     try:
+        concat = _latest(context.instance, dg.AssetKey("concat_video"), render_key)
+        storage.fetch(render_key, plan.concat_output_file, _stored_info(concat) if concat else None)
         # the mix stream-copies the concat's video, so the contact sheet reads the concat meanwhile
         with ThreadPoolExecutor(max_workers=1) as pool:
-            sheet_job = pool.submit(write_contact_sheet, plan.final_output_file, frames_from=plan.concat_output_file)
+            sheet_job = pool.submit(write_contact_sheet, final, frames_from=plan.concat_output_file)
             try:
-                mix = mix_final(plan.mix_options, plan.concat_output_file, plan.final_output_file)
+                mix = mix_final(plan.mix_options, plan.concat_output_file, final)
             except BaseException:
                 wait([sheet_job])
-                contact_sheet_path(plan.final_output_file).unlink(missing_ok=True)  # no sheet without its video
+                contact_sheet_path(final).unlink(missing_ok=True)  # no sheet without its video
                 raise
             sheet = sheet_job.result()
-    except RenderError as exc:
+        info = probe(final)
+        links = _publish_output(storage, plan.spec.output_uri, final, sheet)
+    except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
-    info = probe(plan.final_output_file)
+    finally:
+        if storage.is_remote:
+            plan.concat_output_file.unlink(missing_ok=True)
     return dg.MaterializeResult(
         metadata={
             "seconds": mix.seconds,
@@ -314,12 +408,40 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "video_codec": dg.MetadataValue.text(info.video_codec),
             "audio_codec": dg.MetadataValue.text(info.audio_codec or "none"),
             "audio_tracks": mix.audio_tracks,
-            "path": dg.MetadataValue.path(str(plan.final_output_file)),
+            **links,
+        },
+        data_version=dg.DataVersion(storage.fingerprint(render_key, plan.spec)),
+    )
+
+
+def final_video_file(storage: RenderStorage, render_key: str) -> Path:
+    """Where this machine writes the final video: the output itself, or a local copy of an s3:// output."""
+    spec = storage.load_spec(render_key)
+    if spec.output_uri is None:
+        return spec.output_path
+    return storage.render_dir(render_key) / f"final{spec.output_path.suffix}"
+
+
+def _publish_output(storage: RenderStorage, uri: str | None, final: Path, sheet: Path) -> dict[str, object]:
+    """Upload an s3:// output and its contact sheet; the metadata that links them (presigned, SigV4)."""
+    if uri is None:
+        return {
+            "path": dg.MetadataValue.path(str(final)),
             "contact_sheet": dg.MetadataValue.path(str(sheet)),
             "preview": dg.MetadataValue.md(f"![contact sheet]({sheet.as_uri()})"),
-        },
-        data_version=dg.DataVersion(render_fingerprint(plan.spec)),
-    )
+        }
+    client = storage.s3_client()
+    sheet_uri = f"{uri.rpartition('.')[0] if '.' in uri.rpartition('/')[2] else uri}.contact{sheet.suffix}"
+    upload_to_uri(client, final, uri)
+    upload_to_uri(client, sheet, sheet_uri)
+    sheet_url = presigned_url(sheet_uri, client)
+    return {
+        "path": dg.MetadataValue.text(uri),
+        "url": dg.MetadataValue.url(presigned_url(uri, client)),
+        "contact_sheet": dg.MetadataValue.text(sheet_uri),
+        "contact_sheet_url": dg.MetadataValue.url(sheet_url),
+        "preview": dg.MetadataValue.md(f"![contact sheet]({sheet_url})"),
+    }
 
 
 @dg.asset_check(asset=mixed_video, description="ffprobe: duration = frames/fps, resolution, audio iff tracks")
@@ -327,7 +449,10 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
     spec = plan.spec
-    info = probe(plan.final_output_file)
+    final = final_video_file(storage, render_key)
+    if spec.output_uri is not None and not final.is_file():  # checked on another machine than the mix
+        download_from_uri(storage.s3_client(), spec.output_uri, final)
+    info = probe(final)
     expected_duration = plan.total_frames / spec.fps
     problems = []
     if info.video_frames != plan.total_frames:
@@ -337,9 +462,17 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     if (info.width, info.height) != (spec.width, spec.height):
         problems.append(f"{info.width}x{info.height}, expected {spec.width}x{spec.height}")
     # audio is expected from the spec's tracks or from the page's own media (carried by the chunks)
-    wants_audio = bool(spec.audio_tracks) or probe(plan.concat_output_file).audio_codec is not None
+    concat = _latest(context.instance, dg.AssetKey("concat_video"), render_key)
+    concat_audio = concat.metadata.get("audio_codec") if concat else None
+    wants_audio = bool(spec.audio_tracks) or (concat_audio is not None and concat_audio.value != "none")
     if (info.audio_codec is not None) != wants_audio:
         problems.append("audio stream present without any audio source" if info.audio_codec else "audio stream missing")
+    cleaned: list[str] = []
+    if not problems:  # the render is done: what only served it goes (HELIOS_KEEP_DAYS)
+        cleaned = storage.finished(render_key)
+    if spec.output_uri is not None:
+        final.unlink(missing_ok=True)
+        contact_sheet_path(final).unlink(missing_ok=True)
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
@@ -347,5 +480,6 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
             "duration_seconds": info.duration,
             "expected_duration_seconds": expected_duration,
             "frames": info.video_frames,
+            "renders_cleaned_up": dg.MetadataValue.text(", ".join(cleaned) or "none"),
         },
     )

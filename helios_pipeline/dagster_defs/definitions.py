@@ -20,7 +20,7 @@ from helios_pipeline.dagster_defs.sensors import (
     register_render_job,
     render_automation,
 )
-from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.dagster_defs.settings import storage_resource
 
 defs = dg.Definitions(
     assets=[render_plan, chunk_video, concat_video, mixed_video],
@@ -28,7 +28,7 @@ defs = dg.Definitions(
     jobs=[register_render_job, plan_render_job],
     sensors=[composition_inbox, plan_registered_render, render_automation],
     schedules=build_schedules(SETTINGS.inbox),
-    resources={"storage": RenderStorage(base_dir=str(SETTINGS.storage))},
+    resources={"storage": storage_resource(SETTINGS)},
     # one process per run: a chunk run is one step, and a step subprocess would only add start-up time
     executor=dg.in_process_executor,
 )

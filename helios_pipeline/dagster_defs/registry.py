@@ -6,7 +6,7 @@ snapshot, so a spec file edited later does not change a render already in flight
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import RenderSpec, SpecError, load_spec, sanitize_key, validate_spec
@@ -22,8 +22,12 @@ def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: 
     data = spec.to_json_dict()
     data["name"] = key
     if key != spec.name:
-        output = spec.output_path
-        data["output"] = str(output.with_name(f"{key}{output.suffix}"))
+        if spec.output_uri is not None:
+            folder, _, name = spec.output_uri.rpartition("/")
+            data["output"] = f"{folder}/{key}{PurePosixPath(name).suffix}"
+        else:
+            output = spec.output_path
+            data["output"] = str(output.with_name(f"{key}{output.suffix}"))
     if "concurrency" not in spec.model_fields_set:
         data["concurrency"] = max_chunks
     elif spec.concurrency > max_chunks:

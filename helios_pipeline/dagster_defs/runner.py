@@ -8,7 +8,6 @@ shows afterwards.
 """
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -25,10 +24,12 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.registry import register_spec
-from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, Settings
+from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, Settings, storage_resource
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
+from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.spec import RenderSpec
+from helios_pipeline.storage import StorageError
 
 RENDERS = "renders"
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
@@ -66,9 +67,10 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
     leaves assets alone while a backfill targets them, so the chunks are never requested twice.
     """
     settings = Settings.from_env()
-    storage = RenderStorage(base_dir=str(settings.storage))
-    key, _spec = register_spec(storage, spec, settings.max_chunks, render_key, source)
-    chunk_count = len(storage.plan_for(key).chunks)
+    storage = storage_resource(settings)
+    storage.store.check()  # a missing bucket or bad credentials fail here, before anything is registered
+    key, prepared = register_spec(storage, spec, settings.max_chunks, render_key, source)
+    chunk_count = len(make_plan(prepared).chunks)
     if not instance.has_dynamic_partition(RENDERS, key):
         instance.add_dynamic_partitions(RENDERS, [key])
     backfill_id = launch_backfill(instance, key, with_plan=False, chunk_count=chunk_count)
@@ -187,14 +189,6 @@ class RenderStatus:
     output: str | None = None
 
 
-def _frames_done(storage: RenderStorage, key: str) -> int:
-    total = 0
-    for progress in (storage.render_dir(key) / "progress").glob("*.json"):
-        with contextlib.suppress(ValueError, OSError):
-            total += int(json.loads(progress.read_text())["frames"])
-    return total
-
-
 def _failed_run_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         event = record.dagster_event
@@ -222,10 +216,11 @@ def follow(
     since: float,
     on_status: Callable[[RenderStatus], None],
     timeout: float | None = None,
+    total_frames: int | None = None,
 ) -> RenderStatus:
     """Wait for render ``key`` to finish (mixed_video materialised after ``since``); raise on a failed run."""
-    storage = RenderStorage(base_dir=str(Settings.from_env().storage))
-    total = storage.load_spec(key).total_frames
+    storage = storage_resource(Settings.from_env())
+    total = total_frames or storage.load_spec(key).total_frames
     deadline = None if timeout is None else time.monotonic() + timeout
     mixed = dg.AssetKey("mixed_video")
     while True:
@@ -314,7 +309,7 @@ def render_through_dagster(
     with ensure_daemon(instance) as own_daemon:
         key = submit(spec, instance, source=source)
         try:
-            status = follow(instance, key, since, on_status, timeout)
+            status = follow(instance, key, since, on_status, timeout, total_frames=spec.total_frames)
             if own_daemon is not None:  # let our daemon record the backfill as done before it stops
                 _wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
             return status
@@ -460,3 +455,11 @@ def reexecute_backfill_from_failure(
     )
     instance.add_backfill(new_backfill)
     return new_backfill.backfill_id
+
+
+def _frames_done(storage: RenderStorage, key: str) -> int:
+    """Frames rendered so far, from the chunks' progress records (a storage hiccup shows as no progress)."""
+    try:
+        return storage.frames_done(key)
+    except StorageError:
+        return 0

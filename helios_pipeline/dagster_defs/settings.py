@@ -12,15 +12,20 @@ DEFAULT_MAX_CHUNKS = 4
 
 @dataclass(frozen=True)
 class Settings:
-    storage: Path
+    storage: str
+    """A local folder or ``s3://bucket/prefix``."""
     inbox: Path
     max_chunks: int
+    keep_days: str = "0"
 
     @classmethod
     def from_env(cls) -> Settings:
-        """HELIOS_STORAGE (default .helios/), HELIOS_INBOX (default compositions/), HELIOS_MAX_CHUNKS (4)."""
+        """HELIOS_STORAGE (default .helios/), HELIOS_INBOX (default compositions/), HELIOS_MAX_CHUNKS (4),
+        HELIOS_KEEP_DAYS (0: a finished render's chunks go once its video passed its check)."""
+        raw_storage = os.environ.get("HELIOS_STORAGE") or str(PROJECT_ROOT / ".helios")
         return cls(
-            storage=Path(os.environ.get("HELIOS_STORAGE") or PROJECT_ROOT / ".helios").resolve(),
+            storage=raw_storage if raw_storage.startswith("s3://") else str(Path(raw_storage).resolve()),
+            keep_days=os.environ.get("HELIOS_KEEP_DAYS") or "0",
             inbox=Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve(),
             max_chunks=int(env_number("HELIOS_MAX_CHUNKS", DEFAULT_MAX_CHUNKS, 1, 999, whole=True)),
         )
@@ -42,3 +47,10 @@ def env_number(name: str, default: float, low: float, high: float, *, whole: boo
 
 def chunk_keys(max_chunks: int) -> list[str]:
     return [f"{index:03d}" for index in range(max_chunks)]
+
+
+def storage_resource(settings: Settings):
+    """The deployment's storage resource, as the code location and the CLI build it."""
+    from helios_pipeline.dagster_defs.storage import RenderStorage
+
+    return RenderStorage(location=settings.storage, keep_days=settings.keep_days)

@@ -181,6 +181,14 @@ def upload_to_uri(client: Any, local: Path, uri: str) -> ObjectInfo:
     return upload_file(client, local, bucket, key)
 
 
+def download_from_uri(client: Any, uri: str, local: Path) -> None:
+    bucket, key = split_s3_uri(uri, what="output")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with _partial(local) as partial:
+        _call(f"download {uri}", lambda: client.download_file(bucket, key, str(partial)))
+        os.replace(partial, local)
+
+
 def presigned_url(uri: str, client: Any | None = None, expires: int = PRESIGN_SECONDS) -> str:
     """A SigV4 presigned GET URL for ``uri`` (botocore presigns SigV2 in us-east-1 unless told otherwise)."""
     import boto3
