@@ -22,6 +22,7 @@ from helios_pipeline.orchestrator import RenderOrchestrator, resolve_spec, run_p
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
 from helios_pipeline.spec import RenderSpec, SpecError
+from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 err = Console(stderr=True)
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as exc:
         _report("render failed", "bold red", exc)
         return EXIT_FAILED
+    except StorageError as exc:  # a missing bucket, bad credentials: found before anything renders
+        _report("storage error", "bold red", exc)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_CANCELLED
 
