@@ -31,6 +31,7 @@ from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
 from helios_pipeline.spec import RenderSpec, apply_overrides, read_spec_file, validate_spec
+from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
 ProgressCallback = Callable[[float], None]
 ChunkProgress = Callable[[int], None]
@@ -135,7 +136,8 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
 class RenderResult:
     """What a finished render produced, with the timings of every stage."""
 
-    output: Path
+    output: Path | str
+    """The video file, or the s3:// URI it was uploaded to."""
     plan: RenderPlan
     chunks: list[ChunkResult]
     concat: ConcatResult
@@ -241,12 +243,16 @@ def run_plan(
         if outside_cancel.is_set():
             raise RenderCancelled("render cancelled")
         mix = mix_final(render_plan.mix_options, render_plan.concat_output_file, render_plan.final_output_file)
+        if render_plan.final_output_uri is not None:
+            upload_to_uri(default_client(), render_plan.final_output_file, render_plan.final_output_uri)
     finally:
+        if render_plan.final_output_uri is not None:
+            render_plan.final_output_file.unlink(missing_ok=True)
         _cleanup(render_plan, remove_dir=created_work_dir)
     if on_progress is not None:
         on_progress(1.0)
     return RenderResult(
-        output=render_plan.final_output_file,
+        output=render_plan.final_output_uri or render_plan.final_output_file,
         plan=render_plan,
         chunks=chunk_results,
         concat=concat,

@@ -7,6 +7,7 @@ the files to clean up. Nothing here touches the disk.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -63,6 +64,9 @@ class RenderPlan(BaseModel):
     concat_manifest: tuple[Path, ...]
     concat_output_file: Path
     final_output_file: Path
+    """Where the final video is written on this machine (for an ``s3://`` output: in the work folder)."""
+    final_output_uri: str | None = None
+    """The ``s3://`` URI the final video is uploaded to, when the spec's output is remote."""
     mix_options: MixOptions
     cleanup_files: tuple[Path, ...]
 
@@ -117,7 +121,12 @@ def default_work_dir(output: Path) -> Path:
 def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | None = None) -> RenderPlan:
     """Plan a render: chunk ranges (see ``chunk_count``), their files, the concat and the final mix."""
     output = spec.output_path
-    work = Path(work_dir) if work_dir is not None else default_work_dir(output)
+    if spec.output_uri is not None and work_dir is None:  # made here, then uploaded: work in the temp folder
+        work = default_work_dir(Path(tempfile.gettempdir()) / "helios_pipeline" / output.name)
+    else:
+        work = Path(work_dir) if work_dir is not None else default_work_dir(output)
+    if spec.output_uri is not None:
+        output = work / f"final{output.suffix}"
     ext = chunk_extension(spec)
     total = spec.total_frames
     ranges = split_frames(spec.start_frame, total, chunk_count(spec, concurrency))
@@ -135,6 +144,7 @@ def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | N
         concat_manifest=manifest,
         concat_output_file=concat_output,
         final_output_file=output,
+        final_output_uri=spec.output_uri,
         mix_options=MixOptions(
             audio_tracks=spec.audio_tracks,
             audio_codec=spec.audio_codec,

@@ -376,7 +376,7 @@ def _fetch_chunk(
 def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
-    final = final_video_file(storage, render_key)
+    final = plan.final_output_file
     try:
         concat = _latest(context.instance, dg.AssetKey("concat_video"), render_key)
         storage.fetch(render_key, plan.concat_output_file, _stored_info(concat) if concat else None)
@@ -391,7 +391,7 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 raise
             sheet = sheet_job.result()
         info = probe(final)
-        links = _publish_output(storage, plan.spec.output_uri, final, sheet)
+        links = _publish_output(storage, plan.final_output_uri, final, sheet)
     except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
     finally:
@@ -412,14 +412,6 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         },
         data_version=dg.DataVersion(storage.fingerprint(render_key, plan.spec)),
     )
-
-
-def final_video_file(storage: RenderStorage, render_key: str) -> Path:
-    """Where this machine writes the final video: the output itself, or a local copy of an s3:// output."""
-    spec = storage.load_spec(render_key)
-    if spec.output_uri is None:
-        return spec.output_path
-    return storage.render_dir(render_key) / f"final{spec.output_path.suffix}"
 
 
 def _publish_output(storage: RenderStorage, uri: str | None, final: Path, sheet: Path) -> dict[str, object]:
@@ -449,9 +441,9 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
     spec = plan.spec
-    final = final_video_file(storage, render_key)
-    if spec.output_uri is not None and not final.is_file():  # checked on another machine than the mix
-        download_from_uri(storage.s3_client(), spec.output_uri, final)
+    final = plan.final_output_file
+    if plan.final_output_uri is not None and not final.is_file():  # checked on another machine than the mix
+        download_from_uri(storage.s3_client(), plan.final_output_uri, final)
     info = probe(final)
     expected_duration = plan.total_frames / spec.fps
     problems = []
@@ -470,7 +462,7 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     cleaned: list[str] = []
     if not problems:  # the render is done: what only served it goes (HELIOS_KEEP_DAYS)
         cleaned = storage.finished(render_key)
-    if spec.output_uri is not None:
+    if plan.final_output_uri is not None:
         final.unlink(missing_ok=True)
         contact_sheet_path(final).unlink(missing_ok=True)
     return dg.AssetCheckResult(
