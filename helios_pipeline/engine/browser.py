@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import uuid
 from collections.abc import Iterator
 
+import psutil
 from playwright.sync_api import Browser, Playwright
 
+from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
 
 LAUNCH_ARGS = (
@@ -30,6 +34,11 @@ LAUNCH_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
 )
 
+LAUNCH_MARKER = "--helios-launch-id"
+"""A switch Chromium ignores; its unique value tells one chunk's browser from another's in one process."""
+_LAUNCHED: dict[int, psutil.Process] = {}
+_LOCK = threading.Lock()
+
 
 def launch_args() -> list[str]:
     args = list(LAUNCH_ARGS)
@@ -40,13 +49,52 @@ def launch_args() -> list[str]:
 
 @contextlib.contextmanager
 def launch_browser(playwright: Playwright) -> Iterator[Browser]:
-    """Launch Chromium headless and always close it, even when the chunk fails."""
+    """Launch Chromium headless and always close it, even when the chunk fails.
+
+    The launch carries a unique marker switch (Chromium ignores unknown switches) so that
+    ``browser_process`` can find this browser's own process among the caller's children.
+    """
+    marker = f"{LAUNCH_MARKER}={uuid.uuid4().hex}"
     browser = playwright.chromium.launch(
-        executable_path=chromium_path(), headless=True, args=launch_args(), handle_sigint=False,
+        executable_path=chromium_path(), headless=True, args=[*launch_args(), marker], handle_sigint=False,
         handle_sigterm=False, handle_sighup=False,
     )  # fmt: skip
     try:
+        with _LOCK:
+            _LAUNCHED[id(browser)] = _find_process(marker)
         yield browser
     finally:
         with contextlib.suppress(Exception):
             browser.close()
+        with _LOCK:
+            _LAUNCHED.pop(id(browser), None)
+
+
+def _find_process(marker: str) -> psutil.Process:
+    """The launched browser's main process: the caller's descendant whose command line has ``marker``."""
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if marker in process.cmdline():
+                return process
+    raise RenderError(f"Chromium ({chromium_path()}) started, but no process with its launch switch {marker} was found")
+
+
+def browser_process(browser: Browser) -> psutil.Process | None:
+    """The main process of an open browser started by ``launch_browser`` (renderers are its descendants)."""
+    with _LOCK:
+        return _LAUNCHED.get(id(browser))
+
+
+def kill_browser_tree(browser: Browser) -> None:
+    """SIGKILL this browser's main process and every process below it, and nothing else.
+
+    Safe from any thread (no Playwright call) and after the browser closed (then it does nothing).
+    """
+    root = browser_process(browser)
+    if root is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        tree = [root, *root.children(recursive=True)]
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.kill()

@@ -15,11 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import psutil
-from playwright.sync_api import CDPSession, Page, sync_playwright
+from playwright.sync_api import Browser, CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from helios_pipeline.engine.browser import launch_browser
+from helios_pipeline.engine.browser import kill_browser_tree, launch_browser
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
@@ -85,15 +84,22 @@ def frame_time_ms(frame: int, fps: float) -> float:
 
 
 class _Watchdog:
-    """Kills this process's Chromium if a frame hangs, so a stuck page fails instead of blocking forever."""
+    """Kills this chunk's Chromium if a frame hangs, so a stuck page fails instead of blocking forever.
+
+    Only the browser given to ``watch`` dies: chunks rendering as threads of one process keep theirs.
+    """
 
     def __init__(self, limit_seconds: float):
         self.limit = limit_seconds
         self.fired = False
+        self._browser: Browser | None = None
         self._deadline: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helios-watchdog", daemon=True)
         self._thread.start()
+
+    def watch(self, browser: Browser) -> None:
+        self._browser = browser
 
     def arm(self) -> None:
         self._deadline = time.monotonic() + self.limit
@@ -106,21 +112,12 @@ class _Watchdog:
             if self._deadline is not None and time.monotonic() > self._deadline:
                 self.fired = True
                 self._deadline = None
-                kill_browsers()
+                if self._browser is not None:
+                    kill_browser_tree(self._browser)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-
-
-def kill_browsers() -> None:
-    """Kill every Chromium process started by this process."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "chrom" in child.name() or "headless" in child.name():
-                child.kill()
-        except psutil.Error:
-            pass
 
 
 @contextlib.contextmanager
@@ -162,6 +159,7 @@ def render_chunk(
             sync_playwright() as playwright,
             launch_browser(playwright) as browser,
         ):
+            watchdog.watch(browser)
             context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
             context.add_init_script(script=timeline_script(spec))
             page = context.new_page()
