@@ -75,7 +75,6 @@ def instance_config(aws: Aws) -> dict[str, Any]:
     """deploy/ecs/dagster.yaml with moto's network ids for the EDIT lines, and SQLite for Postgres."""
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     del config["storage"]  # the Postgres deployment is another test's job: DAGSTER_HOME's SQLite here
-    del config["compute_logs"]  # S3 logs are the storage tests' job; the launch writes none
     network = config["run_launcher"]["config"]["run_task_kwargs"]["networkConfiguration"]["awsvpcConfiguration"]
     assert network["subnets"] == ["subnet-EDIT-ME"] and network["securityGroups"] == ["sg-EDIT-ME"]
     network.update(subnets=[aws.subnet], securityGroups=[aws.security_group])
@@ -100,6 +99,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         group = ec2.create_security_group(GroupName="helios-runs", Description="helios run tasks", VpcId=vpc)
         ecs = boto3.client("ecs", region_name=REGION)
         ecs.create_cluster(clusterName=CLUSTER)
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=TASK_ENV["HELIOS_LOG_BUCKET"])
         yield Aws(ecs, registered_task_definition(ecs), subnet, group["GroupId"])
 
 
@@ -113,6 +113,7 @@ def deployment(aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.setenv("HELIOS_ECS_TASK_DEFINITION", "helios-pipeline")  # the family: the launcher resolves it
     monkeypatch.setenv("HELIOS_ECS_CLUSTER", CLUSTER)
     monkeypatch.setenv("HELIOS_STORAGE", str(tmp_path / "storage"))
+    monkeypatch.setenv("HELIOS_LOG_BUCKET", TASK_ENV["HELIOS_LOG_BUCKET"])
     origin = LoadableTargetOrigin(
         module_name="helios_pipeline.dagster_defs.definitions", attribute="defs", working_directory=str(REPO)
     )
@@ -193,6 +194,9 @@ def test_a_chunk_run_is_launched_as_one_fargate_task_sized_by_its_spec(deploymen
     assert args.run_id == run.run_id
     assert args.job_origin.job_name == "__ASSET_JOB"
     assert args.job_origin.repository_origin.code_pointer.module == "helios_pipeline.dagster_defs.definitions"
+    # ECS refuses overrides over 8192 characters, and the command carries the whole instance config
+    # (here without the Postgres section's ~400); a config that outgrows this fails every launch
+    assert len(json.dumps(task["overrides"], separators=(",", ":"))) < 7000
 
     # ...and the spec's size (1080p: 2 vCPU, 4 GiB) as task and container overrides
     assert (task["overrides"]["cpu"], task["overrides"]["memory"]) == ("2048", "4096")
