@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,13 +20,14 @@ from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.engine.browser import kill_browser_tree, launch_browser
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
+from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page_audio import ChunkPageAudio
-from helios_pipeline.engine.probe import count_video_frames
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
+from helios_pipeline.engine.tools import ffmpeg_version
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 
@@ -57,6 +58,13 @@ class ChunkResult:
     capture_method: str = "dom"
     page_audio_sources: int = 0
     """Audible <audio>/<video> elements of the page whose sound the chunk carries (as PCM)."""
+    chromium_version: str = ""
+    """The rendering browser's version (Playwright's ``browser.version``)."""
+    ffmpeg_version: str = ""
+    """The first line of the encoding FFmpeg's ``ffmpeg -version``."""
+    encoder_settings: dict[str, str] = field(default_factory=dict)
+    """What stream-copy concat needs to be equal in every chunk, read from the encoded file
+    (``engine.chunk_compat.probe_chunk``); ``check_chunks_compatible`` compares them."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +168,7 @@ def render_chunk(
             launch_browser(playwright) as browser,
         ):
             watchdog.watch(browser)
+            chromium_version = browser.version
             context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
             context.add_init_script(script=timeline_script(spec))
             page = context.new_page()
@@ -218,9 +227,9 @@ def render_chunk(
                 raise
             finally:
                 page_audio.close()
-            frames = count_video_frames(partial)
-            if frames != chunk.frame_count:
-                raise RenderError(f"chunk {chunk.id}: encoded {frames} frames, expected {chunk.frame_count}")
+            probed = probe_chunk(partial)
+            if probed.frames != chunk.frame_count:
+                raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
     except PlaywrightError as exc:
         if watchdog.fired:
@@ -248,4 +257,7 @@ def render_chunk(
         pid=os.getpid(),
         capture_method=capture.description,
         page_audio_sources=page_audio.track_count,
+        chromium_version=chromium_version,
+        ffmpeg_version=ffmpeg_version(),
+        encoder_settings=probed.encoder_settings,
     )

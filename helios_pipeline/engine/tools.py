@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from helios_pipeline.engine.errors import ToolNotFoundError
@@ -72,3 +73,20 @@ def ffprobe_path() -> str:
         if sibling.is_file():
             return str(sibling)
     return _ffmpeg_tool("ffprobe", "HELIOS_FFPROBE")
+
+
+@functools.cache
+def ffmpeg_version() -> str:
+    """The first line of ``ffmpeg -version`` (e.g. ``ffmpeg version 5.1.9-0+deb12u1 ...``), once per process.
+
+    Recorded with every chunk, so a cluster whose workers run different builds can be told apart.
+    """
+    command = [ffmpeg_path(), "-hide_banner", "-version"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolNotFoundError(f"cannot run {ffmpeg_path()} -version: {exc}") from None
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise ToolNotFoundError(f"{ffmpeg_path()} -version failed with exit code {result.returncode}")
+    return lines[0]
