@@ -182,7 +182,7 @@ class RenderSpec(_Model):
     stability_timeout: float = Field(
         30000, gt=0, description="ms a frame may take to become ready (fonts, images, waitUntilStable)"
     )
-    output: Path | str | None = Field(
+    output: str | Path | None = Field(
         None, description="the video file to write: a path, or s3://bucket/key.mp4 (uploaded when done)"
     )
     schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")

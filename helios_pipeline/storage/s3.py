@@ -50,7 +50,7 @@ def _call(what: str, action: Callable[[], T]) -> T:
 
     try:
         return action()
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, OSError) as exc:
         raise StorageError(f"{what}: {describe_error(exc)}") from None
 
 
