@@ -24,6 +24,7 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.registry import register_spec
+from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, Settings, storage_resource
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
@@ -73,7 +74,10 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
     chunk_count = len(make_plan(prepared).chunks)
     if not instance.has_dynamic_partition(RENDERS, key):
         instance.add_dynamic_partitions(RENDERS, [key])
-    backfill_id = launch_backfill(instance, key, with_plan=False, chunk_count=chunk_count)
+    # container sizes for run launchers that honour them (ECS, Kubernetes); other launchers ignore the tags
+    backfill_id = launch_backfill(
+        instance, key, with_plan=False, chunk_count=chunk_count, tags=worker_run_tags(prepared)
+    )
     # the plan asset, in this process (a run in the instance, without a run worker's start-up): its data
     # version (the content fingerprint) is what marks a re-submitted render's old chunks stale
     from helios_pipeline.dagster_defs.definitions import defs
