@@ -259,6 +259,26 @@ def test_more_chunks_than_the_deployment_allows_is_a_spec_error(tmp_path: Path, 
     assert not storage.has_spec("too-many"), "a rejected spec must not be registered"
 
 
+def test_frames_per_chunk_beyond_the_chunk_dimension_names_the_field(tmp_path: Path, storage: RenderStorage) -> None:
+    frames = 10 * (MAX_CHUNKS + 1)
+    spec_file = write_spec(tmp_path, "fpc", COMPOSITIONS / "frame_raf", frame_count=frames, frames_per_chunk=10)
+    with pytest.raises(SpecError) as caught:
+        register_spec_file(storage, spec_file, MAX_CHUNKS)
+    assert f"frames_per_chunk: {MAX_CHUNKS + 1} chunks exceed" in str(caught.value)
+    assert not storage.has_spec("fpc")
+
+
+@needs_three_chunks
+def test_frames_per_chunk_sets_the_chunks_of_a_render(
+    tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage
+) -> None:
+    spec_file = write_spec(tmp_path, "fpc", COMPOSITIONS / "frame_raf", frame_count=20, frames_per_chunk=7)
+    key = register(instance, storage, spec_file)
+    run(instance, storage, [render_plan], key)
+    assert [chunk.frame_count for chunk in storage.plan_for(key).chunks] == [7, 7, 6]
+    assert latest_metadata(instance, render_plan.key, key)["chunks"].value == 3
+
+
 @needs_three_chunks
 def test_fewer_frames_than_chunks_plans_and_skips_the_rest(
     tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage

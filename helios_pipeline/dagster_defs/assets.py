@@ -18,6 +18,7 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.settings import Settings, chunk_keys
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.chunk import render_chunk
+from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import PageError, RenderError
@@ -25,6 +26,7 @@ from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.fingerprint import ENGINE_VERSION
 from helios_pipeline.engine.mix import mix_final
 from helios_pipeline.engine.probe import count_video_frames, probe
+from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError
 from helios_pipeline.storage.s3 import download_from_uri, presigned_url, upload_to_uri
@@ -234,6 +236,9 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "capture_method": dg.MetadataValue.text(result.capture_method),
             "page_audio_sources": result.page_audio_sources,
             "worker_id": dg.MetadataValue.text(worker_id()),
+            "chromium_version": dg.MetadataValue.text(result.chromium_version),
+            "ffmpeg_version": dg.MetadataValue.text(result.ffmpeg_version),
+            "encoder_settings": dg.MetadataValue.json(result.encoder_settings),
             "worker_host": dg.MetadataValue.text(result.host),
             "worker_pid": result.pid,
             "upload_seconds": time.perf_counter() - upload_started,
@@ -265,10 +270,16 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     plan = storage.plan_for(render_key)
     fingerprint = storage.fingerprint(render_key, plan.spec)
     problems: dict[str, str] = {}
+    facts: list[ChunkFacts] = []
     for chunk in plan.chunks:
-        problem = _fetch_chunk(context.instance, storage, render_key, chunk, fingerprint)
+        problem = _fetch_chunk(context.instance, storage, render_key, chunk, fingerprint, facts)
         if problem:
             problems[f"{chunk.id:03d}"] = problem
+    if not problems:
+        try:  # stream copy needs identical encoder settings: chunks from differing workers are refused
+            check_chunks_compatible(facts)
+        except RenderError as exc:
+            problems["settings"] = str(exc)
     if problems:
         missing = [index for index, problem in problems.items() if problem == NOT_RENDERED]
         yield dg.AssetCheckResult(
@@ -276,17 +287,17 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
             passed=False,
             metadata={
                 "missing_chunks": dg.MetadataValue.text(", ".join(missing) or "none"),
-                "problems": dg.MetadataValue.text("; ".join(f"chunk {i}: {p}" for i, p in problems.items())),
+                "problems": dg.MetadataValue.text(_describe(problems)),
                 "expected": len(plan.chunks),
             },
         )
-        if len(missing) == len(problems):
+        if missing and len(missing) == len(problems):
             description = (
                 f"render {render_key}: chunks {', '.join(missing)} are not rendered; "
                 "materialise them before the concat (a short video is never produced)"
             )
         else:
-            description = f"render {render_key}: " + "; ".join(f"chunk {i}: {p}" for i, p in problems.items())
+            description = f"render {render_key}: " + _describe(problems)
         raise dg.Failure(description=description, allow_retries=False)
     try:
         result = concat_chunks(
@@ -326,6 +337,12 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
 NOT_RENDERED = "not rendered"
 
 
+def _describe(problems: dict[str, str]) -> str:
+    return "; ".join(
+        problem if index == "settings" else f"chunk {index}: {problem}" for index, problem in problems.items()
+    )
+
+
 def _latest(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dg.AssetMaterialization | None:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
@@ -342,7 +359,12 @@ def _stored_info(materialization: dg.AssetMaterialization) -> ObjectInfo | None:
 
 
 def _fetch_chunk(
-    instance: dg.DagsterInstance, storage: RenderStorage, render_key: str, chunk, fingerprint: str
+    instance: dg.DagsterInstance,
+    storage: RenderStorage,
+    render_key: str,
+    chunk: RenderChunk,
+    fingerprint: str,
+    facts: list[ChunkFacts],
 ) -> str | None:
     """Bring one chunk of the render's current plan here, verified; what is wrong with it, or None.
 
@@ -362,6 +384,16 @@ def _fetch_chunk(
         storage.fetch(render_key, Path(chunk.output_file), _stored_info(record))
     except StorageError as exc:
         return str(exc)
+    metadata = record.metadata
+    settings = metadata.get("encoder_settings")
+    facts.append(
+        ChunkFacts(
+            chunk_id=chunk.id,
+            worker=str(metadata["worker_id"].value) if "worker_id" in metadata else "unknown",
+            host=str(metadata["worker_host"].value) if "worker_host" in metadata else "unknown",
+            encoder_settings=dict(settings.value) if settings is not None else {},
+        )
+    )
     return None
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.plan import chunk_count
 from helios_pipeline.spec import RenderSpec, SpecError, load_spec, sanitize_key, validate_spec
 
 
 def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: str) -> RenderSpec:
     """``spec`` renamed to ``render_key`` (output renamed alike) with its chunk count fitted to the deployment.
 
-    A spec without an explicit ``concurrency`` gets the deployment's chunk count; asking for more
-    chunks than the deployment has is an error.
+    A spec without an explicit ``concurrency`` (or ``frames_per_chunk``) gets the deployment's chunk
+    count; asking for more chunks than the deployment has is an error naming the field that asked.
     """
     key = sanitize_key(render_key)
     data = spec.to_json_dict()
@@ -28,13 +29,20 @@ def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: 
         else:
             output = spec.output_path
             data["output"] = str(output.with_name(f"{key}{output.suffix}"))
-    if "concurrency" not in spec.model_fields_set:
-        data["concurrency"] = max_chunks
-    elif spec.concurrency > max_chunks:
+    if spec.frames_per_chunk is not None:
+        chunks, field = chunk_count(spec), "frames_per_chunk"
+        if "concurrency" not in spec.model_fields_set:  # the run queue and the chunk pool pace a deployment
+            data["concurrency"] = min(chunks, max_chunks)
+    elif "concurrency" not in spec.model_fields_set:
+        data["concurrency"] = chunks = max_chunks
+        field = "concurrency"
+    else:
+        chunks, field = spec.concurrency, "concurrency"
+    if chunks > max_chunks:
         raise SpecError(
             source,
-            [("concurrency", f"{spec.concurrency} chunks exceed this deployment's limit of {max_chunks} "
-                             "(HELIOS_MAX_CHUNKS); ask for fewer chunks or raise the limit")],
+            [(field, f"{chunks} chunks exceed this deployment's limit of {max_chunks} (HELIOS_MAX_CHUNKS); "
+                     f"ask for fewer chunks or raise the limit")],
         )  # fmt: skip
     return validate_spec(data, base_dir=Path.cwd(), source=source)
 
