@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
+from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.concat import ConcatResult, concat_chunks
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.mix import MixResult, mix_final
@@ -234,6 +235,9 @@ def run_plan(
     progress = _Progress(render_plan, on_progress)
     try:
         chunk_results = _render_chunks(render_plan, executor, progress, abort, outside_cancel)
+        check_chunks_compatible(
+            [ChunkFacts(r.chunk_id, f"pid {r.pid}", r.host, r.encoder_settings) for r in chunk_results]
+        )
         concat = concat_chunks(
             list(render_plan.concat_manifest),
             render_plan.concat_output_file,

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from helios_pipeline.engine.chunk import ChunkResult
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible, probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.page_audio import mux_audio
 from helios_pipeline.engine.tools import ffmpeg_path
-from helios_pipeline.orchestrator import RenderOrchestrator
+from helios_pipeline.orchestrator import InProcessExecutor, RenderOrchestrator
+from helios_pipeline.plan import RenderChunk, default_work_dir
 from helios_pipeline.spec import RenderSpec, validate_spec
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
@@ -123,3 +125,30 @@ def test_rendered_chunks_record_versions_and_matching_settings(tmp_path: Path) -
         assert chunk.ffmpeg_version.startswith("ffmpeg version "), chunk.ffmpeg_version
         assert chunk.encoder_settings["video.width"] == "256"
     check_chunks_compatible([ChunkFacts(c.chunk_id, f"pid {c.pid}", c.host, c.encoder_settings) for c in result.chunks])
+
+
+class MismatchedWorker:
+    """Renders chunk 1 with another pixel format, as a worker with another configuration would."""
+
+    def __init__(self) -> None:
+        self.inner = InProcessExecutor()
+
+    def render(self, spec: RenderSpec, chunk: RenderChunk, *, on_progress, cancel) -> ChunkResult:
+        if chunk.id == 1:
+            spec = spec.model_copy(update={"pixel_format": "yuv444p"})
+        return self.inner.render(spec, chunk, on_progress=on_progress, cancel=cancel)
+
+
+@pytest.mark.slow
+def test_the_library_orchestrator_refuses_to_join_mismatched_chunks(tmp_path: Path) -> None:
+    """Without the check the concat copies a yuv444p chunk into a yuv420p stream."""
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(
+        RenderError, match=r"cannot join chunk 0 \(worker pid \d+ on .+\) and chunk 1 .*yuv420p vs yuv444p"
+    ):
+        RenderOrchestrator.render(
+            str(COMPOSITIONS / "frame_css"), output, width=128, height=128, fps=30, frame_count=6, concurrency=2,
+            executor=MismatchedWorker(),
+        )  # fmt: skip
+    assert not output.exists() and not default_work_dir(output).exists()
