@@ -203,19 +203,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     What `dagster dev` starts, except that the daemon is ours: the same Dagster daemon with a 1 s
     backfill loop instead of 30 s, so a backfill's stages follow each other without a pause.
     """
-    import subprocess
-
     from helios_pipeline.dagster_defs.daemon import daemon_command
-    from helios_pipeline.dagster_defs.runner import dagster_home, stop_process_tree
+    from helios_pipeline.dagster_defs.runner import dagster_home
     from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
+    from helios_pipeline.processes import start_group, stop_group
 
+    stop_seconds = 20.0  # the daemon waits for a run still executing in its code server
     home = dagster_home()
     workspace = str(PROJECT_ROOT / "workspace.yaml")
     webserver_command = [sys.executable, "-m", "dagster_webserver", "-w", workspace]
     webserver_command += ["-h", args.host, "-p", str(args.port)]
     processes = {
-        "webserver": subprocess.Popen(webserver_command, cwd=PROJECT_ROOT, start_new_session=True),
-        "daemon": subprocess.Popen(daemon_command("run", "-w", workspace), cwd=PROJECT_ROOT, start_new_session=True),
+        "webserver": start_group(webserver_command, cwd=PROJECT_ROOT),
+        "daemon": start_group(daemon_command("run", "-w", workspace), cwd=PROJECT_ROOT),
     }
     err.print(f"DAGSTER_HOME={home}; open http://{args.host}:{args.port} (Ctrl-C stops the UI and the daemon)")
     try:
@@ -229,7 +229,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         for process in processes.values():
-            stop_process_tree(process)
+            stop_group(process, stop_seconds)
 
 
 def cmd_doctor(_args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from helios_pipeline.engine.mix import MixResult, mix_final
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
+from helios_pipeline.processes import start_group, stop_group, stop_group_on
 from helios_pipeline.spec import RenderSpec, apply_overrides, read_spec_file, validate_spec
 from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
@@ -65,13 +65,12 @@ class LocalExecutor:
         self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
     ) -> ChunkResult:
         job = json.dumps({"spec": spec.to_json_dict(), "chunk": json.loads(chunk.model_dump_json())})
-        process = subprocess.Popen(
+        process = start_group(
             [sys.executable, "-m", "helios_pipeline.engine.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,
             env={**os.environ, CHUNK_ENV: str(chunk.output_file)},
         )
         stderr_lines: list[str] = []
@@ -79,10 +78,7 @@ class LocalExecutor:
             target=lambda: stderr_lines.extend(process.stderr), daemon=True, name=f"chunk-{chunk.id}-stderr"
         )
         stderr_reader.start()
-        watcher = threading.Thread(
-            target=_kill_group_when, args=(cancel, process), daemon=True, name=f"chunk-{chunk.id}-cancel"
-        )
-        watcher.start()
+        stop_group_on(cancel, process, KILL_GRACE_SECONDS, name=f"chunk-{chunk.id}-cancel")
         try:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(job)
@@ -97,7 +93,7 @@ class LocalExecutor:
                     on_progress(int(message["progress"]))
             process.wait()
         finally:
-            _kill_group(process)
+            stop_group(process, KILL_GRACE_SECONDS)
         stderr_reader.join(timeout=5)
         if cancel.is_set():
             raise RenderCancelled(f"chunk {chunk.id} cancelled")
@@ -109,28 +105,6 @@ class LocalExecutor:
             raise RenderError(f"chunk {chunk.id}: {message['error']}")
         tail = "".join(stderr_lines[-20:]).strip()
         raise RenderError(f"chunk {chunk.id}: worker exited with code {process.returncode}: {tail}")
-
-
-def _kill_group_when(cancel: threading.Event, process: subprocess.Popen[str]) -> None:
-    while process.poll() is None:
-        if cancel.wait(0.2):
-            _kill_group(process)
-            return
-
-
-def _kill_group(process: subprocess.Popen[str]) -> None:
-    """SIGTERM the worker's process group, then SIGKILL whatever is left after a grace period."""
-    try:
-        group = os.getpgid(process.pid)
-    except ProcessLookupError:
-        group = process.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=KILL_GRACE_SECONDS)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, signal.SIGKILL)
-    process.wait()
 
 
 @dataclass

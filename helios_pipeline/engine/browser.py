@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Playwright
 
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
+from helios_pipeline.processes import kill_tree
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -91,10 +92,5 @@ def kill_browser_tree(browser: Browser) -> None:
     Safe from any thread (no Playwright call) and after the browser closed (then it does nothing).
     """
     root = browser_process(browser)
-    if root is None:
-        return
-    with contextlib.suppress(psutil.Error):
-        tree = [root, *root.children(recursive=True)]
-        for process in tree:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+    if root is not None:
+        kill_tree(root)

@@ -1,0 +1,114 @@
+"""Child processes as whole trees: start one in its own session, stop it with everything it started.
+
+Chunk workers, the Dagster webserver and daemon all start helpers (Chromium, FFmpeg, code servers,
+run workers). Stopping only the direct child leaves those behind, so every stop here works on the
+process group *and* on a snapshot of the process tree (Chromium starts a session of its own, out
+of the group). One place holds these semantics; callers never send signals themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psutil
+
+POLL_SECONDS = 0.2
+
+
+def start_group(command: Sequence[str], **popen_args: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a new session (so a new process group, whose id is the child's pid)."""
+    return subprocess.Popen(list(command), start_new_session=True, **popen_args)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and all its descendants now ([] when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (zombies count as gone: they only wait to be reaped)."""
+    running = []
+    for candidate in processes:
+        with contextlib.suppress(psutil.Error):
+            if candidate.is_running() and candidate.status() != psutil.STATUS_ZOMBIE:
+                running.append(candidate)
+    return running
+
+
+def kill_tree(root: psutil.Process) -> None:
+    """SIGKILL ``root`` and every process below it, and nothing else; safe when they are already gone."""
+    with contextlib.suppress(psutil.Error):
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def stop_group(process: subprocess.Popen, grace: float) -> None:
+    """Stop a child started by :func:`start_group` and wait until its whole tree has exited.
+
+    SIGTERM goes to its process group; the child and every process of its tree (snapshot taken
+    before the signal, so helpers in other sessions count too) get ``grace`` seconds to exit; what
+    is left is SIGKILLed, and so is anything the group started after the snapshot. The child is
+    reaped. Safe to call after the child exited (its group's stragglers are still stopped).
+    """
+    tree = process_tree(process.pid) if process.poll() is None else []
+    _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (process.poll() is None or alive(tree)):
+        time.sleep(POLL_SECONDS)
+    for leftover in alive(tree):
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def stop_group_on(event: threading.Event, process: subprocess.Popen, grace: float, name: str) -> threading.Thread:
+    """A daemon thread that calls :func:`stop_group` once ``event`` is set (and ends with the child)."""
+
+    def watch() -> None:
+        while process.poll() is None:
+            if event.wait(POLL_SECONDS):
+                stop_group(process, grace)
+                return
+
+    thread = threading.Thread(target=watch, daemon=True, name=name)
+    thread.start()
+    return thread
+
+
+def kill_now(process: subprocess.Popen) -> None:
+    """SIGKILL one child (not its group) and reap it; a no-op when it already exited."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def processes_with_env(name: str, prefix: str) -> list[psutil.Process]:
+    """Live processes whose environment has ``name`` starting with ``prefix``: stragglers of a job.
+
+    A job that exports a marker variable (chunk workers export ``HELIOS_CHUNK_OUTPUT``) passes it
+    to everything it starts, orphans included, so this finds what a stop may have missed.
+    """
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(name, "").startswith(prefix) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
