@@ -8,14 +8,20 @@ Dagster's: a chunk is a partition, each partition its own run.
 import os
 import socket
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs.names import (
+    CHUNK_ASSET,
+    CHUNK_POOL,
+    CONCAT_ASSET,
+    DATA_VERSION_TAG,
+    GROUP,
+)
+from helios_pipeline.dagster_defs.partitions import ALL_CHUNKS_OF_RENDER, SETTINGS, chunk_partitions, renders
 from helios_pipeline.dagster_defs.registry import register_spec_file
-from helios_pipeline.dagster_defs.settings import Settings, chunk_keys
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
@@ -31,19 +37,9 @@ from helios_pipeline.spec import SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError
 from helios_pipeline.storage.s3 import download_from_uri, presigned_url, upload_to_uri
 
-SETTINGS = Settings.from_env()
-GROUP = "helios"
-CHUNK_POOL = "helios_chunks"
-
-renders = dg.DynamicPartitionsDefinition(name="renders")
-chunk_partitions = dg.MultiPartitionsDefinition(
-    {"render": renders, "chunk": dg.StaticPartitionsDefinition(chunk_keys(SETTINGS.max_chunks))}
-)
 CHUNK_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 PROGRESS_INTERVAL_S = 0.5
 REMOTE_PROGRESS_INTERVAL_S = 2.0  # one small PUT per chunk every 2 s
-CHUNK_ASSET = dg.AssetKey("chunk_video")
-DATA_VERSION_TAG = "dagster/data_version"
 
 
 def worker_id() -> str:
@@ -250,9 +246,6 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
 
 
 CHUNKS_COMPLETE = "chunks_complete"
-with warnings.catch_warnings():  # beta, but the mapping the UI, backfills and automation all honour
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    ALL_CHUNKS_OF_RENDER = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="render")
 
 
 @dg.asset(
@@ -410,7 +403,7 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     plan = storage.plan_for(render_key)
     final = plan.final_output_file
     try:
-        concat = _latest(context.instance, dg.AssetKey("concat_video"), render_key)
+        concat = _latest(context.instance, CONCAT_ASSET, render_key)
         storage.fetch(render_key, plan.concat_output_file, _stored_info(concat) if concat else None)
         # the mix stream-copies the concat's video, so the contact sheet reads the concat meanwhile
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -486,7 +479,7 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     if (info.width, info.height) != (spec.width, spec.height):
         problems.append(f"{info.width}x{info.height}, expected {spec.width}x{spec.height}")
     # audio is expected from the spec's tracks or from the page's own media (carried by the chunks)
-    concat = _latest(context.instance, dg.AssetKey("concat_video"), render_key)
+    concat = _latest(context.instance, CONCAT_ASSET, render_key)
     concat_audio = concat.metadata.get("audio_codec") if concat else None
     wants_audio = bool(spec.audio_tracks) or (concat_audio is not None and concat_audio.value != "none")
     if (info.audio_codec is not None) != wants_audio:

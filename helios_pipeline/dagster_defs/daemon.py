@@ -16,9 +16,9 @@ removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
@@ -32,15 +32,7 @@ def backfill_loop_seconds() -> float:
 
 def shorten_backfill_loop(seconds: float) -> bool:
     """Set the backfill daemon's loop interval for this process; False when this Dagster has no such knob."""
-    from dagster._daemon import controller
-
-    if not isinstance(getattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", None), int | float):
-        logging.getLogger("helios_pipeline").warning(
-            "this Dagster version has no DEFAULT_DAEMON_INTERVAL_SECONDS: backfills advance on Dagster's own loop"
-        )
-        return False
-    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # type: ignore[assignment]
-    return True
+    return private_api.set_daemon_loop_interval(seconds)
 
 
 def daemon_command(*args: str) -> list[str]:
@@ -54,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"helios-pipeline daemon: {exc}")
     shorten_backfill_loop(seconds)
-    from dagster._daemon.cli import cli
-
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="dagster-daemon", obj={})
+    private_api.run_daemon_cli(argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from helios_pipeline.dagster_defs.assets import SETTINGS, render_plan, renders
+from helios_pipeline.dagster_defs.names import RENDER_TAG
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import SpecError, load_spec, sanitize_key
@@ -113,10 +114,10 @@ plan_render_job = dg.define_asset_job(
 def plan_registered_render(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
     run = context.dagster_run
     config = run.run_config.get("ops", {}).get("register_render", {}).get("config", {})
-    key = sanitize_key(config["render_key"]) if config.get("render_key") else run.tags.get("helios/render")
+    key = sanitize_key(config["render_key"]) if config.get("render_key") else run.tags.get(RENDER_TAG)
     if not key:
         return dg.SkipReason(f"run {run.run_id} names no render (no render_key in its config)")
-    return dg.RunRequest(run_key=f"plan:{key}", partition_key=key, tags={"helios/render": key})
+    return dg.RunRequest(run_key=f"plan:{key}", partition_key=key, tags={RENDER_TAG: key})
 
 
 def scheduled_render_key(name: str, when: datetime) -> str:
@@ -151,7 +152,7 @@ def _schedule_for(path: Path, name: str, cron: str, timezone: str | None) -> dg.
         return dg.RunRequest(
             run_key=key,
             run_config={"ops": {"register_render": {"config": {"spec_path": str(path), "render_key": key}}}},
-            tags={"helios/render": key},
+            tags={RENDER_TAG: key},
         )
 
     return _scheduled

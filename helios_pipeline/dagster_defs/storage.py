@@ -29,6 +29,16 @@ from helios_pipeline.storage.bundle import BundleRef, bundle_key, pack_bundle, r
 FOREVER = "forever"
 
 
+def _s3_client() -> Any:
+    """dagster-aws's S3 client, configured by boto3's own settings (AWS_* variables, profiles, roles).
+
+    A nested ``S3Resource`` field would make this resource a generator to Dagster (sensors and
+    tests would need a context manager to reach it), and boto3 already reads every setting the
+    deployment needs, so none is duplicated here.
+    """
+    return S3Resource().get_client()
+
+
 class RenderStorage(dg.ConfigurableResource):
     """Render files laid out per render and chunk under ``location`` (a folder or ``s3://bucket/prefix``)."""
 
@@ -36,8 +46,6 @@ class RenderStorage(dg.ConfigurableResource):
     keep_days: str = "0"
     """How long a finished render's chunks, concat and bundle are kept: 0 = removed once the final video has
     passed its check, N = N days, ``forever`` = never removed by the pipeline."""
-    s3: S3Resource | None = None
-    """dagster-aws's S3 client settings for S3 locations; None = boto3's own configuration (AWS_* variables)."""
 
     _store: Store | None = PrivateAttr(default=None)
 
@@ -45,16 +53,14 @@ class RenderStorage(dg.ConfigurableResource):
     @property
     def store(self) -> Store:
         if self._store is None:
-            client = None
-            if self.location.startswith("s3://"):
-                client = (self.s3 or S3Resource()).get_client()
+            client = _s3_client() if self.location.startswith("s3://") else None
             self._store = open_store(self.location, client)
         return self._store
 
     def s3_client(self) -> Any:
         """A boto3 S3 client (for s3:// outputs, which may be in another bucket than the storage)."""
         store = self.store
-        return getattr(store, "client", None) or (self.s3 or S3Resource()).get_client()
+        return getattr(store, "client", None) or _s3_client()
 
     @property
     def is_remote(self) -> bool:

@@ -1,0 +1,23 @@
+"""Names shared by the definitions, the CLI and the tests: partitions, asset keys, tags, pool.
+
+Defined once so that a rename cannot leave a sensor, a backfill or a query looking for the old name.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+GROUP = "helios"
+RENDERS = "renders"
+"""The dynamic partitions definition's name: one partition per registered render."""
+CHUNK_POOL = "helios_chunks"
+"""The concurrency pool of chunk steps: Chromium renders at once, across the deployment."""
+RENDER_TAG = "helios/render"
+"""Run and backfill tag naming the render key."""
+
+PLAN_ASSET = dg.AssetKey("render_plan")
+CHUNK_ASSET = dg.AssetKey("chunk_video")
+CONCAT_ASSET = dg.AssetKey("concat_video")
+MIXED_ASSET = dg.AssetKey("mixed_video")
+BACKFILL_ASSETS = (PLAN_ASSET, CHUNK_ASSET, CONCAT_ASSET, MIXED_ASSET)
+DATA_VERSION_TAG = "dagster/data_version"

@@ -1,0 +1,120 @@
+"""Every use of Dagster's private API, in one place (pinned with dagster==1.13.27).
+
+Dagster has no public API for creating or cancelling asset backfills from Python (the UI does it
+over GraphQL) nor for the daemon's loop interval. An upgrade that moves these touches this file
+only; ``test_dagster_daemon_loop.py`` and the backfill tests fail here first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+
+def set_daemon_loop_interval(seconds: float) -> bool:
+    """Set the daemon's loop interval (backfills advance one stage per loop); False when Dagster lacks it."""
+    from dagster._daemon import controller
+
+    if not isinstance(getattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", None), int | float):
+        logging.getLogger("helios_pipeline").warning(
+            "this Dagster version has no DEFAULT_DAEMON_INTERVAL_SECONDS: backfills advance on Dagster's own loop"
+        )
+        return False
+    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # type: ignore[assignment]
+    return True
+
+
+def daemon_loop_interval() -> float:
+    from dagster._daemon import controller
+
+    return float(controller.DEFAULT_DAEMON_INTERVAL_SECONDS)
+
+
+def run_daemon_cli(argv: list[str]) -> None:
+    """``dagster-daemon`` with ``argv``, in this process (so the loop interval set above applies)."""
+    from dagster._daemon.cli import cli
+
+    cli.main(args=argv, prog_name="dagster-daemon", obj={})
+
+
+def is_terminal(backfill: Any) -> bool:
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
+    return backfill.status in BULK_ACTION_TERMINAL_STATUSES
+
+
+def newest_backfill(instance: dg.DagsterInstance, tags: dict[str, str], created_after: datetime) -> Any | None:
+    from dagster._core.execution.backfill import BulkActionsFilter
+
+    backfills = instance.get_backfills(filters=BulkActionsFilter(tags=tags, created_after=created_after), limit=1)
+    return backfills[0] if backfills else None
+
+
+def stop_backfill(instance: dg.DagsterInstance, backfill: Any, daemon_alive: bool) -> None:
+    """CANCELING lets a live daemon wind the backfill down; without a daemon it is CANCELED at once."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    status = BulkActionStatus.CANCELING if daemon_alive else BulkActionStatus.CANCELED
+    instance.update_backfill(backfill.with_status(status))
+
+
+def add_asset_backfill(
+    instance: dg.DagsterInstance,
+    asset_graph: Any,
+    partition_names: Sequence[str],
+    asset_selection: Sequence[dg.AssetKey],
+    tags: dict[str, str],
+    title: str,
+) -> str:
+    """An asset backfill of ``partition_names`` of the selection (what the UI's *Launch backfill* creates)."""
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=asset_graph,
+        partition_names=list(partition_names),
+        asset_selection=list(asset_selection),
+        backfill_timestamp=time.time(),
+        tags=tags,
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=title,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def add_backfill_of_remaining(instance: dg.DagsterInstance, backfill: Any, asset_graph: Any) -> str:
+    """A new backfill of what ``backfill`` targeted but did not materialise (the UI's *from failure*)."""
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.storage.tags import PARENT_BACKFILL_ID_TAG, ROOT_BACKFILL_ID_TAG
+    from dagster._core.utils import make_new_backfill_id
+
+    data = backfill.get_asset_backfill_data(asset_graph)
+    remaining = data.target_subset - data.materialized_subset
+    if remaining.num_partitions_and_non_partitioned_assets == 0:
+        raise ValueError(f"backfill {backfill.backfill_id} has nothing left to materialise")
+    new_backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=make_new_backfill_id(),
+        asset_graph_subset=remaining,
+        dynamic_partitions_store=instance,
+        tags={
+            **backfill.tags,
+            PARENT_BACKFILL_ID_TAG: backfill.backfill_id,
+            ROOT_BACKFILL_ID_TAG: backfill.tags.get(ROOT_BACKFILL_ID_TAG, backfill.backfill_id),
+        },
+        backfill_timestamp=time.time(),
+        title=f"Re-execution of {backfill.title}" if backfill.title else None,
+        description=backfill.description,
+        run_config=backfill.run_config,
+    )
+    instance.add_backfill(new_backfill)
+    return new_backfill.backfill_id
