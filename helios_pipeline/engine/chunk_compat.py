@@ -9,14 +9,12 @@ whose FFmpeg (or x264/x265/libvpx) build encodes differently shows up in its own
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.tools import ffprobe_path
+from helios_pipeline.engine.ffmpeg import run_ffprobe
 
 VIDEO_KEYS = (
     "codec_name", "profile", "level", "codec_tag_string", "pix_fmt", "width", "height", "sample_aspect_ratio",
@@ -54,13 +52,7 @@ class ChunkFacts:
 
 def probe_chunk(path: Path) -> ChunkProbe:
     """Count the chunk's video packets and read its encoder settings, in one ffprobe call."""
-    command = [
-        ffprobe_path(), "-v", "error", "-of", "json", "-count_packets", "-show_data", "-show_streams", str(path),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RenderError(f"ffprobe could not read {path}: {result.stderr.strip()}")
-    streams = json.loads(result.stdout or "{}").get("streams") or []
+    streams = run_ffprobe(path, "-count_packets", "-show_data", "-show_streams").get("streams") or []
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     if video is None:
         raise RenderError(f"{path} has no video stream")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,9 +9,9 @@ from typing import Any
 
 from helios_pipeline.engine.encode import fps_fraction, timescale_args
 from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames
-from helios_pipeline.engine.tools import ffmpeg_path
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,14 @@ def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected
         manifest = partial.with_suffix(".txt")
         manifest.write_text("ffconcat version 1.0\n" + "".join(_manifest_line(Path(p)) for p in chunk_files))
         try:
-            command = [
-                ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            command = ffmpeg_command(
                 "-f", "concat", "-safe", "0", "-r", str(fps_fraction(fps)), "-i", str(manifest),
                 "-map", "0", "-c", "copy", *timescale_args(fps, output),
                 "-map_metadata", "-1", str(partial),
-            ]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            )  # fmt: skip
+            run_ffmpeg(command, f"concat into {output}")
         finally:
             manifest.unlink(missing_ok=True)
-        if result.returncode != 0:
-            raise RenderError(f"concat into {output} failed: {result.stderr.strip()}")
         frames = count_video_frames(partial)
         if frames != expected_frames:
             raise RenderError(f"concat into {output} holds {frames} frames, the plan has {expected_frames}")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames
-from helios_pipeline.engine.tools import ffmpeg_path
 
 
 def contact_sheet_path(video: Path) -> Path:
@@ -29,12 +27,10 @@ def write_contact_sheet(
     step = max(1, frames // cells)
     output = contact_sheet_path(video)
     with atomic_output(output) as partial:
-        command = [
-            ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
+        command = ffmpeg_command(
+            "-i", str(source),
             "-vf", f"select=not(mod(n\\,{step})),scale={thumb_width}:-2,tile={columns}x{rows}:padding=4:margin=4",
             "-frames:v", "1", "-fps_mode", "passthrough", str(partial),
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RenderError(f"contact sheet for {video} (frames from {source}) failed: {result.stderr.strip()}")
+        )  # fmt: skip
+        run_ffmpeg(command, f"contact sheet for {video} (frames from {source})")
     return output

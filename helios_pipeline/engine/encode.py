@@ -11,15 +11,14 @@ import contextlib
 import math
 import queue
 import resource
-import subprocess
 import threading
 import time
 from fractions import Fraction
 from pathlib import Path
 
 from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.ffmpeg import FFmpegProcess, ffmpeg_command
 from helios_pipeline.engine.subtitles import subtitles_filter
-from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.spec import RenderSpec
 
 CRF_CODECS = ("libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1")
@@ -108,34 +107,31 @@ def chunk_encode_command(
     else:
         filters = ["-vf", subtitles_filter(subtitles)] if subtitles is not None else []
         encoding = [*filters, *codec_args(spec, frame_count), "-force_key_frames", "expr:eq(n,0)"]
-    return [
-        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+    return ffmpeg_command(
         *input_args, "-i", "pipe:0",
         "-frames:v", str(frame_count),
         *encoding,
         *timescale_args(spec.fps, output),
         "-an", "-map_metadata", "-1",
         str(output),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 class ChunkEncoder:
     """An FFmpeg process fed from a writer thread, so capture never waits on encoding."""
 
-    def __init__(self, command: list[str], max_pending: int = 8):
+    def __init__(self, command: list[str], max_pending: int = 8, what: str = "chunk encode"):
         self.command = command
         self.encode_seconds = 0.0
         self.encode_cpu_seconds = 0.0
         self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
-        self._process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self._ffmpeg = FFmpegProcess(command, what, stdin=True)
         self._writer = threading.Thread(target=self._write_loop, name="helios-encoder", daemon=True)
         self._writer.start()
 
     def _write_loop(self) -> None:
-        stdin = self._process.stdin
+        stdin = self._ffmpeg.stdin
         assert stdin is not None
         try:
             while (frame := self._pending.get()) is not None:
@@ -160,31 +156,23 @@ class ChunkEncoder:
         self._writer.join()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
-            self._process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            self._ffmpeg.wait(timeout)
+        except RenderError:
             self.kill()
-            raise RenderError(f"FFmpeg did not finish within {timeout} s: {' '.join(self.command)}") from None
+            raise
         self.encode_seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.encode_cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        if self._process.returncode != 0 or self._error is not None:
+        if self._error is not None:
             self._raise_failure()
-        if self._process.stderr:
-            self._process.stderr.close()
 
     def _raise_failure(self) -> None:
         self.kill()
-        stderr = ""
-        if self._process.stderr and not self._process.stderr.closed:
-            stderr = self._process.stderr.read().decode(errors="replace").strip()
-            self._process.stderr.close()
-        raise RenderError(f"FFmpeg failed ({self._process.returncode}): {stderr or self._error}")
+        raise self._ffmpeg.failure(fallback=self._error)
 
     def kill(self) -> None:
         """Stop FFmpeg now (cancel or failure); safe to call twice."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        self._ffmpeg.kill()
         if self._writer.is_alive():
             # unblock a writer stuck on a full queue
             while True:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
+import contextlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.tools import ffprobe_path
+from helios_pipeline.engine.ffmpeg import run_ffprobe
 
 
 @dataclass(frozen=True)
@@ -30,17 +29,9 @@ class MediaInfo:
     size_bytes: int
 
 
-def _ffprobe(path: Path, *args: str) -> dict:
-    command = [ffprobe_path(), "-v", "error", "-of", "json", *args, str(path)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RenderError(f"ffprobe could not read {path}: {result.stderr.strip()}")
-    return json.loads(result.stdout or "{}")
-
-
 def count_video_frames(path: Path) -> int:
     """Count video packets (one per frame for the codecs we write) without decoding."""
-    data = _ffprobe(path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets")
+    data = run_ffprobe(path, "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets")
     streams = data.get("streams") or []
     if not streams:
         raise RenderError(f"{path} has no video stream")
@@ -49,7 +40,7 @@ def count_video_frames(path: Path) -> int:
 
 def probe(path: Path) -> MediaInfo:
     """Read streams, duration and frame count of ``path``."""
-    data = _ffprobe(
+    data = run_ffprobe(
         path,
         "-count_packets",
         "-show_entries",
@@ -80,5 +71,24 @@ def probe(path: Path) -> MediaInfo:
 
 
 def has_audio_stream(path: Path) -> bool:
-    data = _ffprobe(path, "-select_streams", "a", "-show_entries", "stream=index")
+    data = run_ffprobe(path, "-select_streams", "a", "-show_entries", "stream=index")
     return bool(data.get("streams"))
+
+
+def audio_stream_duration(source: str | Path, what: str) -> tuple[bool, float | None]:
+    """Has ``source`` (a file or URL) an audio stream, and how long is it (seconds; None if unknown)?
+
+    ``what`` starts the error when ffprobe cannot read it, e.g. "audio track x.wav: FFmpeg cannot decode it".
+    """
+    data = run_ffprobe(
+        source, "-select_streams", "a:0", "-show_entries", "stream=codec_name,duration:format=duration", what=what
+    )
+    streams = data.get("streams") or []
+    if not streams:
+        return False, None
+    for raw in (streams[0].get("duration"), (data.get("format") or {}).get("duration")):
+        with contextlib.suppress(TypeError, ValueError):
+            value = float(raw)
+            if value > 0:
+                return True, value
+    return True, None

@@ -1,0 +1,118 @@
+"""The one way the engine runs FFmpeg and ffprobe.
+
+Every FFmpeg call starts with the same head (quiet, no stdin, overwrite) and every failure becomes
+a :class:`RenderError` that says what was being made and ends with FFmpeg's last stderr lines, so
+a failed concat, mix or chunk encode reads the same way wherever it happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
+from helios_pipeline.processes import kill_now
+
+HEAD = ("-hide_banner", "-loglevel", "error", "-nostdin", "-y")
+"""Flags of every FFmpeg command: errors only, never read the terminal, overwrite the (temporary) output."""
+
+STDERR_TAIL_LINES = 20
+"""How many of FFmpeg's last stderr lines an error carries."""
+
+
+def ffmpeg_command(*args: str) -> list[str]:
+    """``ffmpeg`` with the common head, then ``args`` (inputs, filters, outputs)."""
+    return [ffmpeg_path(), *HEAD, *args]
+
+
+def stderr_tail(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
+    """The last ``lines`` non-empty lines of a tool's stderr, as one string."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _failure(what: str, returncode: int | None, stderr: str | bytes) -> RenderError:
+    detail = stderr_tail(stderr) or f"FFmpeg exited with status {returncode}"
+    return RenderError(f"{what} failed: {detail}")
+
+
+def run_ffmpeg(command: list[str], what: str) -> None:
+    """Run a finished FFmpeg command to its end; on failure raise ``RenderError("<what> failed: <stderr>")``."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise _failure(what, result.returncode, result.stderr)
+
+
+def run_ffprobe(target: str | Path, *args: str, what: str | None = None) -> dict[str, Any]:
+    """ffprobe's JSON about ``target`` (a file or URL) for ``args`` (``-show_entries``...).
+
+    On failure raises ``RenderError("<what>: <stderr>")``; ``what`` defaults to "ffprobe could not read <target>".
+    """
+    command = [ffprobe_path(), "-v", "error", "-of", "json", *args, str(target)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RenderError(f"{what or f'ffprobe could not read {target}'}: {stderr_tail(result.stderr)}")
+    return json.loads(result.stdout or "{}")
+
+
+class FFmpegProcess:
+    """FFmpeg running beside the caller (fed through stdin, or reading its own inputs).
+
+    Its stderr is drained by a thread so a chatty FFmpeg can never block on a full pipe; ``wait``
+    turns a failure or a time-out into a ``RenderError`` naming ``what``.
+    """
+
+    def __init__(self, command: list[str], what: str, *, stdin: bool = False):
+        self.command = command
+        self.what = what
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._stderr = b""
+        self._reader = threading.Thread(target=self._read_stderr, name="helios-ffmpeg-stderr", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self._process.stderr is not None
+        with self._process.stderr:
+            self._stderr = self._process.stderr.read()
+
+    @property
+    def stdin(self) -> Any:
+        """The pipe into FFmpeg (only when started with ``stdin=True``)."""
+        return self._process.stdin
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for FFmpeg to end; raise ``RenderError`` when it fails or outlives ``timeout`` seconds."""
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RenderError(f"{self.what}: FFmpeg did not finish within {timeout} s") from None
+        self._reader.join(timeout=5)
+        if self._process.returncode != 0:
+            raise self.failure()
+
+    def failure(self, fallback: object = None) -> RenderError:
+        """The error for a failed FFmpeg (stop it first): its stderr, else ``fallback``, else its exit code."""
+        self._reader.join(timeout=5)
+        if not stderr_tail(self._stderr) and fallback is not None:
+            return RenderError(f"{self.what} failed: {fallback}")
+        return _failure(self.what, self._process.returncode, self._stderr)
+
+    def kill(self) -> None:
+        """Stop FFmpeg now (cancel or failure); safe to call twice."""
+        kill_now(self._process)
+        self._reader.join(timeout=5)
