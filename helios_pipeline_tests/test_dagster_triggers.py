@@ -20,6 +20,7 @@ import yaml
 from dagster._core.execution.backfill import BulkActionStatus
 
 from helios_pipeline.dagster_defs import assets, sensors
+from helios_pipeline.dagster_defs import schedules as schedules_module
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
 from helios_pipeline.dagster_defs.runner import launch_backfill
@@ -204,14 +205,14 @@ def test_schedule_tick_registers_a_dated_render(
     write_spec(inbox, "nightly.yaml", schedule="0 6 * * *", timezone="Europe/Berlin")
     write_spec(inbox, "plain.yaml")
 
-    schedules = sensors.build_schedules(inbox)
+    schedules = schedules_module.build_schedules(inbox)
 
     assert len(schedules) == 1
     schedule = schedules[0]
     assert schedule.cron_schedule == "0 6 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert schedule.job_name == sensors.register_render_job.name
+    assert schedule.job_name == schedules_module.register_render_job.name
 
     when = datetime(2025, 3, 4, 6, 0, tzinfo=ZoneInfo("Europe/Berlin"))
     data = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
@@ -219,7 +220,7 @@ def test_schedule_tick_registers_a_dated_render(
     request = data.run_requests[0]
     assert request.run_key == "nightly-20250304-0600"
 
-    result = sensors.register_render_job.execute_in_process(
+    result = schedules_module.register_render_job.execute_in_process(
         run_config=request.run_config, instance=instance, resources={"storage": storage}
     )
 
@@ -245,7 +246,7 @@ def test_schedule_tick_registers_a_dated_render(
 
 def test_definitions_include_the_schedules_of_the_inbox() -> None:
     scheduled = {schedule.name for schedule in defs.schedules or []}
-    expected = {schedule.name for schedule in sensors.build_schedules(assets.SETTINGS.inbox)}
+    expected = {schedule.name for schedule in schedules_module.build_schedules(assets.SETTINGS.inbox)}
     assert scheduled == expected
 
 

@@ -12,12 +12,11 @@ from helios_pipeline.dagster_defs.assets import (
     mixed_video,
     render_plan,
 )
+from helios_pipeline.dagster_defs.schedules import build_schedules, register_render_job
 from helios_pipeline.dagster_defs.sensors import (
-    build_schedules,
     composition_inbox,
     plan_registered_render,
     plan_render_job,
-    register_render_job,
     render_automation,
 )
 from helios_pipeline.dagster_defs.settings import storage_resource
