@@ -264,10 +264,12 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     fingerprint = storage.fingerprint(render_key, plan.spec)
     problems: dict[str, str] = {}
     facts: list[ChunkFacts] = []
+    fetch_started = time.perf_counter()
     for chunk in plan.chunks:
         problem = _fetch_chunk(context.instance, storage, render_key, chunk, fingerprint, facts)
         if problem:
             problems[f"{chunk.id:03d}"] = problem
+    fetch_seconds = time.perf_counter() - fetch_started
     if not problems:
         try:  # stream copy needs identical encoder settings: chunks from differing workers are refused
             check_chunks_compatible(facts)
@@ -308,6 +310,7 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     yield dg.MaterializeResult(
         metadata={
             "seconds": result.seconds,
+            "fetch_seconds": fetch_seconds,
             "bytes": result.bytes,
             "sha256": dg.MetadataValue.text(stored.sha256),
             "frames": frames,
