@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from helios_pipeline.engine.audio.page_audio import mux_audio
 from helios_pipeline.engine.chunk import ChunkResult
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible, probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.page_audio import mux_audio
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.orchestrator import InProcessExecutor, RenderOrchestrator
 from helios_pipeline.plan import RenderChunk, default_work_dir

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helios_pipeline.engine.audio.mix import MixResult, mix_command, mix_final, output_audio_codec, total_samples
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.mix import MixResult, mix_command, mix_final, output_audio_codec, total_samples
 from helios_pipeline.engine.probe import count_video_frames, has_audio_stream, probe
 from helios_pipeline.plan import MixOptions, plan
 from helios_pipeline.spec import AudioTrack, RenderSpec

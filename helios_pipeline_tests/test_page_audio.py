@@ -20,22 +20,21 @@ import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 
+from helios_pipeline.engine.audio.mix import mix_final
+from helios_pipeline.engine.audio.page_audio import (
+    MediaElement,
+    PageAudioTrack,
+    collect_page_audio,
+    local_file_for,
+    mux_audio,
+    probe_source,
+    write_page_audio,
+)
+from helios_pipeline.engine.audio.timeline import frame_sample, sample_window
 from helios_pipeline.engine.browser import launch_browser
 from helios_pipeline.engine.chunk import ChunkResult
 from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.encode import fps_fraction, timescale_args
-from helios_pipeline.engine.mix import mix_final
-from helios_pipeline.engine.page_audio import (
-    MediaElement,
-    PageAudioTrack,
-    collect_page_audio,
-    frame_sample,
-    local_file_for,
-    mux_audio,
-    probe_source,
-    sample_window,
-    write_page_audio,
-)
 from helios_pipeline.engine.probe import count_video_frames, has_audio_stream, probe
 from helios_pipeline.engine.server import composition_url, serve_folder
 from helios_pipeline.orchestrator import LocalExecutor, RenderOrchestrator

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import struct
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any, Protocol
 
 from playwright.sync_api import CDPSession, Page
 
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.engine.page_scripts import page_script
 from helios_pipeline.spec import RenderSpec
 
 CANVAS_WAIT_MS = 5000
@@ -73,12 +72,13 @@ class DomCapture:
     spec: RenderSpec
     cdp: CDPSession
     description: str = "dom"
-    _params: dict[str, Any] = field(default_factory=dict)
+    screenshot_params: dict[str, Any] = field(default_factory=dict)
+    """CDP ``Page.captureScreenshot`` parameters (image format, quality, optimizeForSpeed)."""
 
     def __post_init__(self) -> None:
-        self._params = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
+        self.screenshot_params = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
         if self.spec.intermediate_image_format == "jpeg":
-            self._params["quality"] = self.spec.intermediate_image_quality
+            self.screenshot_params["quality"] = self.spec.intermediate_image_quality
         self.description = f"dom/{self.spec.intermediate_image_format}"
         if self.spec.has_alpha:
             # a transparent default background instead of white; PNG keeps the alpha
@@ -90,15 +90,10 @@ class DomCapture:
 
     def capture(self, index: int, frame: int, time_ms: float) -> bytes:
         evaluate(self.cdp, seek_expression(frame, time_ms), frame)
-        return base64.b64decode(self.cdp.send("Page.captureScreenshot", self._params)["data"])
+        return base64.b64decode(self.cdp.send("Page.captureScreenshot", self.screenshot_params)["data"])
 
     def finish(self) -> bytes:
         return b""
-
-
-@cache
-def _canvas_source() -> str:
-    return resources.files("helios_pipeline.engine").joinpath("js/canvas_capture.js").read_text(encoding="utf-8")
 
 
 def webcodecs_candidates(spec: RenderSpec) -> list[str]:
@@ -143,7 +138,7 @@ class CanvasCapture:
     _index: int = 0
 
     def __post_init__(self) -> None:
-        self.page.evaluate(_canvas_source())
+        self.page.evaluate(page_script("canvas_capture.js"))
         config = {
             "selector": self.spec.canvas_selector,
             "canvasTimeout": CANVAS_WAIT_MS,

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
+from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.browser import kill_browser_tree, launch_browser
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
-from helios_pipeline.engine.page_audio import ChunkPageAudio
+from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 
-DATE_EPOCH_MS = 1704067200000  # 2024-01-01T00:00:00Z, Helios's fixed Date.now() origin
-LOAD_TIMEOUT_MS = 60000
 WATCHDOG_MARGIN_S = 15.0
 
 ProgressCallback = Callable[[int], None]
@@ -68,27 +64,6 @@ class ChunkResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@cache
-def _timeline_source() -> str:
-    return resources.files("helios_pipeline.engine").joinpath("js/timeline.js").read_text(encoding="utf-8")
-
-
-def timeline_script(spec: RenderSpec) -> str:
-    """The seek driver with this render's props, seed and timeouts filled in."""
-    config = {
-        "props": spec.input_props,
-        "seed": spec.random_seed & 0xFFFFFFFF,
-        "epoch": DATE_EPOCH_MS,
-        "stabilityTimeout": spec.stability_timeout,
-    }
-    return _timeline_source().replace("__HELIOS_CONFIG__", json.dumps(config))
-
-
-def frame_time_ms(frame: int, fps: float) -> float:
-    """The time of frame ``frame``, computed from the integer frame (never accumulated)."""
-    return frame * 1000 / fps
 
 
 class _Watchdog:
@@ -156,7 +131,7 @@ def render_chunk(
     """Render ``chunk`` of ``spec`` to ``chunk.output_file``; the file exists only if it is complete."""
     started = time.perf_counter()
     output = Path(chunk.output_file)
-    page_errors: list[str] = []
+    page_errors: list[str] = []  # what the page threw (filled once the page exists)
     watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
     current_frame: int | None = None
     try:
@@ -169,21 +144,9 @@ def render_chunk(
         ):
             watchdog.watch(browser)
             chromium_version = browser.version
-            context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
-            context.add_init_script(script=timeline_script(spec))
-            page = context.new_page()
-            page.on("pageerror", lambda error: page_errors.append(f"the page threw: {error}"))
-            page.on("crash", lambda _page: page_errors.append("the page crashed"))
+            context, page, page_errors = new_render_page(browser, spec)
             watchdog.arm()
-            try:
-                response = page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
-            except PlaywrightError as exc:
-                raise RenderError(f"could not load {spec.composition}: {exc.message.splitlines()[0]}") from None
-            if response is not None and response.status >= 400:
-                raise RenderError(f"could not load {spec.composition}: HTTP {response.status}")
-            if page_errors:
-                raise PageError(f"while loading {spec.composition}: {page_errors[0]}")
-            cdp = context.new_cdp_session(page)
+            cdp = load_composition(context, page, url, spec, page_errors)
             capture = make_capture(spec, cdp, page, chunk.frame_count)
             startup_seconds = time.perf_counter() - started
             encoder = ChunkEncoder(

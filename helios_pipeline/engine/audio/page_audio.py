@@ -4,7 +4,7 @@ Pages are seeked, never played, so the browser produces no sound: after the page
 chunk reads its media elements (open shadow roots included) and FFmpeg renders what they would
 have played during the chunk's time range, from their sources, as ``pcm_s16le`` 48 kHz stereo.
 The PCM is muxed into the chunk file after the video is encoded; concatenation carries it along
-by stream copy, and the final mix (:mod:`helios_pipeline.engine.mix`) adds it to the spec's
+by stream copy, and the final mix (:mod:`helios_pipeline.engine.audio.mix`) adds it to the spec's
 audio tracks with no level change.
 
 What an element contributes. Skipped: ``data-helios-no-audio``, ``muted``, ``volume`` 0, no
@@ -30,23 +30,33 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import json
 import math
 import os
-import subprocess
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from helios_pipeline.engine.encode import fps_fraction, timescale_args
+from helios_pipeline.engine.audio.timeline import (
+    NORMALISE,
+    SAMPLE_RATE,
+    delay_filters,
+    fade_filters,
+    fit,
+    frame_sample,
+    mix_line,
+    sample_window,
+    samples,
+    source_inputs,
+    tempo_filters,
+    volume_filters,
+)
+from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.mix import NORMALISE, SAMPLE_RATE, TEMPO_TAIL_PAD, _samples, _tempo_chain
-from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
+from helios_pipeline.engine.ffmpeg import FFmpegProcess, ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.page_scripts import page_script
+from helios_pipeline.engine.probe import audio_stream_duration
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 
@@ -54,82 +64,6 @@ CHANNELS = 2
 CODEC = "pcm_s16le"
 METADATA_TIMEOUT_MS = 10000
 """How long the scan waits for an audible element to load its metadata (then it is read as it is)."""
-
-# Runs in the page (an async function, evaluated once after load). It mirrors the seek driver's
-# reading of the same attributes (timeline.js mediaTarget), so sound and picture agree.
-SCAN_SCRIPT = """
-async (metadataTimeout) => {
-  const roots = [document];
-  const walk = (root) => {
-    const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT);
-    for (let node = walker.currentNode; node; node = walker.nextNode()) {
-      if (node.shadowRoot) {
-        roots.push(node.shadowRoot);
-        walk(node.shadowRoot);
-      }
-    }
-  };
-  walk(document);
-  const seconds = (el, name) => {
-    const value = parseFloat(el.getAttribute(name) || "0");
-    return Number.isFinite(value) ? value : 0;
-  };
-  const elements = [];
-  for (const root of roots) {
-    for (const el of root.querySelectorAll("audio, video")) elements.push(el);
-  }
-  const audible = (el) => !el.hasAttribute("data-helios-no-audio") && !el.muted && el.volume > 0;
-  const hasSource = (el) => Boolean(el.currentSrc || el.src || el.querySelector("source[src]"));
-  // currentSrc is chosen by the media element's resource selection: wait (bounded) until it has run
-  const loading = elements
-    .filter((el) => audible(el) && hasSource(el) && el.readyState < 1 && !el.error)
-    .filter((el) => el.preload !== "none" && el.networkState !== HTMLMediaElement.NETWORK_NO_SOURCE)
-    .map((el) => new Promise((resolve) => {
-      el.addEventListener("loadedmetadata", resolve, { once: true });
-      el.addEventListener("error", resolve, { once: true });
-    }));
-  if (loading.length) {
-    const setTimer = window.__helios_real_set_timeout || window.setTimeout;
-    await Promise.race([Promise.all(loading), new Promise((resolve) => setTimer(resolve, metadataTimeout))]);
-  }
-  return elements.map((el) => {
-    let src = el.currentSrc || el.src || "";
-    if (!src) {
-      const source = el.querySelector("source[src]");
-      if (source) src = source.src;
-    }
-    return {
-      tag: el.tagName.toLowerCase(),
-      id: el.id || "",
-      src,
-      noAudio: el.hasAttribute("data-helios-no-audio"),
-      muted: el.muted,
-      volume: el.volume,
-      loop: el.loop,
-      playbackRate: el.playbackRate || 1,
-      offset: seconds(el, "data-helios-offset"),
-      seek: seconds(el, "data-helios-seek"),
-      fadeIn: seconds(el, "data-helios-fade-in"),
-      fadeOut: seconds(el, "data-helios-fade-out"),
-    };
-  });
-}
-"""
-
-# Reads a blob:/data: URL inside the page (only the page can) and returns it as a data: URL.
-FETCH_SCRIPT = """
-async (url) => {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  const blob = await response.blob();
-  return await new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(blob);
-  });
-}
-"""
 
 
 @dataclass(frozen=True)
@@ -211,30 +145,20 @@ class _Placement:
     fade_out: int
 
 
-def frame_sample(frame: int, fps: float) -> int:
-    """The global sample where frame ``frame`` starts: ``round(48000 * frame / fps)``, in exact arithmetic."""
-    return round(Fraction(SAMPLE_RATE) * frame / fps_fraction(fps))
-
-
-def sample_window(start_frame: int, end_frame: int, fps: float) -> tuple[int, int]:
-    """The global samples ``[first, end)`` that frames ``[start_frame, end_frame)`` carry."""
-    return frame_sample(start_frame, fps), frame_sample(end_frame, fps)
-
-
 def _place(track: PageAudioTrack, render_end: int) -> _Placement | None:
     """Resolve a track on the global timeline; None when it is never audible before ``render_end``."""
-    start = _samples(track.offset)
-    seek = max(0, _samples(track.seek))
+    start = samples(track.offset)
+    seek = max(0, samples(track.seek))
     length: float = math.inf
     if not track.loop and track.duration is not None:
-        length = max(0, round((_samples(track.duration) - seek) / track.playback_rate))
+        length = max(0, round((samples(track.duration) - seek) / track.playback_rate))
     end = min(start + length, render_end) - start
     if end <= 0:
         return None
     end = int(end)
-    fade_out = min(_samples(max(0.0, track.fade_out)), end)
+    fade_out = min(samples(max(0.0, track.fade_out)), end)
     return _Placement(
-        track=track, start=start, seek=seek, end=end, fade_in=_samples(max(0.0, track.fade_in)), fade_out=fade_out
+        track=track, start=start, seek=seek, end=end, fade_in=samples(max(0.0, track.fade_in)), fade_out=fade_out
     )
 
 
@@ -249,33 +173,22 @@ def _track_chain(placement: _Placement, window: tuple[int, int]) -> list[str]:
     track = placement.track
     skip = max(0, first - placement.start)  # track-local samples before the window
     chain = list(NORMALISE)
-    tempo = _tempo_chain(track.playback_rate)
+    tempo = tempo_filters(track.playback_rate, track.loop)
     if tempo:
         if placement.seek:
             chain += [f"atrim=start_sample={placement.seek}", "asetpts=N/SR/TB"]
-        if not track.loop:
-            # atempo drops its last analysis window at the end of the stream: feed it silence
-            chain.append(f"apad=pad_len={TEMPO_TAIL_PAD * max(1, math.ceil(track.playback_rate))}")
         chain += [*tempo, "asetpts=N/SR/TB"]
     elif placement.seek + skip:
         chain += [f"atrim=start_sample={placement.seek + skip}", f"asetpts=(N+{skip})/SR/TB"]
     # afade places itself by timestamp: timestamps are track-local sample numbers here
-    if placement.fade_in > 0:
-        chain.append(f"afade=t=in:ss=0:ns={placement.fade_in}")
-    if placement.fade_out > 0:
-        chain.append(f"afade=t=out:ss={placement.end - placement.fade_out}:ns={placement.fade_out}")
+    chain += fade_filters(placement.fade_in, placement.end - placement.fade_out, placement.fade_out)
     # atrim counts the samples it has seen (not timestamps)
     if tempo:
         chain.append(f"atrim=start_sample={skip}:end_sample={min(placement.end, last - placement.start)}")
     else:
         chain.append(f"atrim=end_sample={min(placement.end, last - placement.start) - skip}")
-    if track.volume != 1.0:
-        chain.append(f"volume={track.volume:.10g}")
-    chain.append("asetpts=N/SR/TB")
-    delay = max(0, placement.start - first)
-    if delay:
-        chain.append(f"adelay=delays={delay}S:all=1")
-    return [*chain, "apad", "asetpts=N/SR/TB", f"atrim=end_sample={last - first}"]
+    chain += [*volume_filters(track.volume), "asetpts=N/SR/TB"]
+    return chain + delay_filters(max(0, placement.start - first)) + fit(last - first)
 
 
 def chunk_audio_graph(
@@ -297,68 +210,61 @@ def chunk_audio_graph(
             continue
         lines.append(f"[{len(used)}:a:0]" + ",".join(_track_chain(placement, window)) + f"[t{len(used)}]")
         used.append(track)
-    if not used:
-        lines.append(f"anullsrc=r={SAMPLE_RATE}:cl=stereo,atrim=end_sample={last - first}[aout]")
-    else:
-        labels = "".join(f"[t{i}]" for i in range(len(used)))
-        lines.append(f"{labels}amix=inputs={len(used)}:duration=longest:dropout_transition=0:normalize=0[aout]")
+    lines.append(mix_line([f"[t{i}]" for i in range(len(used))], last - first))
     return ";\n".join(lines) + "\n", used
 
 
 def chunk_audio_command(used: Sequence[PageAudioTrack], filter_script: Path, output: Path) -> list[str]:
     """FFmpeg: read the sources, run the graph in ``filter_script``, write PCM s16le 48 kHz stereo."""
-    inputs: list[str] = []
-    for track in used:
-        inputs += [*(["-stream_loop", "-1"] if track.loop else []), "-i", track.source]
-    return [
-        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *inputs,
+    return ffmpeg_command(
+        *source_inputs((track.source, track.loop) for track in used),
         "-filter_complex_script", str(filter_script), "-map", "[aout]",
         "-c:a", CODEC, "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "-map_metadata", "-1", str(output),
-    ]  # fmt: skip
+    )  # fmt: skip
+
+
+def _filter_script(output: Path) -> Path:
+    return output.with_name(output.name + ".filtergraph")
 
 
 def render_page_audio(
-    tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int, output: Path
-) -> subprocess.Popen[bytes]:
+    tracks: Sequence[PageAudioTrack],
+    window: tuple[int, int],
+    render_end: int,
+    output: Path,
+    what: str = "page audio",
+) -> FFmpegProcess:
     """Start FFmpeg writing the page audio of ``window`` to ``output`` (a .wav); the caller waits.
 
     The filter graph is written beside ``output`` (``output`` + ``.filtergraph``); remove it after.
     """
     graph, used = chunk_audio_graph(tracks, window, render_end)
-    script = output.with_name(output.name + ".filtergraph")
+    script = _filter_script(output)
     script.write_text(graph, encoding="utf-8")
-    return subprocess.Popen(
-        chunk_audio_command(used, script, output),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return FFmpegProcess(chunk_audio_command(used, script, output), what)
 
 
-def write_page_audio(tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int, output: Path) -> Path:
+def write_page_audio(
+    tracks: Sequence[PageAudioTrack], window: tuple[int, int], render_end: int, output: Path, timeout: float = 600
+) -> Path:
     """Render the page audio of ``window`` to ``output`` and wait for it (library and tests)."""
     process = render_page_audio(tracks, window, render_end, output)
     try:
-        _, stderr = process.communicate()
+        process.wait(timeout)
     finally:
-        output.with_name(output.name + ".filtergraph").unlink(missing_ok=True)
-    if process.returncode != 0:
-        raise RenderError(f"page audio: FFmpeg failed ({process.returncode}): {stderr.decode(errors='replace')}")
+        _filter_script(output).unlink(missing_ok=True)
     return output
 
 
 def mux_audio(video: Path, audio: Path, fps: float) -> None:
     """Add ``audio`` (copied, PCM) to ``video`` as its audio stream, in place; the video is copied too."""
     muxed = video.with_name(f"{video.stem}.with-audio{video.suffix}")
-    command = [
-        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+    command = ffmpeg_command(
         "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c", "copy",
         *timescale_args(fps, video), "-map_metadata", "-1", str(muxed),
-    ]  # fmt: skip
+    )  # fmt: skip
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RenderError(f"could not add the page audio to {video.name}: {result.stderr.strip()}")
+        run_ffmpeg(command, f"adding the page audio to {video.name}")
         os.replace(muxed, video)
     finally:
         muxed.unlink(missing_ok=True)
@@ -369,7 +275,7 @@ def mux_audio(video: Path, audio: Path, fps: float) -> None:
 
 def scan_media(page: Any, metadata_timeout_ms: int = METADATA_TIMEOUT_MS) -> list[MediaElement]:
     """Every ``<audio>``/``<video>`` of the loaded page (open shadow roots included), in document order."""
-    return [MediaElement.from_page(item) for item in page.evaluate(SCAN_SCRIPT, metadata_timeout_ms)]
+    return [MediaElement.from_page(item) for item in page.evaluate(page_script("media_scan.js"), metadata_timeout_ms)]
 
 
 def local_file_for(src: str, page_url: str, composition: str) -> Path | None:
@@ -393,7 +299,7 @@ def local_file_for(src: str, page_url: str, composition: str) -> Path | None:
 def fetch_in_page(page: Any, url: str, label: str) -> bytes:
     """The bytes behind a ``blob:`` or ``data:`` URL, read inside the page."""
     try:
-        data_url = page.evaluate(FETCH_SCRIPT, url)
+        data_url = page.evaluate(page_script("fetch_data_url.js"), url)
     except Exception as exc:
         message = str(getattr(exc, "message", exc)).splitlines()[0]
         raise RenderError(f"page audio: could not read {label} in the page: {message}") from None
@@ -406,23 +312,7 @@ def fetch_in_page(page: Any, url: str, label: str) -> bytes:
 
 def probe_source(source: str, label: str) -> tuple[bool, float | None]:
     """Does ``source`` have an audio stream, and how long is it (seconds, None if unknown)?"""
-    command = [
-        ffprobe_path(), "-v", "error", "-of", "json", "-select_streams", "a:0",
-        "-show_entries", "stream=codec_name,duration:format=duration", source,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RenderError(f"page audio: FFmpeg cannot read the source of {label}: {result.stderr.strip()}")
-    data = json.loads(result.stdout or "{}")
-    streams = data.get("streams") or []
-    if not streams:
-        return False, None
-    for raw in (streams[0].get("duration"), (data.get("format") or {}).get("duration")):
-        with contextlib.suppress(TypeError, ValueError):
-            value = float(raw)
-            if value > 0:
-                return True, value
-    return True, None
+    return audio_stream_duration(source, f"page audio: FFmpeg cannot read the source of {label}")
 
 
 @dataclass
@@ -497,9 +387,7 @@ class ChunkPageAudio:
         self.prefix = f".{output.stem}.{os.getpid()}"
         self.audio_file = self.work_dir / f"{self.prefix}.page-audio.wav"
         self.sources = PageAudioSources()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stderr = b""
-        self._reader: threading.Thread | None = None
+        self._ffmpeg: FFmpegProcess | None = None
 
     @property
     def track_count(self) -> int:
@@ -512,36 +400,20 @@ class ChunkPageAudio:
             return
         window = sample_window(self.chunk.start_frame, self.chunk.end_frame, self.spec.fps)
         render_end = frame_sample(self.spec.start_frame + self.spec.total_frames, self.spec.fps)
-        self._process = render_page_audio(self.sources.tracks, window, render_end, self.audio_file)
-        self._reader = threading.Thread(target=self._read_stderr, name="helios-page-audio", daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        self._stderr = self._process.stderr.read()
+        what = f"page audio of chunk {self.chunk.id}"
+        self._ffmpeg = render_page_audio(self.sources.tracks, window, render_end, self.audio_file, what)
 
     def mux_into(self, video: Path, timeout: float = 600) -> None:
         """Wait for the PCM and add it to ``video`` (the encoded chunk) as its audio stream."""
-        if self._process is None:
+        if self._ffmpeg is None:
             return
-        try:
-            self._process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RenderError(f"page audio: FFmpeg did not finish within {timeout} s") from None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if self._process.returncode != 0:
-            message = self._stderr.decode(errors="replace").strip()
-            raise RenderError(f"page audio of chunk {self.chunk.id}: FFmpeg failed: {message}")
+        self._ffmpeg.wait(timeout)
         mux_audio(video, self.audio_file, self.spec.fps)
 
     def close(self) -> None:
         """Stop FFmpeg if it still runs and remove every temporary file (safe to call twice)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if self._ffmpeg is not None:
+            self._ffmpeg.kill()
         self.audio_file.unlink(missing_ok=True)
-        self.audio_file.with_name(self.audio_file.name + ".filtergraph").unlink(missing_ok=True)
+        _filter_script(self.audio_file).unlink(missing_ok=True)
         self.sources.close()

@@ -1,0 +1,1 @@
+"""Audio on one sample timeline (:mod:`.timeline`): the page's own sound per chunk, and the final mix."""

@@ -1,0 +1,283 @@
+"""The final pass: one FFmpeg run that copies the concatenated video and mixes every audio source once.
+
+Audio is never encoded per chunk (AAC joined by stream copy leaves a gap at every seam); the
+concatenated video is video-only, or carries the page's own audio as PCM. This pass places each
+explicit :class:`~helios_pipeline.spec.AudioTrack` on the render's global timeline, mixes it with
+the page audio, pads or trims the result to exactly ``total_frames / fps`` and encodes it once.
+
+Timeline model. The render shows composition time ``[R, R + T)`` where ``R = start_frame / fps``
+and ``T = total_frames / fps``. A track starts at composition time ``offset`` and then plays its
+source from ``seek`` seconds on, at ``playback_rate`` (pitch kept, ``atempo``); with ``loop`` the
+source restarts from its beginning each time it ends (like ``<audio loop>``). The part of a
+track before ``R`` is skipped; a track starting after ``R`` is delayed by ``offset - R``. Fades
+are measured on the track's own timeline: the fade-in starts at ``offset`` (a render starting
+mid-fade begins mid-fade); the fade-out ends where the track stops being audible, i.e. at the
+end of the source (non-looping track that ends before the render does) or else at the end of the
+render. All positions are computed in samples at 48 kHz (:mod:`.timeline`), so placement is sample-accurate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from helios_pipeline.engine import probe as probe_mod
+from helios_pipeline.engine.audio.timeline import (
+    NORMALISE,
+    SAMPLE_RATE,
+    delay_filters,
+    fade_filters,
+    fit,
+    mix_line,
+    samples,
+    source_inputs,
+    tempo_filters,
+    volume_filters,
+)
+from helios_pipeline.engine.encode import timescale_args
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.probe import audio_stream_duration
+from helios_pipeline.plan import MixOptions
+from helios_pipeline.spec import AudioTrack
+
+FASTSTART_SUFFIXES = (".mp4", ".mov", ".m4v", ".m4a")
+"""Containers that get ``-movflags +faststart`` (index moved to the front for streaming)."""
+
+WEBM_AUDIO_CODECS = ("libopus", "opus", "libvorbis", "vorbis")
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """What the final pass produced (plain numbers, so Dagster can plot them)."""
+
+    output_file: str
+    seconds: float
+    """Wall time of the mix, in seconds."""
+    bytes: int
+    duration: float
+    video_codec: str
+    audio_codec: str | None
+    audio_tracks: int
+    """Audio sources mixed: audible explicit tracks, plus one for the input video's own audio."""
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """One track resolved to sample positions (all at :data:`SAMPLE_RATE`).
+
+    Track-local samples count from the moment the track starts (its ``offset``), after the rate
+    change; fades are positioned in track-local samples.
+    """
+
+    track: AudioTrack
+    source_start: int
+    """Source samples (before the rate change) dropped at its start: the seek plus the skip."""
+    skip: int
+    """Track-local samples before the render start (the part of the track the render skips)."""
+    end: int
+    """Track-local sample where the track stops being audible (source end or render end)."""
+    fade_in: int
+    fade_out_start: int
+    fade_out: int
+    delay: int
+    """Silence before the track in the output (when it starts after the render start)."""
+
+
+def total_samples(options: MixOptions) -> int:
+    """The exact audio length of the output: ``round(48000 * frames / fps)`` samples."""
+    return round(SAMPLE_RATE * options.total_frames / options.fps)
+
+
+def output_audio_codec(audio_codec: str, output: Path) -> str:
+    """The audio encoder to use for ``output``: AAC requested for a ``.webm`` becomes ``libopus``."""
+    if output.suffix.lower() == ".webm" and audio_codec not in WEBM_AUDIO_CODECS:
+        return "libopus"
+    return audio_codec
+
+
+def probe_audio_duration(path: Path) -> float | None:
+    """Duration in seconds of the first audio stream of ``path`` (None if unknown).
+
+    Raises RenderError naming the file when FFmpeg cannot read it or it has no audio stream.
+    """
+    failure = f"audio track {path}: FFmpeg cannot decode it"
+    has_audio, duration = audio_stream_duration(path, failure)
+    if not has_audio:
+        raise RenderError(f"{failure}: no audio stream")
+    return duration
+
+
+def _place(track: AudioTrack, options: MixOptions, source_duration: float | None) -> _Placement | None:
+    """Resolve a track against the render window; None when nothing of it is audible."""
+    render_start = options.start_frame / options.fps
+    render_end = render_start + options.duration_seconds
+    rate = track.playback_rate
+    # Track-local time: seconds since the track started (at `offset`), after the rate change.
+    skip = max(0.0, render_start - track.offset)
+    audible_end = render_end - track.offset
+    if not track.loop and source_duration is not None:
+        audible_end = min(audible_end, (source_duration - track.seek) / rate)
+    if audible_end <= skip or samples(audible_end) <= samples(skip):
+        return None
+    end = samples(audible_end)
+    fade_out = min(samples(track.fade_out_duration), end)
+    return _Placement(
+        track=track,
+        source_start=samples(track.seek + skip * rate),
+        skip=samples(skip),
+        end=end,
+        fade_in=samples(track.fade_in_duration),
+        fade_out_start=end - fade_out,
+        fade_out=fade_out,
+        delay=samples(max(0.0, track.offset - render_start)),
+    )
+
+
+def _track_chain(placement: _Placement, total: int) -> list[str]:
+    track = placement.track
+    chain = list(NORMALISE)
+    if placement.source_start > 0:
+        chain.append(f"atrim=start_sample={placement.source_start}")
+    tempo = tempo_filters(track.playback_rate, track.loop)
+    chain += tempo
+    # afade positions itself by timestamp: label samples in track-local time, so that a render
+    # starting after the track's offset (skip > 0) begins in the middle of the fade-in.
+    if placement.skip:
+        chain.append(f"asetpts=(N+{placement.skip})/SR/TB")
+    elif tempo or placement.source_start:
+        chain.append("asetpts=N/SR/TB")
+    chain += fade_filters(placement.fade_in, placement.fade_out_start, placement.fade_out)
+    chain.append(f"atrim=end_sample={placement.end}")
+    chain += volume_filters(track.volume)
+    if placement.skip:
+        chain.append("asetpts=N/SR/TB")
+    return chain + delay_filters(placement.delay) + fit(total)
+
+
+def mix_filter_graph(
+    options: MixOptions,
+    *,
+    input_has_audio: bool,
+    source_durations: Sequence[float | None] | None = None,
+) -> tuple[str, list[AudioTrack]] | None:
+    """The ``-filter_complex`` graph (output label ``[aout]``) and the tracks it reads, in input order.
+
+    Input 0 is the video; input ``i`` (from 1) is the i-th returned track. Tracks that are not
+    audible in the render window are left out. None when there is no audio at all.
+    """
+    tracks = options.audio_tracks
+    if not tracks and not input_has_audio:
+        return None
+    durations = list(source_durations) if source_durations is not None else [None] * len(tracks)
+    if len(durations) != len(tracks):
+        raise ValueError(f"{len(durations)} source durations for {len(tracks)} tracks")
+    total = total_samples(options)
+    lines: list[str] = []
+    labels: list[str] = []
+    used: list[AudioTrack] = []
+    if input_has_audio:
+        lines.append("[0:a:0]" + ",".join([*NORMALISE, *fit(total)]) + "[page]")
+        labels.append("[page]")
+    for track, duration in zip(tracks, durations, strict=True):
+        placement = _place(track, options, duration)
+        if placement is None:
+            continue
+        used.append(track)
+        index = len(used)
+        lines.append(f"[{index}:a:0]" + ",".join(_track_chain(placement, total)) + f"[t{index}]")
+        labels.append(f"[t{index}]")
+    # Tracks given but none audible here: still an audio stream, silent, of the exact length.
+    lines.append(mix_line(labels, total))
+    return ";\n".join(lines) + "\n", used
+
+
+def mix_command(
+    options: MixOptions,
+    video: Path,
+    output: Path,
+    *,
+    input_has_audio: bool,
+    source_durations: Sequence[float | None] | None = None,
+    filter_script: Path | None = None,
+) -> list[str]:
+    """The FFmpeg command of the final pass.
+
+    Video is stream-copied (``options.video_codec``, "copy" by default); audio, if any, is encoded
+    once with ``options.audio_codec`` at ``options.audio_bitrate``. A ``.webm`` output cannot
+    hold AAC, so any codec other than Opus/Vorbis becomes ``libopus`` there. Without tracks and
+    without input audio the video is only remuxed (no audio stream). MP4/MOV get
+    ``+faststart``; metadata is dropped (``-map_metadata -1``).
+
+    ``source_durations`` (one per track, seconds) places fade-outs at the end of non-looping
+    sources; when omitted, fade-outs end at the render end. With ``filter_script`` the graph is
+    read from that file (``-filter_complex_script``; the caller writes :func:`mix_filter_graph`
+    to it), otherwise it is passed inline.
+    """
+    head = ffmpeg_command("-i", str(video))
+    tail = ["-map_metadata", "-1", *timescale_args(options.fps, output)]
+    if output.suffix.lower() in FASTSTART_SUFFIXES:
+        tail += ["-movflags", "+faststart"]
+    video_args = ["-map", "0:v:0", "-c:v", options.video_codec]
+    graph = mix_filter_graph(options, input_has_audio=input_has_audio, source_durations=source_durations)
+    if graph is None:
+        return [*head, *video_args, "-an", *tail, str(output)]
+    text, used = graph
+    inputs = source_inputs((str(track.path), track.loop) for track in used)
+    filter_args = ["-filter_complex_script", str(filter_script)] if filter_script else ["-filter_complex", text]
+    audio_args = ["-map", "[aout]", "-c:a", output_audio_codec(options.audio_codec, output)]
+    if options.audio_bitrate:
+        audio_args += ["-b:a", options.audio_bitrate]
+    audio_args += ["-ar", str(SAMPLE_RATE), "-ac", "2"]
+    return [*head, *inputs, *filter_args, *video_args, *audio_args, *tail, str(output)]
+
+
+def mix_final(options: MixOptions, video: Path, output: Path) -> MixResult:
+    """Write ``output``: ``video`` stream-copied plus every audio source mixed and encoded once.
+
+    The input video's own audio (PCM from the chunks), when present, is one more mix input at
+    volume 1. The output appears under its final name only when FFmpeg succeeded; on failure a
+    RenderError names the output (or the unreadable audio file) and carries FFmpeg's message.
+    """
+    started = time.monotonic()
+    video, output = Path(video), Path(output)
+    input_has_audio = probe_mod.has_audio_stream(video)
+    durations = [probe_audio_duration(track.path) for track in options.audio_tracks]
+    graph = mix_filter_graph(options, input_has_audio=input_has_audio, source_durations=durations)
+    with atomic_output(output) as temp:
+        script: Path | None = None
+        try:
+            if graph is not None:
+                fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".filtergraph")
+                script = Path(name)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(graph[0])
+            command = mix_command(
+                options,
+                video,
+                temp,
+                input_has_audio=input_has_audio,
+                source_durations=durations,
+                filter_script=script,
+            )
+            run_ffmpeg(command, f"final mix of {output}")
+        finally:
+            if script is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    script.unlink()
+    info = probe_mod.probe(output)
+    return MixResult(
+        output_file=str(output),
+        seconds=time.monotonic() - started,
+        bytes=info.size_bytes,
+        duration=info.duration,
+        video_codec=info.video_codec,
+        audio_codec=info.audio_codec,
+        audio_tracks=0 if graph is None else len(graph[1]) + int(input_has_audio),
+    )
