@@ -4,7 +4,7 @@
 One run prints a table and, as the last line of stdout, one JSON object with:
 
 * bare       frames/s of a bare capture loop in one browser: the engine's launch flags
-             (``launch_browser``), init script (``timeline_script``), seek call
+             (``launch_browser``), page set-up (``new_render_page``, ``load_composition``), seek call
              (``window.__helios_seek(frame, ms)``) and CDP ``Page.captureScreenshot`` parameters
              (JPEG q90, optimizeForSpeed); nothing is encoded;
 * encode     frames/s of the engine's chunk FFmpeg command fed from memory with the frames the
@@ -47,14 +47,14 @@ from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine.browser import launch_args, launch_browser
 from helios_pipeline.engine.capture import DomCapture, evaluate, seek_expression
-from helios_pipeline.engine.chunk import LOAD_TIMEOUT_MS, frame_time_ms, timeline_script
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
+from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.probe import count_video_frames
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.tools import chromium_path, ffmpeg_path
-from helios_pipeline.orchestrator import LocalExecutor, resolve_spec, run_plan
+from helios_pipeline.orchestrator import LocalExecutor, run_plan
 from helios_pipeline.plan import plan as make_plan
-from helios_pipeline.spec import RenderSpec
+from helios_pipeline.spec import RenderSpec, resolve_spec
 
 HERE = Path(__file__).resolve().parent
 COMPOSITION = HERE / "compositions" / "standard_1080p" / "index.html"
@@ -140,17 +140,6 @@ class BareResult:
         return self.frames / self.capture_seconds
 
 
-def screenshot_params(spec: RenderSpec, cdp: Any) -> dict[str, Any]:
-    """The ``Page.captureScreenshot`` parameters the engine's DOM capture uses."""
-    params: dict[str, Any] = {"format": spec.intermediate_image_format, "optimizeForSpeed": True}
-    if spec.intermediate_image_format == "jpeg":
-        params["quality"] = spec.intermediate_image_quality
-    engine_params = getattr(DomCapture(spec, cdp), "_params", params)
-    if engine_params != params:
-        raise RuntimeError(f"the engine now captures with {engine_params}, the benchmark with {params}: update it")
-    return params
-
-
 def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
     """Seek + screenshot every frame in one browser, exactly like a chunk does, but encode nothing."""
     started = time.perf_counter()
@@ -162,14 +151,9 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
         sync_playwright() as playwright,
         launch_browser(playwright) as browser,
     ):
-        context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
-        context.add_init_script(script=timeline_script(spec))
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
-        cdp = context.new_cdp_session(page)
-        params = screenshot_params(spec, cdp)
+        context, page, errors = new_render_page(browser, spec)
+        cdp = load_composition(context, page, url, spec, errors)
+        params = DomCapture(spec, cdp).screenshot_params
         startup = time.perf_counter() - started
         browser_tree = psutil.Process().children(recursive=True)
         cpu_before = cpu_by_kind(browser_tree)
@@ -179,7 +163,7 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
             evaluate(cdp, seek_expression(frame, frame_time_ms(frame, spec.fps)), frame)
             t1 = time.perf_counter()
             if errors:
-                raise RuntimeError(f"frame {frame}: the page threw: {errors[0]}")
+                raise RuntimeError(f"frame {frame}: {errors[0]}")
             data = base64.b64decode(cdp.send("Page.captureScreenshot", params)["data"])
             t2 = time.perf_counter()
             seek_s += t1 - t0

@@ -18,10 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
-from helios_pipeline.orchestrator import RenderOrchestrator, resolve_spec, run_plan
+from helios_pipeline.orchestrator import RenderOrchestrator, run_plan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
-from helios_pipeline.spec import RenderSpec, SpecError
+from helios_pipeline.spec import RenderSpec, SpecError, resolve_spec
 from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130

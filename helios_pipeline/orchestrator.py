@@ -22,22 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from helios_pipeline.engine.audio.mix import MixResult, mix_final
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.concat import ConcatResult, concat_chunks
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
-from helios_pipeline.engine.mix import MixResult, mix_final
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
 from helios_pipeline.processes import start_group, stop_group, stop_group_on
-from helios_pipeline.spec import RenderSpec, apply_overrides, read_spec_file, validate_spec
+from helios_pipeline.spec import RenderSpec, resolve_spec
 from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
 ProgressCallback = Callable[[float], None]
 ChunkProgress = Callable[[int], None]
 KILL_GRACE_SECONDS = 5.0
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"  # inherited by the worker's Chromium and FFmpeg: finds strays
 
 
@@ -139,31 +138,6 @@ class _Progress:
                 self.callback(done / self.plan.total_frames)
 
         return update
-
-
-def resolve_spec(
-    source: RenderSpec | str | Path,
-    output: str | Path | None = None,
-    options: dict[str, Any] | None = None,
-    sets: list[str] | tuple[str, ...] = (),
-) -> RenderSpec:
-    """Build a spec from a spec object, a spec file (.yaml/.yml/.json), or a composition URL/file/folder.
-
-    ``options`` are spec keys given in code or as CLI flags; ``sets`` are ``key=value`` overrides.
-    """
-    data: dict[str, Any]
-    text = str(source)
-    if isinstance(source, RenderSpec):
-        data, base_dir, origin = source.to_json_dict(), Path.cwd(), "render options"
-    elif text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://")):
-        spec_file = Path(text).resolve()
-        data, base_dir, origin = read_spec_file(spec_file), spec_file.parent, str(spec_file)
-    else:
-        data, base_dir, origin = {"composition": text}, Path.cwd(), "render options"
-    data = apply_overrides(data | dict(options or {}), list(sets))
-    if output is not None:
-        data["output"] = str(Path(output).resolve())
-    return validate_spec(data, base_dir=base_dir, source=origin)
 
 
 class RenderOrchestrator:

@@ -30,8 +30,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from helios_pipeline.containers import container_problem
-from helios_pipeline.engine.subtitles import SrtError, read_srt
 from helios_pipeline.fargate import cpu_problem, memory_problem
+from helios_pipeline.srt import SrtError, read_srt
 from helios_pipeline.storage.location import split_s3_uri
 
 FRAME_TOLERANCE = 1e-6
@@ -40,6 +40,8 @@ ALPHA_PIXEL_FORMAT_TAGS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya8
 ALPHA_CODECS = ("libvpx-vp9", "libvpx", "prores_ks", "png", "qtrle", "ffv1", "utvideo")
 _FRAME_REL_TOLERANCE = 1e-12
 """Relative slack for float noise in very long renders; far below a frame for any real length."""
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+"""Sources that are spec files; anything else given to :func:`resolve_spec` is a composition."""
 
 _KEY_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
@@ -487,3 +489,28 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RenderSpe
     spec_path = Path(path).resolve()
     data = apply_overrides(read_spec_file(spec_path), overrides or [])
     return validate_spec(data, base_dir=spec_path.parent, source=str(spec_path))
+
+
+def resolve_spec(
+    source: RenderSpec | str | Path,
+    output: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> RenderSpec:
+    """Build a spec from a spec object, a spec file (.yaml/.yml/.json), or a composition URL/file/folder.
+
+    ``options`` are spec keys given in code or as CLI flags; ``sets`` are ``key=value`` overrides.
+    """
+    data: dict[str, Any]
+    text = str(source)
+    if isinstance(source, RenderSpec):
+        data, base_dir, origin = source.to_json_dict(), Path.cwd(), "render options"
+    elif text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://")):
+        spec_file = Path(text).resolve()
+        data, base_dir, origin = read_spec_file(spec_file), spec_file.parent, str(spec_file)
+    else:
+        data, base_dir, origin = {"composition": text}, Path.cwd(), "render options"
+    data = apply_overrides(data | dict(options or {}), list(sets))
+    if output is not None:
+        data["output"] = str(Path(output).resolve())
+    return validate_spec(data, base_dir=base_dir, source=origin)

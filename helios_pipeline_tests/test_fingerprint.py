@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helios_pipeline.engine.fingerprint import DERIVED_FIELDS, HASHED_FIELDS, IGNORED_FIELDS, render_fingerprint
+from helios_pipeline.fingerprint import DERIVED_FIELDS, HASHED_FIELDS, IGNORED_FIELDS, render_fingerprint
 from helios_pipeline.spec import RenderSpec, validate_spec
 
 BASE = {
@@ -44,7 +44,7 @@ def test_every_spec_field_is_classified_exactly_once() -> None:
     classified = [*HASHED_FIELDS, *DERIVED_FIELDS, *IGNORED_FIELDS]
     assert len(classified) == len(set(classified)), "a field is in two classes"
     fields = set(RenderSpec.model_fields)
-    assert fields - set(classified) == set(), "unclassified spec fields: add them to a set in engine/fingerprint.py"
+    assert fields - set(classified) == set(), "unclassified spec fields: add them to a set in fingerprint.py"
     assert set(classified) - fields == set(), "classified names that are not spec fields"
 
 

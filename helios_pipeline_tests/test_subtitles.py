@@ -15,20 +15,12 @@ import pytest
 import yaml
 
 from helios_pipeline.engine.chunk import render_chunk
-from helios_pipeline.engine.subtitles import (
-    Cue,
-    SrtError,
-    chunk_cues,
-    chunk_srt,
-    cue_frames,
-    parse_srt,
-    read_srt,
-    subtitles_filter,
-)
+from helios_pipeline.engine.subtitles import chunk_cues, chunk_srt, cue_frames, subtitles_filter
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.orchestrator import RenderOrchestrator
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError, load_spec, validate_spec
+from helios_pipeline.srt import Cue, SrtError, parse_srt, read_srt
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import decode_gray_frames
 
