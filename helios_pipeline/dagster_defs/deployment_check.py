@@ -28,7 +28,7 @@ def check_deployment(instance: dg.DagsterInstance) -> None:
     if postgres_url:
         check_postgres(postgres_url, "instance storage (dagster.yaml `storage`)")
     launcher = instance.run_launcher
-    if type(launcher).__name__ == "CeleryRunLauncher":  # no import: dagster-celery is an optional extra
+    if type(launcher).__name__ == "CeleryRunLauncher":  # dagster-celery's or ours; no import: an optional extra
         check_celery_urls(getattr(launcher, "broker", None), getattr(launcher, "backend", None), "dagster.yaml")
 
 

@@ -42,7 +42,10 @@ from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
 
 WORKER_ID_ENV = "HELIOS_WORKER_ID"
 DEFAULT_WORKER_CONFIG = PROJECT_ROOT / "deploy" / "celery" / "worker.yaml"
-CELERY_LAUNCHER = ("dagster_celery.launcher", "CeleryRunLauncher")
+CELERY_LAUNCHERS = {
+    ("helios_pipeline.dagster_defs.celery_launcher", "CeleryRunLauncher"),  # records terminations (see there)
+    ("dagster_celery.launcher", "CeleryRunLauncher"),
+}
 STOP_WAIT_S = 60  # a warm shutdown lets the running chunk finish first; after this it is killed
 
 
@@ -105,10 +108,10 @@ def instance_config(dagster_home: str | None) -> tuple[Path, dict[str, Any]]:
         raise WorkerConfigError(f"{path}: no such file (copy deploy/celery/dagster.yaml there)")
     config = _load_yaml(path, "instance config")
     launcher = config.get("run_launcher") or {}
-    if (launcher.get("module"), launcher.get("class")) != CELERY_LAUNCHER:
+    if (launcher.get("module"), launcher.get("class")) not in CELERY_LAUNCHERS:
         found = f"{launcher.get('module')}.{launcher.get('class')}" if launcher else "none (Dagster's default)"
         raise WorkerConfigError(
-            f"{path}: run_launcher is {found}, not dagster_celery.launcher.CeleryRunLauncher: no run would "
+            f"{path}: run_launcher is {found}, not a CeleryRunLauncher: no run would "
             "ever reach this worker (see deploy/celery/dagster.yaml)"
         )
     return path, config
