@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from helios_pipeline.dagster_defs.deployment_check import DeploymentUnreachable
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
 from helios_pipeline.orchestrator import RenderOrchestrator, run_plan
 from helios_pipeline.plan import plan as make_plan
@@ -300,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except StorageError as exc:  # a missing bucket, bad credentials: found before anything renders
         _report("storage error", "bold red", exc)
+        return EXIT_INVALID
+    except DeploymentUnreachable as exc:  # Postgres or Redis of the deployment down: found before anything starts
+        _report("deployment unreachable", "bold red", exc)
         return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_CANCELLED

@@ -33,7 +33,7 @@ from helios_pipeline.dagster_defs.assets import (
 )
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
-from helios_pipeline.engine.fingerprint import render_fingerprint
+from helios_pipeline.fingerprint import render_fingerprint
 from helios_pipeline.spec import SpecError
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices

@@ -23,15 +23,15 @@ from helios_pipeline.dagster_defs.names import (
 from helios_pipeline.dagster_defs.partitions import ALL_CHUNKS_OF_RENDER, SETTINGS, chunk_partitions, renders
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.engine.audio.mix import mix_final
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
-from helios_pipeline.engine.fingerprint import ENGINE_VERSION
-from helios_pipeline.engine.mix import mix_final
 from helios_pipeline.engine.probe import count_video_frames, probe
+from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import dagster as dg
+if TYPE_CHECKING:  # the CLI imports this module: keep `import dagster` out of its start-up
+    import dagster as dg
 
 CHECK_TIMEOUT_S = 3
 
@@ -123,3 +125,25 @@ def postgres_url_from_config(storage: Mapping[str, Any], where: str) -> str | No
     from dagster_postgres.utils import pg_url_from_config
 
     return pg_url_from_config(resolved)
+
+
+def check_instance_config(config_file: Path) -> None:
+    """Check the servers a ``dagster.yaml`` names before Dagster opens it (opening a dead Postgres hangs, then
+    fails with a traceback); a config without Postgres or Celery checks nothing."""
+    import yaml
+
+    if not config_file.is_file():
+        return
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise DeploymentUnreachable(f"{config_file}: not valid YAML: {exc}") from None
+    if not isinstance(config, Mapping):
+        return
+    postgres_url = postgres_url_from_config(config.get("storage") or {}, str(config_file))
+    if postgres_url:
+        check_postgres(postgres_url, f"instance storage ({config_file} `storage`)")
+    launcher = config.get("run_launcher") or {}
+    if isinstance(launcher, Mapping) and launcher.get("class") == "CeleryRunLauncher":
+        settings = resolve_env(launcher.get("config") or {}, f"{config_file} run_launcher.config")
+        check_celery_urls(settings.get("broker"), settings.get("backend"), str(config_file))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psutil
 
 from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
+from helios_pipeline.processes import start_group, stop_group
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DAEMON_FRESH_SECONDS = 60
@@ -35,7 +35,12 @@ def dagster_home() -> Path:
 
 
 def get_instance() -> dg.DagsterInstance:
-    dagster_home()
+    """The instance of DAGSTER_HOME, once the servers its config names (Postgres, Redis) have answered.
+
+    Raises ``DeploymentUnreachable`` naming the server and the failing call, within seconds.
+    """
+    home = dagster_home()
+    check_instance_config(home / "dagster.yaml")
     return dg.DagsterInstance.get()
 
 
@@ -54,12 +59,11 @@ def ensure_daemon(instance: dg.DagsterInstance) -> Iterator[subprocess.Popen | N
         return
     log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
     with log.open("ab") as stream:
-        process = subprocess.Popen(
+        process = start_group(
             daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml")),
             cwd=PROJECT_ROOT,
             stdout=stream,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
     try:
         yield process
@@ -76,28 +80,4 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = DAEMON_STOP_SE
     ``timeout`` is killed, so a render never leaves processes behind (the code server outlives a
     SIGTERMed daemon for as long as a run is still executing in it).
     """
-    try:
-        root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        tree = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for leftover in _alive(tree):
-        with contextlib.suppress(psutil.Error):
-            leftover.kill()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # anything the group started after the snapshot
-    process.wait()
-
-
-def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for candidate in processes:
-        with contextlib.suppress(psutil.Error):
-            if candidate.is_running() and candidate.status() != psutil.STATUS_ZOMBIE:
-                alive.append(candidate)
-    return alive
+    stop_group(process, timeout)

@@ -20,7 +20,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from helios_pipeline.engine.fingerprint import render_fingerprint
+from helios_pipeline.fingerprint import render_fingerprint
 from helios_pipeline.plan import RenderPlan, plan
 from helios_pipeline.spec import RenderSpec, SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError, Store, open_store

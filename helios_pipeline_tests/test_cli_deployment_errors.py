@@ -1,0 +1,73 @@
+"""The CLI against a deployment it cannot use: a clear line and exit 2, in seconds, nothing registered."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.services import S3Server, free_port
+from helios_pipeline_tests.test_dagster_assets import write_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "helios_pipeline.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result, time.monotonic() - started
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "HELIOS_", "AWS_"))}
+    env.update(DAGSTER_HOME=str(tmp_path / "home"), HELIOS_CACHE=str(tmp_path / "cache"))
+    return env
+
+
+def test_submit_to_a_missing_bucket_exits_2_naming_it(tmp_path: Path, s3_server: S3Server) -> None:
+    spec = write_spec(tmp_path, "nobucket", COMPOSITIONS / "frame_raf", frame_count=4)
+    env = {**clean_env(tmp_path), **s3_server.env(), "HELIOS_STORAGE": "s3://no-such-renders-bucket/helios"}
+
+    result, seconds = cli(["submit", str(spec)], env)
+
+    assert result.returncode == 2, result.stderr
+    assert "HeadBucket s3://no-such-renders-bucket" in result.stderr and "Traceback" not in result.stderr
+    assert seconds < 30
+
+
+def test_submit_to_an_instance_whose_postgres_is_down_exits_2_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "celery" / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()  # nothing listens there
+    env = {
+        **clean_env(tmp_path),
+        "HELIOS_STORAGE": str(tmp_path / "storage"),
+        "HELIOS_PG_HOST": "127.0.0.1",
+        "HELIOS_PG_PORT": str(port),
+        "HELIOS_PG_USER": "dagster",
+        "HELIOS_PG_PASSWORD": "",
+        "HELIOS_PG_DB": "dagster",
+        "HELIOS_CELERY_BROKER": f"redis://127.0.0.1:{free_port()}/0",
+        "HELIOS_CELERY_BACKEND": f"redis://127.0.0.1:{free_port()}/1",
+    }
+    spec = write_spec(tmp_path / "specs", "nopg", COMPOSITIONS / "frame_raf", frame_count=4)
+
+    for command in (["submit", str(spec)], ["render", str(spec)]):
+        result, seconds = cli(command, env)
+        assert result.returncode == 2, result.stderr
+        assert f"127.0.0.1:{port}" in result.stderr and "TCP connect failed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert seconds < 30, f"{command[0]} took {seconds:.0f} s to report a dead Postgres"
+    assert not (tmp_path / "storage").exists(), "nothing is registered"
