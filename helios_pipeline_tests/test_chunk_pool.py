@@ -14,7 +14,7 @@ from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
-from helios_pipeline_tests.test_failures import assert_nothing_left
+from helios_pipeline_tests.helpers import assert_nothing_left
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.helpers import write_spec
 from helios_pipeline_tests.services import S3Server, free_port
-from helios_pipeline_tests.test_dagster_assets import write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

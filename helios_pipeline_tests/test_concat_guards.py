@@ -20,7 +20,7 @@ from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.storage.store import file_info
 from helios_pipeline_tests.conftest import COMPOSITIONS
-from helios_pipeline_tests.test_dagster_assets import (
+from helios_pipeline_tests.helpers import (
     CHUNK_KEYS,
     MAX_CHUNKS,
     chunk_key,

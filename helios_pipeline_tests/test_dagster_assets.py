@@ -19,17 +19,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
-from helios_pipeline.dagster_defs import assets
 from helios_pipeline.dagster_defs.assets import (
     CHUNKS_COMPLETE,
     chunk_video,
     concat_video,
-    final_video_valid,
     mixed_video,
     render_plan,
-    renders,
 )
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
@@ -37,69 +33,23 @@ from helios_pipeline.fingerprint import render_fingerprint
 from helios_pipeline.spec import SpecError
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.helpers import (
+    CHUNK_KEYS,
+    MAX_CHUNKS,
+    SMALL,
+    chunk_key,
+    latest_metadata,
+    latest_record,
+    register,
+    run,
+    write_spec,
+)
 
-ALL_ASSETS = [render_plan, chunk_video, concat_video, mixed_video, final_video_valid]
-# The chunk dimension is fixed when the code location loads (HELIOS_MAX_CHUNKS); the tests adapt to it.
-CHUNK_KEYS = assets.chunk_partitions.get_partitions_def_for_dimension("chunk").get_partition_keys()
-MAX_CHUNKS = len(CHUNK_KEYS)
-SMALL = {"width": 128, "height": 128, "fps": 30}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 needs_three_chunks = pytest.mark.skipif(
     MAX_CHUNKS < 3, reason=f"needs a chunk dimension of at least 3 (HELIOS_MAX_CHUNKS={MAX_CHUNKS})"
 )
-
-
-def write_spec(folder: Path, name: str, composition: str | Path, **fields: object) -> Path:
-    """A YAML spec file in ``folder`` whose output goes to ``folder/out/<name>.mp4``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"name": name, "composition": str(composition), **SMALL, "output": str(folder / "out" / f"{name}.mp4")}
-    data.update(fields)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def register(instance: dg.DagsterInstance, storage: RenderStorage, spec_file: Path) -> str:
-    key, _ = register_spec_file(storage, spec_file, MAX_CHUNKS)
-    instance.add_dynamic_partitions(renders.name, [key])
-    return key
-
-
-def chunk_key(render_key: str, chunk: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"render": render_key, "chunk": chunk})
-
-
-def run(
-    instance: dg.DagsterInstance,
-    storage: RenderStorage,
-    selection: list,
-    partition_key: str,
-    *,
-    raise_on_error: bool = True,
-) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ALL_ASSETS,
-        selection=selection,
-        partition_key=partition_key,
-        instance=instance,
-        resources={"storage": storage},
-        raise_on_error=raise_on_error,
-    )
-
-
-def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dg.EventLogRecord | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    return records[0] if records else None
-
-
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, dg.MetadataValue]:
-    record = latest_record(instance, key, partition)
-    assert record is not None, f"{key.to_user_string()}[{partition}] was not materialised"
-    assert record.asset_materialization is not None
-    return dict(record.asset_materialization.metadata)
 
 
 def plan_data_version(instance: dg.DagsterInstance, render_key: str) -> str:

@@ -15,8 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,31 +23,43 @@ from typing import Any
 import dagster as dg
 import psutil
 import pytest
-import yaml
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionsFilter, BulkActionStatus
-from dagster._core.instance.ref import InstanceRef
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import (
     launch_backfill,
     reexecute_backfill_from_failure,
-    stop_process_tree,
 )
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
-from helios_pipeline_tests.test_dagster_assets import write_spec
+from helios_pipeline_tests.helpers import (
+    CHUNK,
+    DEPLOYMENT_MAX_CHUNKS,
+    backfill_runs,
+    busy_composition,
+    chunk_runs,
+    deployment_env,
+    deployment_processes,
+    describe,
+    final_video,
+    frame_index_page,
+    open_instance,
+    render_runs,
+    running_daemon,
+    wait_for,
+    write_instance_config,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_CHUNKS = 3  # HELIOS_MAX_CHUNKS of the deployment under test (the daemon's and the CLI's code location)
+MAX_CHUNKS = DEPLOYMENT_MAX_CHUNKS
 RENDERS = "renders"
 PLAN = dg.AssetKey("render_plan")
-CHUNK = dg.AssetKey("chunk_video")
 CONCAT = dg.AssetKey("concat_video")
 MIXED = dg.AssetKey("mixed_video")
 # plan, chunks, concat + mix: three runs one after another (~30 s on an idle 2-core machine); the rest is
@@ -61,60 +72,6 @@ ENDED_RUN = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE}
 # --- deployment plumbing --------------------------------------------------------------------------
 
 
-def write_instance_config(home: Path) -> None:
-    """The repo's dagster.yaml (run queue, pools, run retries) with a 1 s dequeue interval.
-
-    Dequeued runs are launched from threads: a launch waits until the run process has loaded the
-    code (seconds, more on a loaded machine), and launched one after another short chunk runs
-    would not overlap even though the queue and the chunk pool let them.
-    """
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
-    config.setdefault("run_queue", {}).update(dequeue_interval_seconds=1, dequeue_use_threads=True)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-
-
-def deployment_env(home: Path, storage: Path, inbox: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_", "HELIOS_"))}
-    env.update(
-        DAGSTER_HOME=str(home), HELIOS_STORAGE=str(storage), HELIOS_INBOX=str(inbox), HELIOS_MAX_CHUNKS=str(MAX_CHUNKS)
-    )
-    return env
-
-
-def open_instance(home: Path) -> dg.DagsterInstance:
-    """The deployment's instance, opened (and its sqlite storage created) by the test process."""
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-
-
-def deployment_processes(home: Path) -> list[psutil.Process]:
-    """Live processes of the deployment at ``home``: daemon, code server, run workers, Chromium, FFmpeg."""
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if process.environ().get("DAGSTER_HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-    return found
-
-
-def describe(processes: list[psutil.Process]) -> list[str]:
-    described = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            described.append(f"{process.pid} {' '.join(process.cmdline()[:4])}")
-    return described
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(interval)
-
-
 def wait_for_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float = BACKFILL_TIMEOUT_S):
     def ended() -> BulkActionStatus | None:
         backfill = instance.get_backfill(backfill_id)
@@ -124,30 +81,8 @@ def wait_for_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: f
     return wait_for(ended, timeout, f"backfill {backfill_id} to end")
 
 
-def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.RunRecord]:
-    return list(instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id})))
-
-
-def render_runs(instance: dg.DagsterInstance, render_key: str) -> list[dg.RunRecord]:
-    records: dict[str, dg.RunRecord] = {}
-    for tags in ({"dagster/partition/render": render_key}, {"dagster/partition": render_key}):
-        for record in instance.get_run_records(dg.RunsFilter(tags=tags)):
-            records[record.dagster_run.run_id] = record
-    return list(records.values())
-
-
 def render_backfills(instance: dg.DagsterInstance, render_key: str) -> list[Any]:
     return list(instance.get_backfills(filters=BulkActionsFilter(tags={"helios/render": render_key})))
-
-
-def chunk_runs(records: list[dg.RunRecord]) -> dict[str, list[dg.RunRecord]]:
-    """Chunk runs by chunk key ("000", ...)."""
-    by_chunk: dict[str, list[dg.RunRecord]] = {}
-    for record in records:
-        if record.dagster_run.asset_selection == {CHUNK}:
-            chunk = record.dagster_run.tags["dagster/partition/chunk"]
-            by_chunk.setdefault(chunk, []).append(record)
-    return by_chunk
 
 
 def materialization_count(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> int:
@@ -170,24 +105,6 @@ def check_results(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str,
     return results
 
 
-def final_video(instance: dg.DagsterInstance, render_key: str) -> Path:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=MIXED, asset_partitions=[render_key]), limit=1
-    ).records
-    assert records, f"mixed_video[{render_key}] was not materialised"
-    return Path(records[0].asset_materialization.metadata["path"].value)
-
-
-def frame_index_page(folder: Path, per_frame_js: str) -> Path:
-    """A copy of frame_raf (paints its frame index) running ``per_frame_js`` in every frame, before painting."""
-    folder.mkdir(parents=True, exist_ok=True)
-    page = (COMPOSITIONS / "frame_raf" / "index.html").read_text(encoding="utf-8")
-    marker = "    cells.forEach("
-    assert marker in page
-    (folder / "index.html").write_text(page.replace(marker, f"    {per_frame_js}\n{marker}", 1), encoding="utf-8")
-    return folder
-
-
 def failing_composition(folder: Path) -> Path:
     """frame_raf, throwing from rAF on frames 20..39: chunk 001 of a 60-frame, 3-chunk render.
 
@@ -196,33 +113,6 @@ def failing_composition(folder: Path) -> Path:
     becomes a frame-index page again when fixed.
     """
     return frame_index_page(folder, 'if (frame >= 20 && frame < 40) throw new Error("boom in chunk 001");')
-
-
-def busy_composition(folder: Path) -> Path:
-    """frame_raf with busy work in every frame (like ``slow``), so a chunk run lasts a few seconds.
-
-    Chunk runs of bare frame_raf end about as fast as the run queue starts the next one, which
-    makes their overlap a matter of luck; these outlast the start-up jitter of parallel runs.
-    """
-    return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
-
-
-@contextlib.contextmanager
-def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """The project's daemon on the repo's workspace, in its own session; its whole group is stopped after."""
-    with log.open("ab") as stream:
-        process = subprocess.Popen(
-            daemon_command("run", "-w", str(REPO / "workspace.yaml")),
-            cwd=REPO,
-            env=env,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        stop_process_tree(process)  # SIGTERM to the group, then SIGKILL to whatever is left after 20 s
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
-from helios_pipeline_tests.test_dagster_daemon import (
+from helios_pipeline_tests.helpers import (
     CHUNK,
     backfill_runs,
     chunk_runs,

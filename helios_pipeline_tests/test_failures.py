@@ -16,21 +16,13 @@ from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderErro
 from helios_pipeline.orchestrator import RenderOrchestrator
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
+from helios_pipeline_tests.helpers import (
+    assert_nothing_left,
+)
 
 pytestmark = pytest.mark.slow
 
 SMALL = {"width": 160, "height": 120, "fps": 30}
-
-
-def assert_nothing_left(output: Path) -> None:
-    work_dir = default_work_dir(output)
-    assert not output.exists(), "no output may be presented after a failure"
-    assert not work_dir.exists(), f"work folder left behind: {sorted(work_dir.rglob('*'))}"
-    assert [p.name for p in output.parent.iterdir()] == [], "stray files beside the output"
-    deadline = time.monotonic() + 10
-    while processes_for(work_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_for(work_dir) == [], "orphaned Chromium/FFmpeg/worker processes"
 
 
 def test_page_that_throws_on_load_fails_with_its_message(tmp_path: Path) -> None:

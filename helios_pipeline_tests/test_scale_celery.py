@@ -11,16 +11,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,168 +28,37 @@ import yaml
 from dagster._core.instance.ref import InstanceRef
 
 from helios_pipeline.dagster_defs.deployment_check import DeploymentUnreachable, check_deployment
-from helios_pipeline.dagster_defs.runner import follow
-from helios_pipeline.dagster_defs.worker import node_name
 from helios_pipeline_tests import services
+from helios_pipeline_tests.cluster import (
+    SIZE,
+    TASK_ID_TAG,
+    Cluster,
+    Worker,
+    celery_cluster,
+    deployment_env,
+    follow_render,
+    make_home,
+    process_name,
+    submit,
+)
 from helios_pipeline_tests.framecode import frame_indices
-from helios_pipeline_tests.test_dagster_assets import write_spec
-from helios_pipeline_tests.test_dagster_daemon import (
+from helios_pipeline_tests.helpers import (
     CHUNK,
     busy_composition,
     chunk_runs,
     describe,
     render_runs,
-    running_daemon,
     wait_for,
+    write_spec,
 )
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy" / "celery"
-WORKERS = ("w1", "w2")
 MAX_CHUNKS = 3
-CHUNK_POOL = "helios_chunks"
-SIZE = {"width": 320, "height": 180, "fps": 30}
-RENDER_TIMEOUT_S = 300
-TASK_ID_TAG = "dagster-celery/task_id"
-
-
-def storage_env(s3: services.S3Server) -> dict[str, str]:
-    """Chunks, bundles and videos in a fresh bucket of the session's S3 server: the workers share no disk."""
-    return {"HELIOS_STORAGE": f"s3://{s3.create_bucket()}/renders", **s3.env()}
 
 
 # --- the cluster ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Worker:
-    name: str
-    home: Path  # DAGSTER_HOME
-    log: Path
-    process: subprocess.Popen
-
-    @property
-    def node(self) -> str:
-        return node_name(self.name)
-
-    def processes(self) -> list[psutil.Process]:
-        """The worker's live processes (Celery, pool, run workers, Chromium, FFmpeg): they carry its DAGSTER_HOME."""
-        found = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(psutil.Error):
-                if process.environ().get("DAGSTER_HOME") == str(self.home) and process.status() != "zombie":
-                    found.append(process)
-        return found
-
-    def chromium(self) -> list[psutil.Process]:
-        return [p for p in self.processes() if "chrom" in _name(p)]
-
-
-@dataclass
-class Cluster:
-    root: Path
-    env: dict[str, str]  # the deployment's environment (without DAGSTER_HOME)
-    home: Path  # DAGSTER_HOME of the test process, the daemon and the CLI
-    instance: dg.DagsterInstance
-    workers: dict[str, Worker]
-    daemon_log: Path
-    s3: services.S3Server
-
-    def env_for(self, home: Path) -> dict[str, str]:
-        return {**self.env, "DAGSTER_HOME": str(home)}
-
-    def worker_of(self, run: dg.DagsterRun) -> str:
-        """The worker whose Celery log received the run's task (Celery logs each task id it receives)."""
-        task_id = run.tags[TASK_ID_TAG]
-        owners = [w.node for w in self.workers.values() if task_id in w.log.read_text(errors="replace")]
-        assert len(owners) == 1, f"task {task_id} of run {run.run_id} found in the logs of {owners}"
-        return owners[0]
-
-    def logs(self) -> str:
-        parts = [f"--- daemon ---\n{self.daemon_log.read_text(errors='replace')[-3000:]}"]
-        parts += [f"--- {w.name} ---\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.workers.values()]
-        return "\n".join(parts)
-
-
-def _name(process: psutil.Process) -> str:
-    with contextlib.suppress(psutil.Error):
-        return process.name().lower()
-    return ""
-
-
-def deployment_env(postgres: services.PostgresServer, database: str, redis: services.RedisServer) -> dict[str, str]:
-    """The variables deploy/celery/*.yaml read, on top of this environment (minus any DAGSTER_/HELIOS_ ones)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "HELIOS_", "AWS_"))}
-    env.update(
-        HELIOS_PG_HOST=postgres.host,
-        HELIOS_PG_PORT=str(postgres.port),
-        HELIOS_PG_USER=postgres.user,
-        HELIOS_PG_PASSWORD="",
-        HELIOS_PG_DB=database,
-        HELIOS_CELERY_BROKER=redis.url(0),
-        HELIOS_CELERY_BACKEND=redis.url(1),
-        HELIOS_MAX_CHUNKS=str(MAX_CHUNKS),
-    )
-    return env
-
-
-def make_home(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DEPLOY / "dagster.yaml", folder / "dagster.yaml")
-    return folder
-
-
-def worker_command(name: str) -> list[str]:
-    """`helios-pipeline worker -n NAME` (the console script's entry point, run by this Python)."""
-    return [
-        sys.executable,
-        "-m",
-        "helios_pipeline.cli",
-        "worker",
-        "-n",
-        name,
-        "-c",
-        "1",
-        "-y",
-        str(DEPLOY / "worker.yaml"),
-    ]
-
-
-def start_worker(root: Path, name: str, env: dict[str, str]) -> Worker:
-    folder = root / name
-    home, user_home = make_home(folder / "dagster_home"), folder / "home"
-    user_home.mkdir(parents=True)
-    log = folder / "worker.log"
-    own = {"DAGSTER_HOME": str(home), "HOME": str(user_home), "HELIOS_CACHE": str(folder / "cache")}
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            worker_command(name),
-            cwd=folder,
-            env={**env, **own},
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Worker(name, home, log, process)
-
-
-def stop_worker(worker: Worker) -> None:
-    """Cold stop (the runs left are the test's to judge, not to finish), then nothing of the worker may live on."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.process.pid, signal.SIGQUIT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        worker.process.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.process.pid, signal.SIGKILL)
-    worker.process.wait()
-    deadline = time.monotonic() + 20  # Chromium exits with its Playwright driver
-    while worker.processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for leftover in worker.processes():
-        with contextlib.suppress(psutil.Error):
-            leftover.kill()
 
 
 @pytest.fixture
@@ -201,67 +67,10 @@ def cluster(
     postgres_server: services.PostgresServer,
     redis_server: services.RedisServer,
     s3_server: services.S3Server,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Cluster]:
-    env = {
-        **deployment_env(postgres_server, postgres_server.create_database(), redis_server),
-        **storage_env(s3_server),
-        "HELIOS_INBOX": str(tmp_path / "inbox"),
-        "HELIOS_CACHE": str(tmp_path / "control-cache"),  # each worker has its own (start_worker)
-    }
-    (tmp_path / "inbox").mkdir()
-    home = make_home(tmp_path / "control_home")
-    for key, value in {**env, "DAGSTER_HOME": str(home)}.items():
-        monkeypatch.setenv(key, value)  # the test process reads the same instance (and follow() its storage)
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))  # creates the Postgres schema
-    workers: dict[str, Worker] = {}
-    daemon_log = tmp_path / "daemon.log"
-    try:
-        # The pool limit is instance state in Postgres, set the way an operator would
-        # (`dagster instance concurrency set helios_chunks 1`): one chunk at a time across both workers.
-        instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 1)
-        for name in WORKERS:
-            workers[name] = start_worker(tmp_path, name, env)
-        for worker in workers.values():
-            wait_for(lambda w=worker: _ready(w), 90, f"worker {worker.name} to be ready", 0.5)
-        with running_daemon({**env, "DAGSTER_HOME": str(home)}, daemon_log):
-            cluster = Cluster(tmp_path, env, home, instance, workers, daemon_log, s3_server)
-            wait_for(lambda: "MONITORING" in instance.get_daemon_heartbeats(), 90, "the daemon's heartbeats", 0.5)
-            yield cluster
-    finally:
-        for worker in workers.values():
-            stop_worker(worker)
-        instance.dispose()
-
-
-def _ready(worker: Worker) -> bool:
-    assert worker.process.poll() is None, worker.log.read_text(errors="replace")[-3000:]
-    return " ready." in worker.log.read_text(errors="replace")
-
-
-def submit(cluster: Cluster, spec: Path) -> tuple[str, float]:
-    """`helios-pipeline submit SPEC` against the cluster's instance; returns the render key and when it was sent."""
-    since = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "helios_pipeline.cli", "submit", str(spec)],
-        cwd=REPO,
-        env=cluster.env_for(cluster.home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1], since
-
-
-def follow_render(cluster: Cluster, key: str, since: float) -> str:
-    """The render's output: a path on the machine that mixed it, or an s3:// URI."""
-    try:
-        status = follow(cluster.instance, key, since, lambda _status: None, timeout=RENDER_TIMEOUT_S)
-    except Exception as exc:
-        raise AssertionError(f"{exc}\n{cluster.logs()}") from exc
-    assert status.finished and status.output
-    return status.output
+    """Two workers, one chunk at a time across both (so the pool limit is what keeps chunks apart)."""
+    with celery_cluster(tmp_path, postgres_server, redis_server, s3_server, pool_slots=1, max_chunks=MAX_CHUNKS) as c:
+        yield c
 
 
 def step_spans(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
@@ -338,7 +147,7 @@ def pool_process(worker: Worker) -> psutil.Process | None:
     rendering = {}
     for process in worker.processes():
         with contextlib.suppress(psutil.Error):
-            below = {_name(child) for child in process.children(recursive=True)}
+            below = {process_name(child) for child in process.children(recursive=True)}
             if "celery" in " ".join(process.cmdline()) and below & {"node", "ffmpeg"}:
                 rendering[process.pid] = process
     parents = set()

@@ -26,8 +26,7 @@ from helios_pipeline.spec import RenderSpec, load_spec
 from helios_pipeline.storage import ObjectInfo, StorageError, open_store
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
-from helios_pipeline_tests.services import S3Server
-from helios_pipeline_tests.test_dagster_assets import (
+from helios_pipeline_tests.helpers import (
     CHUNK_KEYS,
     chunk_key,
     latest_metadata,
@@ -35,6 +34,7 @@ from helios_pipeline_tests.test_dagster_assets import (
     run,
     write_spec,
 )
+from helios_pipeline_tests.services import S3Server
 
 
 @pytest.fixture

@@ -1,0 +1,240 @@
+"""Helpers shared by the test modules: specs, in-process materialisation, a real daemon, waiting, processes.
+
+Test modules import from here (never from each other), so a helper has one definition and a test
+module can be run, moved or deleted on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psutil
+import yaml
+from dagster._core.instance.ref import InstanceRef
+
+from helios_pipeline.dagster_defs import assets
+from helios_pipeline.dagster_defs.assets import (
+    chunk_video,
+    concat_video,
+    final_video_valid,
+    mixed_video,
+    render_plan,
+    renders,
+)
+from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.registry import register_spec_file
+from helios_pipeline.dagster_defs.runner import stop_process_tree
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.plan import default_work_dir
+from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOYMENT_MAX_CHUNKS = 3
+"""HELIOS_MAX_CHUNKS of the deployments the daemon tests start (their daemon's and CLI's code location)."""
+
+
+ALL_ASSETS = [render_plan, chunk_video, concat_video, mixed_video, final_video_valid]
+
+# The chunk dimension is fixed when the code location loads (HELIOS_MAX_CHUNKS); the tests adapt to it.
+CHUNK_KEYS = assets.chunk_partitions.get_partitions_def_for_dimension("chunk").get_partition_keys()
+
+MAX_CHUNKS = len(CHUNK_KEYS)
+
+SMALL = {"width": 128, "height": 128, "fps": 30}
+
+
+def write_spec(folder: Path, name: str, composition: str | Path, **fields: object) -> Path:
+    """A YAML spec file in ``folder`` whose output goes to ``folder/out/<name>.mp4``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, "composition": str(composition), **SMALL, "output": str(folder / "out" / f"{name}.mp4")}
+    data.update(fields)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def register(instance: dg.DagsterInstance, storage: RenderStorage, spec_file: Path) -> str:
+    key, _ = register_spec_file(storage, spec_file, MAX_CHUNKS)
+    instance.add_dynamic_partitions(renders.name, [key])
+    return key
+
+
+def chunk_key(render_key: str, chunk: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"render": render_key, "chunk": chunk})
+
+
+def run(
+    instance: dg.DagsterInstance,
+    storage: RenderStorage,
+    selection: list,
+    partition_key: str,
+    *,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources={"storage": storage},
+        raise_on_error=raise_on_error,
+    )
+
+
+def latest_record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dg.EventLogRecord | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, dg.MetadataValue]:
+    record = latest_record(instance, key, partition)
+    assert record is not None, f"{key.to_user_string()}[{partition}] was not materialised"
+    assert record.asset_materialization is not None
+    return dict(record.asset_materialization.metadata)
+
+
+CHUNK = dg.AssetKey("chunk_video")
+
+
+def write_instance_config(home: Path) -> None:
+    """The repo's dagster.yaml (run queue, pools, run retries) with a 1 s dequeue interval.
+
+    Dequeued runs are launched from threads: a launch waits until the run process has loaded the
+    code (seconds, more on a loaded machine), and launched one after another short chunk runs
+    would not overlap even though the queue and the chunk pool let them.
+    """
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    config.setdefault("run_queue", {}).update(dequeue_interval_seconds=1, dequeue_use_threads=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def deployment_env(home: Path, storage: Path, inbox: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_", "HELIOS_"))}
+    env.update(
+        DAGSTER_HOME=str(home),
+        HELIOS_STORAGE=str(storage),
+        HELIOS_INBOX=str(inbox),
+        HELIOS_MAX_CHUNKS=str(DEPLOYMENT_MAX_CHUNKS),
+    )
+    return env
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    """The deployment's instance, opened (and its sqlite storage created) by the test process."""
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def deployment_processes(home: Path) -> list[psutil.Process]:
+    """Live processes of the deployment at ``home``: daemon, code server, run workers, Chromium, FFmpeg."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get("DAGSTER_HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def describe(processes: list[psutil.Process]) -> list[str]:
+    described = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{process.pid} {' '.join(process.cmdline()[:4])}")
+    return described
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
+
+
+def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.RunRecord]:
+    return list(instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id})))
+
+
+def render_runs(instance: dg.DagsterInstance, render_key: str) -> list[dg.RunRecord]:
+    records: dict[str, dg.RunRecord] = {}
+    for tags in ({"dagster/partition/render": render_key}, {"dagster/partition": render_key}):
+        for record in instance.get_run_records(dg.RunsFilter(tags=tags)):
+            records[record.dagster_run.run_id] = record
+    return list(records.values())
+
+
+def chunk_runs(records: list[dg.RunRecord]) -> dict[str, list[dg.RunRecord]]:
+    """Chunk runs by chunk key ("000", ...)."""
+    by_chunk: dict[str, list[dg.RunRecord]] = {}
+    for record in records:
+        if record.dagster_run.asset_selection == {CHUNK}:
+            chunk = record.dagster_run.tags["dagster/partition/chunk"]
+            by_chunk.setdefault(chunk, []).append(record)
+    return by_chunk
+
+
+def final_video(instance: dg.DagsterInstance, render_key: str) -> Path:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=mixed_video.key, asset_partitions=[render_key]), limit=1
+    ).records
+    assert records, f"mixed_video[{render_key}] was not materialised"
+    return Path(records[0].asset_materialization.metadata["path"].value)
+
+
+def frame_index_page(folder: Path, per_frame_js: str) -> Path:
+    """A copy of frame_raf (paints its frame index) running ``per_frame_js`` in every frame, before painting."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page = (COMPOSITIONS / "frame_raf" / "index.html").read_text(encoding="utf-8")
+    marker = "    cells.forEach("
+    assert marker in page
+    (folder / "index.html").write_text(page.replace(marker, f"    {per_frame_js}\n{marker}", 1), encoding="utf-8")
+    return folder
+
+
+def busy_composition(folder: Path) -> Path:
+    """frame_raf with busy work in every frame (like ``slow``), so a chunk run lasts a few seconds.
+
+    Chunk runs of bare frame_raf end about as fast as the run queue starts the next one, which
+    makes their overlap a matter of luck; these outlast the start-up jitter of parallel runs.
+    """
+    return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
+
+
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """The project's daemon on the repo's workspace, in its own session; its whole group is stopped after."""
+    with log.open("ab") as stream:
+        process = subprocess.Popen(
+            daemon_command("run", "-w", str(REPO / "workspace.yaml")),
+            cwd=REPO,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process_tree(process)  # SIGTERM to the group, then SIGKILL to whatever is left after 20 s
+
+
+def assert_nothing_left(output: Path) -> None:
+    work_dir = default_work_dir(output)
+    assert not output.exists(), "no output may be presented after a failure"
+    assert not work_dir.exists(), f"work folder left behind: {sorted(work_dir.rglob('*'))}"
+    assert [p.name for p in output.parent.iterdir()] == [], "stray files beside the output"
+    deadline = time.monotonic() + 10
+    while processes_for(work_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_for(work_dir) == [], "orphaned Chromium/FFmpeg/worker processes"
