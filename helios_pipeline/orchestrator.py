@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from helios_pipeline.engine.audio.mix import MixResult, mix_final
+from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
+from helios_pipeline.engine.audio.mix import MixResult
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
-from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
-from helios_pipeline.engine.concat import ConcatResult, concat_chunks
+from helios_pipeline.engine.chunk_compat import ChunkFacts
+from helios_pipeline.engine.concat import ConcatResult
+from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
@@ -117,6 +119,8 @@ class RenderResult:
     concat: ConcatResult
     mix: MixResult
     seconds: float
+    contact_sheet: Path | None = None
+    """A grid of thumbnails across the video, beside a local output."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,23 +187,17 @@ def run_plan(
     progress = _Progress(render_plan, on_progress)
     try:
         chunk_results = _render_chunks(render_plan, executor, progress, abort, outside_cancel)
-        check_chunks_compatible(
-            [ChunkFacts(r.chunk_id, f"pid {r.pid}", r.host, r.encoder_settings) for r in chunk_results]
-        )
-        concat = concat_chunks(
-            list(render_plan.concat_manifest),
-            render_plan.concat_output_file,
-            fps=render_plan.spec.fps,
-            expected_frames=render_plan.total_frames,
-        )
+        facts = [ChunkFacts(r.chunk_id, f"pid {r.pid}", r.host, r.encoder_settings) for r in chunk_results]
+        concat = join_chunks(render_plan, facts)
         if outside_cancel.is_set():
             raise RenderCancelled("render cancelled")
-        mix = mix_final(render_plan.mix_options, render_plan.concat_output_file, render_plan.final_output_file)
+        finished = mix_with_preview(render_plan)
         if render_plan.final_output_uri is not None:
-            upload_to_uri(default_client(), render_plan.final_output_file, render_plan.final_output_uri)
+            _upload_output(render_plan.final_output_file, finished.contact_sheet, render_plan.final_output_uri)
     finally:
-        if render_plan.final_output_uri is not None:
+        if render_plan.final_output_uri is not None:  # made here only to be uploaded
             render_plan.final_output_file.unlink(missing_ok=True)
+            contact_sheet_path(render_plan.final_output_file).unlink(missing_ok=True)
         _cleanup(render_plan, remove_dir=created_work_dir)
     if on_progress is not None:
         on_progress(1.0)
@@ -208,9 +206,18 @@ def run_plan(
         plan=render_plan,
         chunks=chunk_results,
         concat=concat,
-        mix=mix,
+        mix=finished.mix,
         seconds=time.perf_counter() - started,
+        contact_sheet=None if render_plan.final_output_uri else finished.contact_sheet,
     )
+
+
+def _upload_output(video: Path, sheet: Path, uri: str) -> None:
+    """An s3:// output: the video, and its contact sheet beside it (``<key stem>.contact.png``)."""
+    client = default_client()
+    upload_to_uri(client, video, uri)
+    folder, _, name = uri.rpartition("/")
+    upload_to_uri(client, sheet, f"{folder}/{Path(name).stem}.contact{sheet.suffix}")
 
 
 def parallel_chunks(render_plan: RenderPlan) -> int:

@@ -511,6 +511,7 @@ def resolve_spec(
     else:
         data, base_dir, origin = {"composition": text}, Path.cwd(), "render options"
     data = apply_overrides(data | dict(options or {}), list(sets))
-    if output is not None:
-        data["output"] = str(Path(output).resolve())
+    if output is not None:  # an s3:// URI stays a URI; a path is taken from the working directory
+        is_uri = isinstance(output, str) and output.startswith("s3://")
+        data["output"] = output if is_uri else str(Path(output).resolve())
     return validate_spec(data, base_dir=base_dir, source=origin)

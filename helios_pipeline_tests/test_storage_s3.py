@@ -250,3 +250,20 @@ def test_an_s3_output_survives_the_spec_snapshot(tmp_path: Path) -> None:
     again = RenderSpec.model_validate_json(spec.model_dump_json())
     assert again.output_uri == spec.output_uri == "s3://bucket-x/v/a.mp4"
     assert not Path("s3:").exists()
+
+
+def test_the_library_renders_to_an_s3_output(s3_env: str, s3_server: S3Server, tmp_path: Path) -> None:
+    """``RenderOrchestrator.render`` (and ``render --local``): made in a temporary work folder, then uploaded."""
+    from helios_pipeline.orchestrator import RenderOrchestrator
+
+    output = f"s3://{s3_env}/library/clip.mp4"
+    result = RenderOrchestrator.render(
+        str(COMPOSITIONS / "frame_raf"), output, width=128, height=128, fps=30, frame_count=12, concurrency=2
+    )
+
+    assert result.output == output and result.contact_sheet is None
+    assert keys(s3_server, s3_env) == ["library/clip.contact.png", "library/clip.mp4"]
+    downloaded = tmp_path / "clip.mp4"
+    s3_server.client().download_file(s3_env, "library/clip.mp4", str(downloaded))
+    assert frame_indices(downloaded) == list(range(12))
+    assert not result.plan.work_dir.exists(), "the local copies are gone"

@@ -8,7 +8,6 @@ Dagster's: a chunk is a partition, each partition its own run.
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import dagster as dg
@@ -23,11 +22,10 @@ from helios_pipeline.dagster_defs.names import (
 from helios_pipeline.dagster_defs.partitions import ALL_CHUNKS_OF_RENDER, SETTINGS, chunk_partitions, renders
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
-from helios_pipeline.engine.audio.mix import mix_final
+from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
-from helios_pipeline.engine.concat import concat_chunks
-from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
+from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames, probe
@@ -295,9 +293,7 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
             description = f"render {render_key}: " + _describe(problems)
         raise dg.Failure(description=description, allow_retries=False)
     try:
-        result = concat_chunks(
-            list(plan.concat_manifest), plan.concat_output_file, fps=plan.spec.fps, expected_frames=plan.total_frames
-        )
+        result = join_chunks(plan, facts)
         stored = storage.publish(render_key, plan.concat_output_file)
     except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
@@ -408,16 +404,8 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     try:
         concat = _latest(context.instance, CONCAT_ASSET, render_key)
         storage.fetch(render_key, plan.concat_output_file, _stored_info(concat) if concat else None)
-        # the mix stream-copies the concat's video, so the contact sheet reads the concat meanwhile
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            sheet_job = pool.submit(write_contact_sheet, final, frames_from=plan.concat_output_file)
-            try:
-                mix = mix_final(plan.mix_options, plan.concat_output_file, final)
-            except BaseException:
-                wait([sheet_job])
-                contact_sheet_path(final).unlink(missing_ok=True)  # no sheet without its video
-                raise
-            sheet = sheet_job.result()
+        finished = mix_with_preview(plan)
+        mix, sheet = finished.mix, finished.contact_sheet
         info = probe(final)
         links = _publish_output(storage, plan.final_output_uri, final, sheet)
     except (RenderError, StorageError) as exc:

@@ -1,0 +1,68 @@
+"""The finishing step every orchestrator shares: join the chunks, mix the audio once, make the preview.
+
+The library orchestrator runs both halves in one process; the Dagster assets run ``join_chunks``
+in ``concat_video`` and ``mix_with_preview`` in ``mixed_video`` (after fetching the files from
+storage). Either way the same checks hold: every chunk present, identical encoder settings, the
+exact frame count, and no contact sheet without its video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from helios_pipeline.engine.audio.mix import MixResult, mix_final
+from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
+from helios_pipeline.engine.concat import ConcatResult, concat_chunks
+from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.plan import RenderPlan
+
+
+@dataclass(frozen=True)
+class Finished:
+    mix: MixResult
+    contact_sheet: Path
+
+
+def missing_chunks(render_plan: RenderPlan) -> list[str]:
+    """The chunks of the plan whose file is not here (as ``000``, ``001``, …)."""
+    return [f"{chunk.id:03d}" for chunk in render_plan.chunks if not Path(chunk.output_file).is_file()]
+
+
+def join_chunks(render_plan: RenderPlan, facts: Sequence[ChunkFacts] = ()) -> ConcatResult:
+    """Stream-copy the plan's chunks into its concat file; never a short or mismatched video."""
+    missing = missing_chunks(render_plan)
+    if missing:
+        raise RenderError(
+            f"chunks {', '.join(missing)} are not rendered; render them before the concat "
+            "(a short video is never produced)"
+        )
+    check_chunks_compatible(list(facts))
+    return concat_chunks(
+        list(render_plan.concat_manifest),
+        render_plan.concat_output_file,
+        fps=render_plan.spec.fps,
+        expected_frames=render_plan.total_frames,
+    )
+
+
+def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Finished:
+    """Mix the concat into ``final`` (default: the plan's output) and write its contact sheet beside it.
+
+    The mix stream-copies the concat's video, so the sheet is made from the concat while the mix
+    runs; if the mix fails, the sheet is removed with it.
+    """
+    final = final or render_plan.final_output_file
+    concat = render_plan.concat_output_file
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat)
+        try:
+            mix = mix_final(render_plan.mix_options, concat, final)
+        except BaseException:
+            wait([sheet_job])
+            contact_sheet_path(final).unlink(missing_ok=True)
+            raise
+        return Finished(mix=mix, contact_sheet=sheet_job.result())
