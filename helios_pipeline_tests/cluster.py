@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,20 +161,29 @@ def start_worker(root: Path, name: str, env: dict[str, str], concurrency: int = 
 
 
 def stop_worker(worker: Worker) -> None:
-    """Cold stop (the runs left are the test's to judge, not to finish), then nothing of the worker may live on."""
+    """Cold stop (the runs left are the test's to judge, not to finish), then nothing of the worker may live on.
+
+    SIGQUIT to `helios-pipeline worker`, which passes it to Celery (cold shutdown: running tasks are dropped).
+    """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.process.pid, signal.SIGQUIT)
+        worker.process.send_signal(signal.SIGQUIT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         worker.process.wait(timeout=15)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.process.pid, signal.SIGKILL)
     worker.process.wait()
-    deadline = time.monotonic() + 20  # Chromium exits with its Playwright driver
+    deadline = time.monotonic() + 10  # Chromium exits with its Playwright driver
     while worker.processes() and time.monotonic() < deadline:
         time.sleep(0.2)
     for leftover in worker.processes():
         with contextlib.suppress(psutil.Error):
             leftover.kill()
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    """All workers at once: each stop waits for its own processes."""
+    with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
+        list(pool.map(stop_worker, workers))
 
 
 def _ready(worker: Worker) -> bool:
@@ -256,6 +266,5 @@ def celery_cluster(
                 wait_for(lambda: "MONITORING" in instance.get_daemon_heartbeats(), 90, "the daemon's heartbeats", 0.5)
                 yield cluster
         finally:
-            for worker in started.values():
-                stop_worker(worker)
+            stop_workers(list(started.values()))
             instance.dispose()

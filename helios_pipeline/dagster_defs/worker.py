@@ -6,6 +6,8 @@ It runs ``dagster-celery worker start`` with what chunk runs need (deploy/celery
   Chromium and FFmpeg; ``--pool=threads`` cannot terminate a run;
 - ``--max-tasks-per-child=1``: every run gets a fresh process, so the code location is loaded anew
   (a long-lived process would keep old definitions) and nothing leaks from one render to the next;
+- ``--prefetch-multiplier=1``: Celery's default (4) lets one worker reserve four chunk runs while
+  another sits idle; with 1 it holds at most one run beyond what it is rendering;
 - the worker config nested under ``execution: config:`` (a flat file is silently ignored and the
   worker waits on amqp://localhost forever);
 - ``-n NAME``: the Celery node name; it is exported as ``HELIOS_WORKER_ID`` to the runs, so every
@@ -73,7 +75,14 @@ def worker_command(options: WorkerOptions) -> list[str]:
     command += ["-y", str(options.config_yaml), "-n", options.name, "-l", options.loglevel]
     for queue in options.queues:
         command += ["-q", queue]
-    return [*command, "--", "--pool=prefork", f"--concurrency={options.concurrency}", "--max-tasks-per-child=1"]
+    return [
+        *command,
+        "--",
+        "--pool=prefork",
+        f"--concurrency={options.concurrency}",
+        "--max-tasks-per-child=1",
+        "--prefetch-multiplier=1",
+    ]
 
 
 def worker_env(options: WorkerOptions) -> dict[str, str]:
@@ -148,14 +157,14 @@ def preflight(options: WorkerOptions, dagster_home: str | None) -> None:
 
 
 def run_worker(options: WorkerOptions) -> int:
-    """Start the worker and wait for it; SIGINT/SIGTERM are passed on (Celery's warm shutdown)."""
+    """Start the worker and wait for it; SIGINT/SIGTERM (warm shutdown) and SIGQUIT (cold) are passed on."""
     process = subprocess.Popen(worker_command(options), env=worker_env(options), start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
     try:
         code = process.wait()
     finally:
