@@ -85,6 +85,10 @@ def chunk_figures(instance: Any, key: str, chunks: int) -> dict[str, float]:
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("concat_video"), asset_partitions=[key]), limit=1
     ).records[0]
     concat_meta = {name: value.value for name, value in concat.asset_materialization.metadata.items()}
+    mixed = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("mixed_video"), asset_partitions=[key]), limit=1
+    ).records[0]
+    mix_seconds = float(mixed.asset_materialization.metadata["seconds"].value)
     mean = lambda field: sum(float(row.get(field, 0.0)) for row in rows) / len(rows)  # noqa: E731
     chunk_bytes = mean("bytes")
     upload = mean("upload_seconds")
@@ -100,7 +104,9 @@ def chunk_figures(instance: Any, key: str, chunks: int) -> dict[str, float]:
         "upload_mb_per_s": chunk_bytes / upload / 1e6 if upload > 0 else 0.0,
         "download_mb_per_s": chunk_bytes / download / 1e6 if download > 0 else 0.0,
         "concat_seconds": float(concat_meta.get("seconds", 0.0)),
+        "mix_seconds": mix_seconds,
         "workers": len({str(row.get("worker_id")) for row in rows}),
+        "chunks": chunks,
     }
 
 
@@ -108,7 +114,7 @@ def one_machine(scratch: Path, args: argparse.Namespace) -> tuple[float, dict[st
     from helios_pipeline_tests.helpers import open_instance, running_daemon, wait_for
 
     home = scratch / "home"
-    home.mkdir()
+    home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "HELIOS_", "AWS_"))}
     env.update(
@@ -125,6 +131,24 @@ def one_machine(scratch: Path, args: argparse.Namespace) -> tuple[float, dict[st
     return seconds, chunk_figures(instance, key, args.chunks)
 
 
+def transfer_probe(location: str, scratch: Path, megabytes: int = 32) -> dict[str, float]:
+    """Upload and download throughput of one chunk-sized object through the project's store (multipart)."""
+    from helios_pipeline.storage import open_store
+
+    store = open_store(location)
+    source = scratch / "probe.bin"
+    source.write_bytes(os.urandom(megabytes * 1024 * 1024))
+    started = time.perf_counter()
+    info = store.publish(source, "probe/probe.bin")
+    upload = time.perf_counter() - started
+    started = time.perf_counter()
+    store.fetch("probe/probe.bin", scratch / "probe-back.bin", info)
+    download = time.perf_counter() - started
+    store.delete_prefix("probe/")
+    return {"probe_mb": megabytes * 1.048576, "probe_upload_mb_per_s": info.size / upload / 1e6,
+            "probe_download_mb_per_s": info.size / download / 1e6}  # fmt: skip
+
+
 def scaled_out(scratch: Path, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
     from helios_pipeline_tests import services
     from helios_pipeline_tests.cluster import celery_cluster
@@ -139,27 +163,34 @@ def scaled_out(scratch: Path, args: argparse.Namespace) -> tuple[float, dict[str
         bucket = cluster.env["HELIOS_STORAGE"].removeprefix("s3://").split("/")[0]
         spec = spec_file(scratch / "specs", "scaled-out", args, f"s3://{bucket}/videos/scaled-out.mp4")
         key, seconds = submit_and_follow(env, spec, cluster.instance)
-        return seconds, chunk_figures(cluster.instance, key, args.chunks)
+        figures = chunk_figures(cluster.instance, key, args.chunks)
+        figures.update(transfer_probe(cluster.env["HELIOS_STORAGE"], scratch))
+        return seconds, figures
 
 
 def projection(figures: dict[str, float], width: int, height: int, workers: int) -> dict[str, float]:
     """Wall time of a 10-minute 1080p render on ``workers`` chunk workers, from the per-chunk figures.
 
     Capture speed and chunk size are scaled by pixels per frame from the measured resolution (DOM capture
-    and x264 are about proportional to pixels); transfers use the measured throughput. Chunks render in
-    waves of ``workers``; the concat then downloads every chunk and joins them, the mix copies the video.
+    and x264 are about proportional to pixels); transfers use the throughput of a chunk-sized probe object
+    (the real chunks of a 20 s render are too small to measure anything but request latency). Chunks render
+    in waves of ``workers``; then, one after the other, the concat downloads every chunk and joins them
+    (scaled by bytes) and the mix encodes the audio and copies the video (scaled by duration). Both are
+    linear extrapolations of one short render, so their fixed start-up costs make them upper bounds.
     """
     scale = PROJECTION_PIXELS / (width * height)
     chunks = math.ceil(PROJECTION_FRAMES / PROJECTION_FRAMES_PER_CHUNK)
     capture_fps = figures["capture_fps"] / scale
     bytes_per_frame = figures["chunk_bytes"] / figures["chunk_frames"] * scale
     chunk_bytes = bytes_per_frame * PROJECTION_FRAMES_PER_CHUNK
-    upload = chunk_bytes / (figures["upload_mb_per_s"] * 1e6) if figures["upload_mb_per_s"] else 0.0
+    upload = chunk_bytes / (figures["probe_upload_mb_per_s"] * 1e6)
     chunk_seconds = figures["browser_startup_seconds"] + PROJECTION_FRAMES_PER_CHUNK / capture_fps + upload
     waves = math.ceil(chunks / workers)
     total_bytes = chunk_bytes * chunks
-    download = total_bytes / (figures["download_mb_per_s"] * 1e6) if figures["download_mb_per_s"] else 0.0
-    join = figures["concat_seconds"] * PROJECTION_FRAMES / (figures["chunk_frames"] * 4) * scale
+    download = total_bytes / (figures["probe_download_mb_per_s"] * 1e6)
+    measured_frames = figures["chunk_frames"] * figures["chunks"]
+    join = figures["concat_seconds"] * PROJECTION_FRAMES / measured_frames * scale
+    mix = figures["mix_seconds"] * PROJECTION_FRAMES / measured_frames  # audio-bound: scales with duration
     return {
         "workers": workers,
         "chunks": chunks,
@@ -167,7 +198,8 @@ def projection(figures: dict[str, float], width: int, height: int, workers: int)
         "render_seconds": waves * chunk_seconds,
         "concat_download_seconds": download,
         "concat_join_seconds": join,
-        "total_seconds": waves * chunk_seconds + download + join,
+        "mix_seconds": mix,
+        "total_seconds": waves * chunk_seconds + download + join + mix,
         "video_gb": total_bytes / 1e9,
     }
 
@@ -202,13 +234,18 @@ def main() -> int:
         f"upload {scaled['upload_seconds']:.2f} s ({scaled['upload_mb_per_s']:.0f} MB/s), "
         f"download {scaled['download_seconds']:.2f} s ({scaled['download_mb_per_s']:.0f} MB/s)"
     )
+    print(
+        f"  transfer probe ({scaled['probe_mb']:.0f} MB object, multipart): upload "
+        f"{scaled['probe_upload_mb_per_s']:.0f} MB/s, download {scaled['probe_download_mb_per_s']:.0f} MB/s"
+    )
     projections = [projection(scaled, args.width, args.height, workers) for workers in (8, 32, 128)]
     print(f"  projected 10-minute 1080p render ({PROJECTION_FRAMES} frames, {PROJECTION_FRAMES_PER_CHUNK} per chunk):")
     for row in projections:
         print(
             f"    {row['workers']:>3} workers: {row['total_seconds'] / 60:5.1f} min = chunks "
             f"{row['render_seconds']:6.0f} s + concat download {row['concat_download_seconds']:4.0f} s "
-            f"+ join {row['concat_join_seconds']:3.0f} s ({row['chunks']} chunks of {row['chunk_seconds']:.0f} s, "
+            f"+ join {row['concat_join_seconds']:3.0f} s + mix {row['mix_seconds']:3.0f} s "
+            f"({row['chunks']} chunks of {row['chunk_seconds']:.0f} s, "
             f"{row['video_gb']:.2f} GB)"
         )
     print(json.dumps({"one_machine_seconds": single_seconds, "scaled_out_seconds": scaled_seconds, "ratio": ratio,
