@@ -29,6 +29,7 @@ from helios_pipeline.dagster_defs.assets import (
     renders,
 )
 from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.inbox import Inbox
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import stop_process_tree
 from helios_pipeline.dagster_defs.storage import RenderStorage
@@ -83,7 +84,7 @@ def run(
         selection=selection,
         partition_key=partition_key,
         instance=instance,
-        resources={"storage": storage},
+        resources={"storage": storage, "inbox": Inbox(folder=str(assets.SETTINGS.inbox))},
         raise_on_error=raise_on_error,
     )
 

@@ -23,6 +23,7 @@ from helios_pipeline.dagster_defs import assets, sensors
 from helios_pipeline.dagster_defs import schedules as schedules_module
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
+from helios_pipeline.dagster_defs.inbox import Inbox
 from helios_pipeline.dagster_defs.runner import launch_backfill
 from helios_pipeline.dagster_defs.settings import Settings
 from helios_pipeline.dagster_defs.storage import RenderStorage
@@ -72,7 +73,8 @@ def inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def tick(instance: dg.DagsterInstance, storage: RenderStorage, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
+    resources = {"storage": storage, "inbox": Inbox(folder=str(sensors.SETTINGS.inbox))}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     result = sensors.composition_inbox(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -372,16 +374,16 @@ def test_partition_added_in_the_ui_plans_the_inbox_spec_of_that_name(
     tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage, inbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A user adds partition `teaser` by hand: the plan registers inbox/teaser.yaml itself."""
-    monkeypatch.setattr(assets, "SETTINGS", sensors.SETTINGS)
     write_spec(inbox, "teaser.yaml")
+    resources = {"storage": storage, "inbox": Inbox(folder=str(inbox))}
     instance.add_dynamic_partitions(renders.name, ["teaser", "ghost"])
     result = dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key="teaser", instance=instance,
-                            resources={"storage": storage})  # fmt: skip
+                            resources=resources)  # fmt: skip
     assert result.success
     assert storage.load_spec("teaser").name == "teaser"
     # no snapshot and no inbox spec: a clear failure that names the render
     result = dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key="ghost", instance=instance,
-                            resources={"storage": storage}, raise_on_error=False)  # fmt: skip
+                            resources=resources, raise_on_error=False)  # fmt: skip
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure)
     assert "no spec registered for render 'ghost'" in failure.step_failure_data.error.message

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs.inbox import Inbox
 from helios_pipeline.dagster_defs.names import (
     CHUNK_ASSET,
     CHUNK_POOL,
@@ -93,11 +94,11 @@ STAGE_CONDITION = (
     description="The render's plan: frame ranges per chunk, files, mix. Its data version is the content "
     "fingerprint of spec + composition, so a changed composition marks the chunks stale.",
 )
-def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
+def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox: Inbox) -> dg.MaterializeResult:
     key = context.partition_key
     try:
         if not storage.has_spec(key):
-            _register_from_inbox(key, storage)
+            _register_from_inbox(key, storage, inbox.path)
         plan = storage.plan_for(key)
     except (SpecError, ValueError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
@@ -132,10 +133,10 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     )
 
 
-def _register_from_inbox(key: str, storage: RenderStorage) -> None:
+def _register_from_inbox(key: str, storage: RenderStorage, folder: Path) -> None:
     """A partition added by hand in the UI: take the inbox spec of the same name, if there is one."""
     for suffix in (".yaml", ".yml", ".json"):
-        candidate = SETTINGS.inbox / f"{key}{suffix}"
+        candidate = folder / f"{key}{suffix}"
         if candidate.is_file():
             register_spec_file(storage, candidate, SETTINGS.max_chunks, key)
             return

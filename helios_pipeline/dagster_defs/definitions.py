@@ -12,6 +12,7 @@ from helios_pipeline.dagster_defs.assets import (
     mixed_video,
     render_plan,
 )
+from helios_pipeline.dagster_defs.inbox import Inbox
 from helios_pipeline.dagster_defs.schedules import build_schedules, register_render_job
 from helios_pipeline.dagster_defs.sensors import (
     composition_inbox,
@@ -19,7 +20,10 @@ from helios_pipeline.dagster_defs.sensors import (
     plan_render_job,
     render_automation,
 )
-from helios_pipeline.dagster_defs.settings import storage_resource
+from helios_pipeline.dagster_defs.settings import export_defaults
+from helios_pipeline.dagster_defs.storage import RenderStorage
+
+export_defaults()
 
 defs = dg.Definitions(
     assets=[render_plan, chunk_video, concat_video, mixed_video],
@@ -27,7 +31,10 @@ defs = dg.Definitions(
     jobs=[register_render_job, plan_render_job],
     sensors=[composition_inbox, plan_registered_render, render_automation],
     schedules=build_schedules(SETTINGS.inbox),
-    resources={"storage": storage_resource(SETTINGS)},
+    resources={
+        "storage": RenderStorage(location=dg.EnvVar("HELIOS_STORAGE"), keep_days=dg.EnvVar("HELIOS_KEEP_DAYS")),
+        "inbox": Inbox(folder=dg.EnvVar("HELIOS_INBOX")),
+    },
     # one process per run: a chunk run is one step, and a step subprocess would only add start-up time
     executor=dg.in_process_executor,
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from helios_pipeline.dagster_defs.assets import SETTINGS, render_plan, renders
-from helios_pipeline.dagster_defs.inbox import inbox_specs
+from helios_pipeline.dagster_defs.inbox import Inbox, inbox_specs
 from helios_pipeline.dagster_defs.names import RENDER_TAG
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.schedules import register_render_job
@@ -34,18 +34,18 @@ def _content_hash(path: Path) -> str:
     description="Each new or changed spec in the inbox folder (HELIOS_INBOX, default compositions/) becomes "
     "a render partition and is rendered through to the final video. Malformed specs are reported and skipped.",
 )
-def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorage) -> dg.SensorResult:
+def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorage, inbox: Inbox) -> dg.SensorResult:
     state = json.loads(context.cursor) if context.cursor else {}
     seen: dict[str, str] = state.get("files", {})  # file name -> content hash last handled
     owners: dict[str, str] = state.get("owners", {})  # render key -> the inbox file that registered it
-    inbox = SETTINGS.inbox
-    present = {path.name for path in inbox_specs(inbox)} if inbox.is_dir() else set()
+    folder = inbox.path
+    present = {path.name for path in inbox_specs(folder)} if folder.is_dir() else set()
     owners = {key: name for key, name in owners.items() if name in present}  # deleted files free their keys
     new_keys: list[str] = []
     requests: list[dg.RunRequest] = []
     skipped: list[str] = []
     existing = set(context.instance.get_dynamic_partitions(renders.name))
-    for path in inbox_specs(inbox) if inbox.is_dir() else []:
+    for path in inbox_specs(folder) if folder.is_dir() else []:
         digest = _content_hash(path)
         if seen.get(path.name) == digest:
             continue

@@ -49,6 +49,20 @@ def chunk_keys(max_chunks: int) -> list[str]:
     return [f"{index:03d}" for index in range(max_chunks)]
 
 
+def export_defaults() -> Settings:
+    """Put the settings' defaults into this process's environment and return the settings.
+
+    The code location's resources read HELIOS_STORAGE, HELIOS_INBOX and HELIOS_KEEP_DAYS through
+    ``dg.EnvVar`` (so the UI shows where each value comes from); an unset variable gets the same
+    default here that the CLI uses.
+    """
+    settings = Settings.from_env()
+    os.environ.setdefault("HELIOS_STORAGE", settings.storage)
+    os.environ.setdefault("HELIOS_INBOX", str(settings.inbox))
+    os.environ.setdefault("HELIOS_KEEP_DAYS", settings.keep_days)
+    return settings
+
+
 def storage_resource(settings: Settings):
     """The deployment's storage resource, as the code location and the CLI build it."""
     from helios_pipeline.dagster_defs.storage import RenderStorage
