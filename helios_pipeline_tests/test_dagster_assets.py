@@ -383,3 +383,25 @@ def test_plan_data_version_is_the_content_fingerprint(
     changed = plan_data_version(instance, key)
     assert changed != first
     assert changed == render_fingerprint(storage.load_spec(key))
+
+
+@needs_three_chunks
+def test_planning_again_does_not_record_unused_chunks_again(
+    tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage
+) -> None:
+    """A re-planned render's unused chunks must not look updated: automation would start the concat early."""
+    spec_file = write_spec(tmp_path, "again", COMPOSITIONS / "frame_raf", frame_count=10, concurrency=2)
+    key = register(instance, storage, spec_file)
+    run(instance, storage, [render_plan], key)
+    unused = str(chunk_key(key, CHUNK_KEYS[2]))
+
+    def records() -> list[dg.EventLogRecord]:
+        return instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=chunk_video.key, asset_partitions=[unused]), limit=10
+        ).records
+
+    assert len(records()) == 1 and records()[0].asset_materialization.metadata["skipped"].value is True
+    write_spec(tmp_path, "again", COMPOSITIONS / "frame_raf", frame_count=10, concurrency=2, input_props={"v": 2})
+    register(instance, storage, spec_file)
+    run(instance, storage, [render_plan], key)
+    assert len(records()) == 1, "the unused partition was recorded again"

@@ -20,7 +20,13 @@ from helios_pipeline.dagster_defs.names import (
     DATA_VERSION_TAG,
     GROUP,
 )
-from helios_pipeline.dagster_defs.partitions import ALL_CHUNKS_OF_RENDER, SETTINGS, chunk_partitions, renders
+from helios_pipeline.dagster_defs.partitions import (
+    ALL_CHUNKS_OF_RENDER,
+    SETTINGS,
+    chunk_partition,
+    chunk_partitions,
+    renders,
+)
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
@@ -143,12 +149,30 @@ def _register_from_inbox(key: str, storage: RenderStorage, folder: Path) -> None
 
 
 def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
-    """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them."""
-    for index in range(used, SETTINGS.max_chunks):
+    """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them.
+
+    A partition already recorded as empty is left alone when the render is planned again: a new
+    record would count as an update of the chunk, and automation would start the concat while the
+    re-planned render's real chunks are still to be rendered.
+    """
+    unused = [str(chunk_partition(key, index)) for index in range(used, SETTINGS.max_chunks)]
+    if not unused:
+        return
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=unused), limit=len(unused) * 4
+    ).records
+    latest: dict[str, dg.AssetMaterialization] = {}
+    for record in records:  # newest first
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.partition not in latest:
+            latest[str(materialization.partition)] = materialization
+    for partition in unused:
+        if partition in latest and latest[partition].metadata.get("skipped") is not None:
+            continue
         context.instance.report_runless_asset_event(
             dg.AssetMaterialization(
                 asset_key=CHUNK_ASSET,
-                partition=dg.MultiPartitionKey({"render": key, "chunk": f"{index:03d}"}),
+                partition=partition,
                 metadata={"skipped": True, "frames": 0, "reason": f"the plan has {used} chunks"},
                 tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
             )
