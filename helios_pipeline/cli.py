@@ -1,15 +1,20 @@
 """``helios-pipeline``: render (through Dagster or locally), submit, plan, doctor and ui.
 
-Exit codes: 0 done, 2 invalid input (nothing rendered), 1 render failure, 130 cancelled (Ctrl-C).
+Exit codes: 0 done, 2 invalid input (nothing rendered), 1 render failure, 130 cancelled (Ctrl-C, SIGTERM
+or SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -171,8 +176,11 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
             fps = status.frames_done / elapsed if elapsed > 0 else 0.0
             bar.update(task, completed=status.frames_done, total=status.total_frames, fps=fps, stage=status.stage)
 
+        def on_note(message: str) -> None:
+            _report("note", "yellow", message)
+
         try:
-            status = render_through_dagster(spec, on_status, source=str(args.source))
+            status = render_through_dagster(spec, on_status, source=str(args.source), on_note=on_note)
         except RenderCancelled:
             _report("cancelled", "yellow", "the render's runs were terminated; no output written")
             return EXIT_CANCELLED
@@ -207,9 +215,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from helios_pipeline.dagster_defs.daemon import daemon_command
     from helios_pipeline.dagster_defs.runner import dagster_home
     from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
-    from helios_pipeline.processes import start_group, stop_group
+    from helios_pipeline.processes import start_group, stop_groups
 
-    stop_seconds = 20.0  # the daemon waits for a run still executing in its code server
+    stop_seconds = 5.0  # webserver and daemon together, inside a service manager's 10 s grace
     home = dagster_home()
     workspace = str(PROJECT_ROOT / "workspace.yaml")
     webserver_command = [sys.executable, "-m", "dagster_webserver", "-w", workspace]
@@ -226,11 +234,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
                     _report("error", "bold red", f"the Dagster {name} exited with code {process.returncode}")
                     return EXIT_FAILED
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP
         return EXIT_OK
     finally:
-        for process in processes.values():
-            stop_group(process, stop_seconds)
+        stop_groups(list(processes.values()), stop_seconds)
+        _wipe_daemon_heartbeats()
+
+
+def _wipe_daemon_heartbeats() -> None:
+    """The UI's daemon is gone: without this, a CLI render in the next minute would wait on its heartbeats."""
+    import dagster as dg
+
+    # an instance that cannot be opened has no heartbeats to mislead anyone
+    with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+        instance.wipe_daemon_heartbeats()
 
 
 def cmd_doctor(_args: argparse.Namespace) -> int:
@@ -278,8 +295,43 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(options)
 
 
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_cancel() -> Iterator[None]:
+    """SIGTERM and SIGHUP mean what Ctrl-C means: the first of them raises ``KeyboardInterrupt``.
+
+    Service managers, containers and CI runners stop a process with SIGTERM, a closed terminal
+    sends SIGHUP; both must cancel the render (runs, browsers, FFmpeg, our daemon), not kill the
+    CLI and orphan what it started. Later signals are ignored, so the cleanup the first one
+    started (bounded to a few seconds) is not cut short. The previous handlers are restored after.
+    """
+    cancelling = False
+
+    def cancel(signum: int, _frame: FrameType | None) -> None:
+        nonlocal cancelling
+        if not cancelling:
+            cancelling = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, cancel) for signum in CANCEL_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("render", "submit", "ui") and threading.current_thread() is threading.main_thread():
+        with _signals_cancel():
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     handlers = {
         "render": cmd_render,
         "plan": cmd_plan,

@@ -67,16 +67,29 @@ def stop_group(process: subprocess.Popen, grace: float) -> None:
     is left is SIGKILLed, and so is anything the group started after the snapshot. The child is
     reaped. Safe to call after the child exited (its group's stragglers are still stopped).
     """
-    tree = process_tree(process.pid) if process.poll() is None else []
-    _signal_group(process.pid, signal.SIGTERM)
+    stop_groups([process], grace)
+
+
+def stop_groups(processes: Sequence[subprocess.Popen], grace: float) -> None:
+    """:func:`stop_group` for several children at once: all are signalled first, so the grace is shared.
+
+    Stopped one after the other, a webserver and a daemon would take up to twice ``grace``, more
+    than a service manager waits between SIGTERM and SIGKILL.
+    """
+    trees = [process_tree(process.pid) if process.poll() is None else [] for process in processes]
+    for process in processes:
+        _signal_group(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (process.poll() is None or alive(tree)):
+    while time.monotonic() < deadline and any(
+        process.poll() is None or alive(tree) for process, tree in zip(processes, trees, strict=True)
+    ):
         time.sleep(POLL_SECONDS)
-    for leftover in alive(tree):
-        with contextlib.suppress(psutil.Error):
-            leftover.kill()
-    _signal_group(process.pid, signal.SIGKILL)
-    process.wait()
+    for process, tree in zip(processes, trees, strict=True):
+        for leftover in alive(tree):
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def stop_group_on(event: threading.Event, process: subprocess.Popen, grace: float, name: str) -> threading.Thread:

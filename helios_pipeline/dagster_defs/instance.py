@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -18,9 +18,10 @@ from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
 from helios_pipeline.processes import start_group, stop_group
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
-DAEMON_FRESH_SECONDS = 60
+DAEMON_FRESH_SECONDS = 60  # Dagster's daemons beat every 30 s: two beats missed means the daemon is gone
 REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 DAEMON_STOP_SECONDS = 20
+DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
 
 
 def dagster_home() -> Path:
@@ -44,11 +45,75 @@ def get_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def daemon_running(instance: dg.DagsterInstance) -> bool:
+def daemon_heartbeat_age(instance: dg.DagsterInstance) -> float | None:
+    """Seconds since the stalest of the required daemons last beat; None when one of them never did."""
     heartbeats = instance.get_daemon_heartbeats()
-    now = time.time()
-    fresh = {kind for kind, beat in heartbeats.items() if now - beat.timestamp < DAEMON_FRESH_SECONDS}
-    return fresh >= REQUIRED_DAEMONS
+    if not set(heartbeats) >= REQUIRED_DAEMONS:
+        return None
+    return time.time() - min(heartbeats[kind].timestamp for kind in REQUIRED_DAEMONS)
+
+
+def daemon_running(instance: dg.DagsterInstance) -> bool:
+    """Every daemon a render needs beat within ``DAEMON_FRESH_SECONDS`` (a stopped one stops beating)."""
+    age = daemon_heartbeat_age(instance)
+    return age is not None and age < DAEMON_FRESH_SECONDS
+
+
+def _start_daemon() -> subprocess.Popen:
+    log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
+    with log.open("ab") as stream:
+        return start_group(
+            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml")),
+            cwd=PROJECT_ROOT,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+
+
+class RenderDaemon:
+    """The daemon one CLI render relies on: the deployment's while it keeps beating, else one of its own.
+
+    A daemon that was stopped without wiping its heartbeats (a killed UI, a crashed deployment
+    daemon) still looks alive for up to ``DAEMON_FRESH_SECONDS``; ``check`` notices when its
+    heartbeats go stale mid-render and starts a daemon here, which picks the render's backfill up
+    where it stands. Nothing waits on a daemon that is gone for more than that bound.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, on_note: Callable[[str], None] | None = None) -> None:
+        self.instance = instance
+        self.on_note = on_note or (lambda _message: None)
+        self.process: subprocess.Popen | None = None
+        self._next_check = 0.0
+
+    @property
+    def ours(self) -> bool:
+        return self.process is not None
+
+    def start_unless_alive(self) -> None:
+        if self.process is None and not daemon_running(self.instance):
+            self.process = _start_daemon()
+
+    def check(self) -> None:
+        """Called while following: take over from a deployment daemon whose heartbeats went stale."""
+        if self.process is not None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + DAEMON_CHECK_SECONDS
+        age = daemon_heartbeat_age(self.instance)
+        if age is not None and age < DAEMON_FRESH_SECONDS:
+            return
+        since = "never beat" if age is None else f"last beat {age:.0f} s ago"
+        self.on_note(
+            f"the deployment's Dagster daemon stopped heart-beating ({since}); "
+            "starting one for this render (it picks the render's backfill up where it stands)"
+        )
+        self.process = _start_daemon()
+
+    def stop(self, grace: float = DAEMON_STOP_SECONDS) -> None:
+        """Stop our daemon (if any) with everything it started, and wipe its heartbeats."""
+        if self.process is None:
+            return
+        stop_process_tree(self.process, grace)
+        self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 
 @contextlib.contextmanager
@@ -57,14 +122,7 @@ def ensure_daemon(instance: dg.DagsterInstance) -> Iterator[subprocess.Popen | N
     if daemon_running(instance):
         yield None
         return
-    log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
-    with log.open("ab") as stream:
-        process = start_group(
-            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml")),
-            cwd=PROJECT_ROOT,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
+    process = _start_daemon()
     try:
         yield process
     finally:

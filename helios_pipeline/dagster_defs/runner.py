@@ -26,6 +26,8 @@ from helios_pipeline.dagster_defs.backfills import (
     wait_for_backfill_end,
 )
 from helios_pipeline.dagster_defs.instance import (
+    DAEMON_STOP_SECONDS,
+    RenderDaemon,
     daemon_running,
     dagster_home,
     ensure_daemon,
@@ -43,6 +45,7 @@ from helios_pipeline.spec import RenderSpec
 from helios_pipeline.storage import StorageError
 
 __all__ = [  # what the CLI, the benchmarks and the tests use from here
+    "RenderDaemon",
     "RenderStatus",
     "cancel_render",
     "daemon_running",
@@ -60,6 +63,9 @@ __all__ = [  # what the CLI, the benchmarks and the tests use from here
 POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 30
 BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is already there
+# A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
+INTERRUPT_RUNS_SECONDS = 4  # terminated runs get this long to end on their own, then are marked canceled
+INTERRUPT_DAEMON_SECONDS = 3  # then our daemon's group (code server, run workers, FFmpeg) is stopped
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
@@ -133,8 +139,12 @@ def follow(
     on_status: Callable[[RenderStatus], None],
     timeout: float | None = None,
     total_frames: int | None = None,
+    watch: Callable[[], None] | None = None,
 ) -> RenderStatus:
-    """Wait for render ``key`` to finish (mixed_video materialised after ``since``); raise on a failed run."""
+    """Wait for render ``key`` to finish (mixed_video materialised after ``since``); raise on a failed run.
+
+    ``watch`` is called on every poll (the daemon check of ``render_through_dagster``).
+    """
     storage = storage_resource(Settings.from_env())
     total = total_frames or storage.load_spec(key).total_frames
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -165,6 +175,8 @@ def follow(
         active = [run for run in runs if not run.is_finished]
         stage = "rendering chunks" if any("dagster/partition/render" in r.tags for r in active) else "waiting"
         on_status(RenderStatus(min(_frames_done(storage, key), total), total, stage))
+        if watch is not None:
+            watch()
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
@@ -210,43 +222,61 @@ def cancel_render(
 
 
 def render_through_dagster(
-    spec: RenderSpec, on_status: Callable[[RenderStatus], None], timeout: float | None = None, source: str = "spec"
+    spec: RenderSpec,
+    on_status: Callable[[RenderStatus], None],
+    timeout: float | None = None,
+    source: str = "spec",
+    on_note: Callable[[str], None] | None = None,
 ) -> RenderStatus:
     """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed).
 
-    Ctrl-C terminates the render's runs and waits for them to end before the daemon started
-    here is stopped, then raises ``RenderCancelled``. A failed render raises ``RenderError``; when
-    the daemon is ours, its backfill and remaining runs are ended first, so nothing in the instance
-    is left looking alive.
+    The deployment's daemon is used while it keeps beating; when its heartbeats go stale (a UI
+    or daemon stopped without wiping them) a daemon is started here and the render carries on;
+    ``on_note`` is told why. Ctrl-C (and SIGTERM/SIGHUP, which the CLI turns into it) terminates
+    the render's runs, marks what has not ended within a few seconds canceled, stops the daemon
+    started here, then raises ``RenderCancelled``: the whole stop fits a service manager's 10 s
+    grace whatever the render was waiting on. A failed render raises ``RenderError``; when the
+    daemon is ours, its backfill and remaining runs are ended first, so nothing in the instance is
+    left looking alive.
     """
     instance = get_instance()
     since = time.time()
     failure: RenderError | None = None
-    with ensure_daemon(instance) as own_daemon:
+    daemon = RenderDaemon(instance, on_note)
+    key: str | None = None
+    interrupted = False
+    try:
+        daemon.start_unless_alive()
         key = submit(spec, instance, source=source)
         try:
-            status = follow(instance, key, since, on_status, timeout, total_frames=spec.total_frames)
-            if own_daemon is not None:  # let our daemon record the backfill as done before it stops
+            status = follow(
+                instance, key, since, on_status, timeout, total_frames=spec.total_frames, watch=daemon.check
+            )
+            if daemon.ours:  # let our daemon record the backfill as done before it stops
                 wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
             return status
         except RenderError as exc:
-            if own_daemon is None:
+            if not daemon.ours:
                 raise  # the deployment's daemon finishes the backfill (as failed) on its own
             failure = exc  # ours stops with us: end the render's backfill and runs first
-        except KeyboardInterrupt:
-            pass
-        cancel_render_backfill(instance, key, since, daemon_alive=True)
-        cancel_render(instance, key, since)
-        if own_daemon is not None:
+            cancel_render_backfill(instance, key, since, daemon_alive=True)
+            cancel_render(instance, key, since)
             wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
-    if own_daemon is not None:
+        except KeyboardInterrupt:
+            interrupted = True
+            # no launches from here on; runs get a few seconds to end, then count as canceled
+            cancel_render_backfill(instance, key, since, daemon_alive=not daemon.ours)
+            cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
+    finally:
+        daemon.stop(INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
+    if key is not None and daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled
         cancel_render_backfill(instance, key, since, daemon_alive=False)
         cancel_render(instance, key, since, timeout=0)
     if failure is not None:
         raise failure
-    raise RenderCancelled(f"render {key} cancelled")
+    raise RenderCancelled(f"render {key or spec.name} cancelled")
 
 
 def _frames_done(storage: RenderStorage, key: str) -> int:

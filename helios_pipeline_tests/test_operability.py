@@ -1,0 +1,228 @@
+"""Operability on a bad day (issue 9): a UI that was just stopped, signals from service managers.
+
+Real processes throughout: `helios-pipeline ui` and `helios-pipeline render` as subprocesses, the
+project's daemon, real chunk runs. A service manager (systemd, Docker, CI runners) stops a process
+with SIGTERM and SIGKILLs it ~10 s later, so every stop here must be complete well inside 10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._daemon.types import DaemonHeartbeat
+
+from helios_pipeline.dagster_defs.instance import DAEMON_FRESH_SECONDS, REQUIRED_DAEMONS
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.helpers import (
+    chunk_runs,
+    deployment_env,
+    deployment_processes,
+    describe,
+    open_instance,
+    render_runs,
+    wait_for,
+    write_instance_config,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+GRACE_SECONDS = 10  # what systemd, Docker and CI runners give a process between SIGTERM and SIGKILL
+RENDER_BOUND_SECONDS = 120  # a 30-frame render with a daemon start; "forever" before the fix
+
+
+@dataclass
+class Deployment:
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    root: Path
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """``helios-pipeline ARGS`` in a session of its own, output to ``<name>.log``."""
+        command = [sys.executable, "-m", "helios_pipeline.cli", *args]
+        with (self.root / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def left(self) -> list[psutil.Process]:
+        return deployment_processes(self.home)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    inbox.mkdir()
+    write_instance_config(home)
+    instance = open_instance(home)  # creates the sqlite storage before the CLI, UI and daemons open it
+    try:
+        yield Deployment(home, deployment_env(home, tmp_path / "storage", inbox), instance, tmp_path)
+    finally:
+        for process in deployment_processes(home):  # only if a test failed half-way
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        instance.wipe_daemon_heartbeats()
+        instance.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ui(deployment: Deployment, port: int) -> subprocess.Popen:
+    """`helios-pipeline ui`, once its daemon beats (every daemon the CLI checks) and its webserver answers."""
+    process = deployment.start("ui", "ui", "--port", str(port))
+
+    def up() -> bool:
+        assert process.poll() is None, deployment.log("ui")
+        beating = set(deployment.instance.get_daemon_heartbeats()) >= REQUIRED_DAEMONS
+        with socket.socket() as probe:
+            serving = probe.connect_ex(("127.0.0.1", port)) == 0
+        return beating and serving
+
+    wait_for(up, 120, "the UI's webserver and daemon", 0.5)
+    return process
+
+
+def seed_heartbeats(instance: dg.DagsterInstance, age: float) -> None:
+    """Heartbeats of a daemon that is gone but looks alive (killed, or stopped without wiping them)."""
+    for kind in (*REQUIRED_DAEMONS, "BACKFILL"):
+        instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - age, kind, "gone-daemon", errors=[]))
+
+
+def render(deployment: Deployment, name: str, composition: Path, **fields: object) -> tuple[subprocess.Popen, Path]:
+    spec = write_spec(deployment.root / "specs", name, composition, **fields)
+    return deployment.start(name, "render", str(spec), "-q"), spec.parent / "out" / f"{name}.mp4"
+
+
+def wait_ended(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def assert_nothing_left(deployment: Deployment, within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while deployment.left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not deployment.left(), describe(deployment.left())
+
+
+# --- 1. closing the UI, then rendering from the CLI ---
+
+
+def test_a_render_right_after_ctrl_c_on_the_ui_starts_its_own_daemon_and_finishes(deployment: Deployment) -> None:
+    ui = start_ui(deployment, free_port())
+    os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
+    assert wait_ended(ui, 60) == 0, deployment.log("ui")
+    assert not deployment.instance.get_daemon_heartbeats(), "the UI's daemon is gone: its heartbeats must be too"
+
+    process, video = render(deployment, "after-ui", COMPOSITIONS / "frame_raf", frame_count=30)
+    code = wait_ended(process, RENDER_BOUND_SECONDS)
+
+    assert code == 0, deployment.log("after-ui")
+    assert frame_indices(video) == list(range(30))
+    assert_nothing_left(deployment)
+
+
+def test_a_render_relying_on_a_daemon_that_stopped_beating_starts_its_own_and_says_so(deployment: Deployment) -> None:
+    # the UI (or a deployment's daemon) was killed without a chance to wipe its heartbeats: they still look fresh
+    seed_heartbeats(deployment.instance, age=DAEMON_FRESH_SECONDS - 10)
+    started = time.monotonic()
+    process, video = render(deployment, "stale-beat", COMPOSITIONS / "frame_raf", frame_count=30)
+    code = wait_ended(process, RENDER_BOUND_SECONDS)
+
+    assert code == 0, deployment.log("stale-beat")
+    assert "stopped heart-beating" in deployment.log("stale-beat")
+    assert frame_indices(video) == list(range(30))
+    assert time.monotonic() - started < RENDER_BOUND_SECONDS
+    assert_nothing_left(deployment)
+
+
+# --- 2. SIGTERM to `helios-pipeline ui` ---
+
+
+def test_sigterm_to_the_ui_stops_its_webserver_and_daemon(deployment: Deployment) -> None:
+    ui = start_ui(deployment, free_port())
+    assert len(deployment.left()) >= 3, describe(deployment.left())  # the UI, its webserver, its daemon, ...
+    signalled = time.monotonic()
+    os.kill(ui.pid, signal.SIGTERM)  # to the UI process only, as `kill PID` or a service manager's main-PID stop
+    assert wait_ended(ui, GRACE_SECONDS) == 0, deployment.log("ui")
+    assert_nothing_left(deployment, within=max(0.0, GRACE_SECONDS - (time.monotonic() - signalled)))
+    assert not deployment.instance.get_daemon_heartbeats()
+
+
+# --- 3. SIGTERM to `helios-pipeline render`, in every state ---
+
+
+def sigterm_and_time(process: subprocess.Popen) -> tuple[int, float]:
+    signalled = time.monotonic()
+    os.kill(process.pid, signal.SIGTERM)
+    code = wait_ended(process, 3 * GRACE_SECONDS)
+    return code, time.monotonic() - signalled
+
+
+def test_sigterm_while_chunks_render_cancels_within_the_grace_period(deployment: Deployment) -> None:
+    instance = deployment.instance
+    process, video = render(deployment, "term-busy", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
+
+    def chunk_started() -> bool:
+        assert process.poll() is None, deployment.log("term-busy")
+        runs = chunk_runs(render_runs(instance, "term-busy")).values()
+        return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for records in runs for r in records)
+
+    wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+    code, seconds = sigterm_and_time(process)
+
+    assert code == 130, deployment.log("term-busy")
+    assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
+    assert "cancelled" in deployment.log("term-busy")
+    assert_nothing_left(deployment, within=1)
+    assert not video.exists()
+    runs = [record.dagster_run for record in render_runs(instance, "term-busy")]
+    assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
+    backfills = instance.get_backfills()
+    assert [b.status for b in backfills] == [BulkActionStatus.CANCELED]
+
+
+def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_grace_period(
+    deployment: Deployment,
+) -> None:
+    seed_heartbeats(deployment.instance, age=0)  # a daemon that was just killed: the render waits on it
+    process, video = render(deployment, "term-wait", COMPOSITIONS / "frame_raf", frame_count=30)
+    wait_for(lambda: deployment.instance.get_backfills(), 60, "the render's backfill", 0.2)
+    time.sleep(2)  # following, waiting for runs that nothing launches
+    assert process.poll() is None, deployment.log("term-wait")
+    code, seconds = sigterm_and_time(process)
+
+    assert code == 130, deployment.log("term-wait")
+    assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
+    assert "cancelled" in deployment.log("term-wait")
+    assert_nothing_left(deployment, within=1)
+    assert not video.exists()
+    (backfill,) = deployment.instance.get_backfills()
+    assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
