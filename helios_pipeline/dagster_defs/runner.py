@@ -61,6 +61,8 @@ __all__ = [  # what the CLI, the benchmarks and the tests use from here
 ]
 
 POLL_SECONDS = 0.5
+WILL_RETRY_TAG = "dagster/will_retry"
+RETRY_DECISION_SECONDS = 5.0  # how long a FAILURE may go without Dagster's will_retry tag before it counts
 CANCEL_WAIT_SECONDS = 30
 BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is already there
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
@@ -148,6 +150,7 @@ def follow(
     storage = storage_resource(Settings.from_env())
     total = total_frames or storage.load_spec(key).total_frames
     deadline = None if timeout is None else time.monotonic() + timeout
+    failures_seen: dict[str, float] = {}
     mixed = MIXED_ASSET
     while True:
         records = instance.fetch_materializations(
@@ -166,7 +169,7 @@ def follow(
                 return status
         runs = _render_runs(instance, key, since)
         for run in runs:
-            if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") != "true":
+            if run.status == dg.DagsterRunStatus.FAILURE and _fails_the_render(run, failures_seen):
                 raise RenderError(f"render {key}: {_failed_run_message(instance, run)}")
         backfill = render_backfill(instance, key, since)
         ended_badly = backfill is not None and backfill.status.value in ("FAILED", "CANCELED", "COMPLETED_FAILED")
@@ -180,6 +183,19 @@ def follow(
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
+
+
+def _fails_the_render(run: dg.DagsterRun, failures_seen: dict[str, float]) -> bool:
+    """A failed run ends the render unless Dagster retries it.
+
+    Dagster marks a run FAILURE first and tags it ``dagster/will_retry`` a moment later (run
+    retries), so a failure without the tag is only final once the tag has had time to appear.
+    """
+    will_retry = run.tags.get(WILL_RETRY_TAG)
+    if will_retry is not None:
+        return will_retry != "true"
+    first_seen = failures_seen.setdefault(run.run_id, time.monotonic())
+    return time.monotonic() - first_seen > RETRY_DECISION_SECONDS
 
 
 def _final_video_recorded(instance: dg.DagsterInstance, key: str, since: float) -> bool:
