@@ -259,9 +259,9 @@ def celery_cluster(
             instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, pool_slots)
             for name in workers:
                 started[name] = start_worker(root, name, env, worker_concurrency)
-            for worker in started.values():
-                wait_for(lambda w=worker: _ready(w), 90, f"worker {worker.name} to be ready", 0.5)
-            with running_daemon({**env, "DAGSTER_HOME": str(home)}, daemon_log):
+            with running_daemon({**env, "DAGSTER_HOME": str(home)}, daemon_log):  # starts while the workers do
+                for worker in started.values():
+                    wait_for(lambda w=worker: _ready(w), 90, f"worker {worker.name} to be ready", 0.5)
                 cluster = Cluster(root, env, home, instance, started, daemon_log, s3)
                 wait_for(lambda: "MONITORING" in instance.get_daemon_heartbeats(), 90, "the daemon's heartbeats", 0.5)
                 yield cluster
