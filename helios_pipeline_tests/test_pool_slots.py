@@ -1,0 +1,112 @@
+"""A chunk run killed with SIGKILL must give its `helios_chunks` slot back (issue 9).
+
+A killed run process cannot release its pool slot itself; without help the slot stays claimed
+for good, every later render on the instance renders one chunk at a time, and a second such kill
+leaves no slot at all. The repo's dagster.yaml turns on run monitoring with
+`free_slots_after_run_end_seconds`, which frees the slots of ended runs: proven here on one
+machine with the real daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+
+from helios_pipeline.dagster_defs.names import CHUNK_POOL
+from helios_pipeline.dagster_defs.runner import follow
+from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.helpers import (
+    REPO,
+    busy_composition,
+    chunk_runs,
+    deployment_env,
+    deployment_processes,
+    open_instance,
+    render_runs,
+    running_daemon,
+    wait_for,
+    write_instance_config,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+SIZE = {"width": 320, "height": 180, "fps": 30}
+
+
+def submit(env: dict[str, str], spec: Path) -> tuple[str, float]:
+    since = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "helios_pipeline.cli", "submit", str(spec)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1], since
+
+
+def rendering_run_process(home: Path) -> psutil.Process | None:
+    """A chunk run's worker process (the code server's spawned run process) whose Chromium is running.
+
+    It is the parent of Playwright's driver (node), which started Chromium.
+    """
+    for process in deployment_processes(home):
+        with contextlib.suppress(psutil.Error):
+            children = process.children()
+            if any("playwright" in " ".join(child.cmdline()) for child in children):
+                below = {child.name().lower() for child in process.children(recursive=True)}
+                if any("chrom" in name for name in below):
+                    return process
+    return None
+
+
+def step_span(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
+    times = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is not None and event.event_type in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS):
+            times[event.event_type] = record.timestamp
+    return times[dg.DagsterEventType.STEP_START], times[dg.DagsterEventType.STEP_SUCCESS]
+
+
+def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    write_instance_config(home)
+    (tmp_path / "inbox").mkdir()
+    env = deployment_env(home, tmp_path / "storage", tmp_path / "inbox")
+    for name in ("DAGSTER_HOME", "HELIOS_STORAGE", "HELIOS_INBOX", "HELIOS_MAX_CHUNKS"):
+        monkeypatch.setenv(name, env[name])  # follow() reads the deployment's storage
+    instance = open_instance(home)
+    page = busy_composition(tmp_path / "busy")
+    with running_daemon(env, tmp_path / "daemon.log"):
+        first = write_spec(tmp_path / "specs", "killed", page, **SIZE, frame_count=60, concurrency=2)
+        key, since = submit(env, first)
+        victim = wait_for(lambda: rendering_run_process(home), 120, "a chunk run rendering in Chromium", 0.2)
+        victim.kill()  # SIGKILL: the run cannot release its slot itself
+
+        status = follow(instance, key, since, lambda _status: None, timeout=300)
+        assert frame_indices(Path(status.output)) == list(range(60))
+        retried = [runs for runs in chunk_runs(render_runs(instance, key)).values() if len(runs) > 1]
+        assert retried, "the killed chunk run was retried (run_retries)"
+
+        def slots_free() -> bool:
+            return not instance.event_log_storage.get_concurrency_info(CHUNK_POOL).claimed_slots
+
+        wait_for(slots_free, 60, "run monitoring to free the killed run's slot", 1)
+
+        second = write_spec(tmp_path / "specs", "after", page, **SIZE, frame_count=60, concurrency=2)
+        key, since = submit(env, second)
+        status = follow(instance, key, since, lambda _status: None, timeout=300)
+        assert frame_indices(Path(status.output)) == list(range(60))
+        spans = sorted(step_span(instance, runs[-1].dagster_run.run_id)
+                       for runs in chunk_runs(render_runs(instance, key)).values())  # fmt: skip
+        assert len(spans) == 2
+        assert spans[1][0] < spans[0][1], f"the second render's chunks ran one after the other: {spans}"
+    instance.dispose()
