@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from helios_pipeline.files import composition_files, hash_file
 from helios_pipeline.spec import RenderSpec
 
-SKIPPED_DIRS = {"out", "node_modules", "__pycache__"}
 ENGINE_VERSION = "2"  # bump when the engine's output for the same input changes
 
 # Every RenderSpec field is in exactly one of these sets (a test enforces it, so a new field cannot
@@ -38,25 +38,6 @@ IGNORED_FIELDS = frozenset(
 (A frame that misses ``stability_timeout`` fails its chunk; it is never rendered differently.)"""
 
 
-def _composition_files(root: Path) -> list[Path]:
-    files = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") or part in SKIPPED_DIRS for part in relative.parts[:-1]):
-            continue
-        if path.is_file() and not path.name.startswith("."):
-            files.append(path)
-    # installed packages count by their manifests, not by every file they ship
-    files += sorted(root.glob("node_modules/**/package.json"))
-    return files
-
-
-def _hash_file(digest: hashlib._Hash, path: Path) -> None:
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
 def _identity(spec: RenderSpec) -> dict[str, Any]:
     """The spec's picture-and-sound settings; files count by their bytes, not by where they are."""
     data = spec.to_json_dict()
@@ -75,11 +56,11 @@ def render_fingerprint(spec: RenderSpec) -> str:
     digest.update(json.dumps(_identity(spec), sort_keys=True).encode())
     if spec.is_local:
         root = Path(spec.composition).parent
-        for path in _composition_files(root):
+        for path in composition_files(root, packages=False):
             digest.update(str(path.relative_to(root)).encode())
-            _hash_file(digest, path)
+            hash_file(digest, path)
     for track in spec.audio_tracks:
-        _hash_file(digest, track.path)
+        hash_file(digest, track.path)
     if spec.subtitles is not None:
-        _hash_file(digest, Path(spec.subtitles))
+        hash_file(digest, Path(spec.subtitles))
     return digest.hexdigest()[:16]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helios_pipeline.files import composition_files
 from helios_pipeline.storage.location import cache_root
 from helios_pipeline.storage.store import ObjectInfo, Store
 
-SKIPPED_DIRS = {"out", "__pycache__"}
 COMPLETE_MARK = ".helios-bundle-complete"
 
 
@@ -59,16 +59,6 @@ def bundle_key(fingerprint: str) -> str:
     return f"bundles/{fingerprint}.tar.gz"
 
 
-def _composition_files(root: Path) -> Iterator[Path]:
-    """Everything the page may load: the composition's folder, without hidden files and output folders."""
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") or part in SKIPPED_DIRS for part in relative.parts):
-            continue
-        if path.is_file():
-            yield path
-
-
 def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Same bytes in, same archive out: no owners or times in the bundle."""
     info.uid = info.gid = 0
@@ -90,7 +80,7 @@ def pack_bundle(spec_data: dict[str, Any], archive: Path) -> dict[str, Any]:
     }
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
-        for path in _composition_files(root):
+        for path in composition_files(root):
             tar.add(path, arcname=f"composition/{path.relative_to(root).as_posix()}", filter=_normalised)
         for track, name in zip(tracks, layout["audio_tracks"], strict=True):
             tar.add(track, arcname=name, filter=_normalised)

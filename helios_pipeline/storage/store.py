@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from helios_pipeline.files import hash_file
 from helios_pipeline.storage.location import StorageLocation, parse_location
-
-HASH_BLOCK = 1 << 20
 
 
 class StorageError(RuntimeError):
@@ -36,9 +35,7 @@ class ObjectInfo:
 
 def file_info(path: Path) -> ObjectInfo:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
-            digest.update(block)
+    hash_file(digest, path)
     return ObjectInfo(size=path.stat().st_size, sha256=digest.hexdigest())
 
 
