@@ -1,4 +1,4 @@
-"""``helios-pipeline``: render (through Dagster or locally), submit, plan, doctor and ui.
+"""``helios-pipeline``: render (through Dagster or locally), submit, still, plan, doctor and ui.
 
 Exit codes: 0 done, 2 invalid input (nothing rendered), 1 render failure, 130 cancelled (Ctrl-C, SIGTERM
 or SIGHUP).
@@ -68,6 +68,11 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a render spec (.yaml/.json), or a composition URL, .html file or folder")
     parser.add_argument("-o", "--output", help="output video (default: out/<name>.mp4 beside the spec)")
     parser.add_argument("--concurrency", type=int, help="number of chunks rendered in parallel")
+    _add_composition_arguments(parser)
+
+
+def _add_composition_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--set`` and the flags that describe a composition given without a spec file."""
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec key (repeatable)")
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
@@ -93,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the Dagster UI and daemon for this project (like dagster dev)")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--host", default="127.0.0.1")
+    still = commands.add_parser("still", help="render one frame of the video as a PNG or JPEG (locally)")
+    still.add_argument("source", help="a render spec (.yaml/.json), or a composition URL, .html file or folder")
+    still.add_argument(
+        "--frame", required=True, help="a frame of the video (75; 0 is its first) or a time in it (2.5s)"
+    )
+    still.add_argument("-o", "--output", required=True, help="the image to write: .png, .jpg or .jpeg")
+    _add_composition_arguments(still)
     plan = commands.add_parser("plan", help="print the render plan as JSON")
     _add_spec_arguments(plan)
     commands.add_parser("doctor", help="check Chromium, FFmpeg and codecs")
@@ -188,6 +200,31 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
     err.print(
         f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)",
         soft_wrap=True,
+    )
+    return EXIT_OK
+
+
+def cmd_still(args: argparse.Namespace) -> int:
+    """One frame, rendered here in one browser: the video's frame ``--frame`` as an image."""
+    from helios_pipeline.frame_ref import FrameError, parse_frame
+    from helios_pipeline.stills import StillError, render_still
+
+    spec = resolve_spec(args.source, None, _composition_options(args), args.set or [])
+    try:
+        frame = parse_frame(args.frame, spec.fps, spec.total_frames)
+    except FrameError as exc:
+        _report("error", "bold red", f"--frame {exc}")
+        return EXIT_INVALID
+    try:
+        result = render_still(spec, args.output, frame=frame)
+    except StillError as exc:
+        _report("error", "bold red", exc)
+        return EXIT_INVALID
+    err.print(
+        f"[green]done[/] {result.output}  frame {result.frame} (composition frame {result.composition_frame}, "
+        f"{result.capture_method}) in {result.seconds:.1f} s",
+        soft_wrap=True,
+        highlight=False,
     )
     return EXIT_OK
 
@@ -325,7 +362,7 @@ def _signals_cancel() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("render", "submit", "ui") and threading.current_thread() is threading.main_thread():
+    if args.command in ("render", "submit", "still", "ui") and threading.current_thread() is threading.main_thread():
         with _signals_cancel():
             return _run(args)
     return _run(args)
@@ -337,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         "plan": cmd_plan,
         "doctor": cmd_doctor,
         "submit": cmd_submit,
+        "still": cmd_still,
         "ui": cmd_ui,
         "worker": cmd_worker,
     }

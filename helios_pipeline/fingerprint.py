@@ -32,10 +32,11 @@ HASHED_FIELDS = frozenset(
 DERIVED_FIELDS = frozenset({"duration_in_seconds", "frame_count", "composition", "audio_tracks", "subtitles", "output"})
 """Hashed through what they mean: the total frame count, file contents (not paths), the output container."""
 IGNORED_FIELDS = frozenset(
-    {"name", "concurrency", "frames_per_chunk", "worker", "stability_timeout", "schedule", "timezone"}
+    {"name", "concurrency", "frames_per_chunk", "worker", "stability_timeout", "schedule", "timezone", "poster_frame"}
 )
 """Where, when, in how many pieces and on what machine a render runs: never a pixel or a sample.
-(A frame that misses ``stability_timeout`` fails its chunk; it is never rendered differently.)"""
+(A frame that misses ``stability_timeout`` fails its chunk; it is never rendered differently.
+``poster_frame`` adds a still beside the video and changes nothing in it.)"""
 
 
 def _identity(spec: RenderSpec) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from helios_pipeline.containers import container_problem
 from helios_pipeline.fargate import cpu_problem, memory_problem
+from helios_pipeline.frame_ref import FrameError, FrameRef, parse_frame
 from helios_pipeline.srt import SrtError, read_srt
 from helios_pipeline.storage.location import split_s3_uri
 
@@ -190,6 +191,11 @@ class RenderSpec(_Model):
     schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")
     timezone: str | None = Field(None, description="IANA timezone of the schedule (default UTC)")
     worker: WorkerResources | None = Field(None, description="chunk worker task size; default: sized from the frame")
+    poster_frame: FrameRef | None = Field(
+        None,
+        description="a frame (75) or time (2.5s) of the video, also written as a still beside it "
+        "(<stem>.poster.png); validated against the frame count and stored as the frame number",
+    )
 
     @field_validator("name", mode="before")
     @classmethod
@@ -250,6 +256,13 @@ class RenderSpec(_Model):
             raise _field_error("subtitles", "subtitles are burned into the picture: they need a video_codec, not copy")
         return self
 
+    @field_validator("poster_frame", mode="before")
+    @classmethod
+    def _poster_frame_is_a_reference(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise ValueError(f"{value!r} is not a frame: give a frame number (75) or a time in seconds (2.5s)")
+        return value
+
     @field_validator("output")
     @classmethod
     def _resolve_output(cls, value: Path | str | None, info: ValidationInfo) -> Path | str | None:
@@ -286,6 +299,17 @@ class RenderSpec(_Model):
         problem = container_problem(Path(str(self.output)), self.video_codec, self.intermediate_video_codec)
         if problem:
             raise _field_error("output", problem)
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_poster_frame(self) -> RenderSpec:
+        """``2.5s`` becomes its frame number here, so every later reader sees one integer."""
+        if self.poster_frame is not None:
+            try:
+                frame = parse_frame(self.poster_frame, self.fps, self.total_frames)
+            except FrameError as exc:
+                raise _field_error("poster_frame", str(exc)) from None
+            object.__setattr__(self, "poster_frame", frame)
         return self
 
     @property

@@ -1,0 +1,171 @@
+"""One frame of a render as an image (a still, a poster), exactly as the video shows it.
+
+The page is opened, loaded and seeked the way a chunk does it (``engine/page.py``, the chunk's
+capture strategies, its watchdog), so the still has the video's seek driver, props, seed and
+clock; only the encoder differs: the captured picture is the file (PNG, or JPEG), with the
+video's burned-in subtitle when a cue shows on that frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
+from helios_pipeline.engine.browser import launch_browser
+from helios_pipeline.engine.chunk import WATCHDOG_MARGIN_S, _Watchdog, make_capture
+from helios_pipeline.engine.encode import fps_fraction
+from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.server import composition_url
+from helios_pipeline.engine.subtitles import chunk_srt, subtitles_filter
+from helios_pipeline.spec import RenderSpec
+
+ImageFormat = Literal["png", "jpeg"]
+IMAGE_FORMATS: dict[str, ImageFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+JPEG_QUALITY = 95
+"""Stills are kept, not re-encoded: a higher quality than the video's intermediate frames."""
+
+
+class StillError(ValueError):
+    """A still that cannot be made as asked (output type, frame): bad input, nothing was rendered."""
+
+
+@dataclass(frozen=True)
+class StillResult:
+    output: Path
+    frame: int
+    """The video's frame (0 is its first)."""
+    composition_frame: int
+    """The composition frame seeked: ``start_frame + frame``."""
+    image_format: ImageFormat
+    capture_method: str
+    seconds: float
+
+
+def poster_path(video: Path) -> Path:
+    """The poster beside a video: ``<stem>.poster.png`` (like its ``<stem>.contact.png``)."""
+    return video.with_name(f"{video.stem}.poster.png")
+
+
+def image_format_for(output: Path) -> ImageFormat:
+    """PNG or JPEG, chosen by the output's extension."""
+    image_format = IMAGE_FORMATS.get(output.suffix.lower())
+    if image_format is None:
+        given = repr(output.suffix) if output.suffix else "a name without extension"
+        raise StillError(f"{output}: a still is written as .png, .jpg or .jpeg, not {given}")
+    return image_format
+
+
+def check_still_request(spec: RenderSpec, frame: int, output: Path) -> ImageFormat:
+    """Refuse what cannot be made before a browser starts: unknown image type, JPEG of a transparent
+    render, a folder as output, a frame outside the video."""
+    image_format = image_format_for(output)
+    if image_format == "jpeg" and spec.has_alpha:
+        raise StillError(
+            f"{output}: JPEG has no alpha channel and pixel_format {spec.pixel_format} is transparent; write a .png"
+        )
+    if output.is_dir():
+        raise StillError(f"{output} is a folder; give the path of the image to write")
+    if not 0 <= frame < spec.total_frames:
+        raise StillError(f"frame {frame} is outside the video: it has frames 0 to {spec.total_frames - 1}")
+    return image_format
+
+
+def _capture_spec(spec: RenderSpec, image_format: ImageFormat) -> RenderSpec:
+    """The render's spec with an image capture: a still has no video encoder, so canvas mode reads the
+    canvas as an image instead of through WebCodecs (same pixels, no codec in between)."""
+    return spec.model_copy(
+        update={
+            "intermediate_image_format": image_format,
+            "intermediate_image_quality": JPEG_QUALITY,
+            "web_codecs_preference": "disabled",
+            "video_codec": "png",  # not "copy": that one insists on WebCodecs
+        }
+    )
+
+
+@contextlib.contextmanager
+def _frame_subtitles(spec: RenderSpec, composition_frame: int, output: Path) -> Iterator[Path | None]:
+    """The SRT of the one frame (as a one-frame chunk), or None when no cue shows on it."""
+    if spec.subtitles is None:
+        yield None
+        return
+    with chunk_srt(spec.subtitles, output, fps_fraction(spec.fps), composition_frame, 1) as srt:
+        yield srt
+
+
+def _burn_subtitles(picture: bytes, srt: Path, target: Path) -> None:
+    """Burn the frame's cue into the picture with the filter the chunks use (libass, same style)."""
+    source = target.with_name(f".{target.stem}.capture-{os.getpid()}{target.suffix}")
+    try:
+        source.write_bytes(picture)
+        quality = ["-q:v", "2"] if target.suffix.lower() != ".png" else []
+        command = ffmpeg_command(
+            "-i", str(source), "-vf", subtitles_filter(srt), "-frames:v", "1", "-update", "1", *quality, str(target)
+        )  # fmt: skip
+        run_ffmpeg(command, f"subtitles on the still {target}")
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
+    """Write frame ``frame`` of the video (0 is its first frame) to ``output`` (.png or .jpg).
+
+    The file appears only when complete; on any failure no image, browser or server is left.
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    image_format = check_still_request(spec, frame, output)
+    capture_spec = _capture_spec(spec, image_format)
+    composition_frame = spec.start_frame + frame
+    page_errors: list[str] = []
+    watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
+    try:
+        with (
+            atomic_output(output) as partial,
+            _frame_subtitles(spec, composition_frame, output) as subtitles,
+            composition_url(spec.composition) as url,
+            sync_playwright() as playwright,
+            launch_browser(playwright) as browser,
+        ):
+            watchdog.watch(browser)
+            context, page, page_errors = new_render_page(browser, spec)
+            watchdog.arm()
+            cdp = load_composition(context, page, url, spec, page_errors)
+            capture = make_capture(capture_spec, cdp, page, 1)
+            picture = capture.capture(0, composition_frame, frame_time_ms(composition_frame, spec.fps))
+            if page_errors:
+                raise PageError(page_errors[0], composition_frame)
+            watchdog.disarm()
+            if subtitles is None:
+                partial.write_bytes(picture)
+            else:
+                _burn_subtitles(picture, subtitles, partial)
+    except PlaywrightError as exc:
+        if watchdog.fired:
+            raise PageError(
+                f"did not become ready within {watchdog.limit:.0f} s (the page is stuck)", composition_frame
+            ) from None
+        if page_errors:
+            raise PageError(page_errors[0], composition_frame) from None
+        raise RenderError(f"still of frame {frame}: browser failed: {exc.message.splitlines()[0]}") from None
+    finally:
+        watchdog.close()
+    return StillResult(
+        output=output,
+        frame=frame,
+        composition_frame=composition_frame,
+        image_format=image_format,
+        capture_method=capture.description,
+        seconds=time.perf_counter() - started,
+    )
