@@ -29,6 +29,7 @@ from helios_pipeline.engine.chunk_compat import ChunkFacts
 from helios_pipeline.engine.concat import ConcatResult
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.still import poster_path
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
@@ -121,6 +122,9 @@ class RenderResult:
     seconds: float
     contact_sheet: Path | None = None
     """A grid of thumbnails across the video, beside a local output."""
+    poster: Path | str | None = None
+    """The spec's ``poster_frame`` as a PNG beside the video (``<stem>.poster.png``; for an s3:// output,
+    the URI it was uploaded to); None without ``poster_frame``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -192,12 +196,16 @@ def run_plan(
         if outside_cancel.is_set():
             raise RenderCancelled("render cancelled")
         finished = mix_with_preview(render_plan)
+        poster: Path | str | None = finished.poster
         if render_plan.final_output_uri is not None:
-            _upload_output(render_plan.final_output_file, finished.contact_sheet, render_plan.final_output_uri)
+            poster = _upload_output(
+                render_plan.final_output_file, finished.contact_sheet, finished.poster, render_plan.final_output_uri
+            )
     finally:
         if render_plan.final_output_uri is not None:  # made here only to be uploaded
-            render_plan.final_output_file.unlink(missing_ok=True)
-            contact_sheet_path(render_plan.final_output_file).unlink(missing_ok=True)
+            final = render_plan.final_output_file
+            for made in (final, contact_sheet_path(final), poster_path(final)):
+                made.unlink(missing_ok=True)
         _cleanup(render_plan, remove_dir=created_work_dir)
     if on_progress is not None:
         on_progress(1.0)
@@ -209,15 +217,22 @@ def run_plan(
         mix=finished.mix,
         seconds=time.perf_counter() - started,
         contact_sheet=None if render_plan.final_output_uri else finished.contact_sheet,
+        poster=poster,
     )
 
 
-def _upload_output(video: Path, sheet: Path, uri: str) -> None:
-    """An s3:// output: the video, and its contact sheet beside it (``<key stem>.contact.png``)."""
+def _upload_output(video: Path, sheet: Path, poster: Path | None, uri: str) -> str | None:
+    """An s3:// output: the video, its contact sheet beside it (``<key stem>.contact.png``) and its
+    poster (``<key stem>.poster.png``); returns the poster's URI."""
     client = default_client()
     upload_to_uri(client, video, uri)
     folder, _, name = uri.rpartition("/")
     upload_to_uri(client, sheet, f"{folder}/{Path(name).stem}.contact{sheet.suffix}")
+    if poster is None:
+        return None
+    poster_uri = f"{folder}/{poster_path(Path(name)).name}"
+    upload_to_uri(client, poster, poster_uri)
+    return poster_uri
 
 
 def parallel_chunks(render_plan: RenderPlan) -> int:

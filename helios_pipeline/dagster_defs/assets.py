@@ -27,6 +27,7 @@ from helios_pipeline.dagster_defs.partitions import (
     chunk_partitions,
     renders,
 )
+from helios_pipeline.dagster_defs.previews import embedded_image
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
@@ -36,6 +37,7 @@ from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames, probe
+from helios_pipeline.engine.still import poster_path
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError
@@ -420,7 +422,8 @@ def _fetch_chunk(
     group_name=GROUP,
     code_version=ENGINE_VERSION,
     automation_condition=STAGE_CONDITION,
-    description="The finished video: the concat with every audio track mixed once; a contact sheet beside it.",
+    description="The finished video: the concat with every audio track mixed once; a contact sheet beside it, "
+    "and the spec's poster_frame as <stem>.poster.png.",
 )
 def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     render_key = context.partition_key
@@ -433,6 +436,8 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         mix, sheet = finished.mix, finished.contact_sheet
         info = probe(final)
         links = _publish_output(storage, plan.final_output_uri, final, sheet)
+        if finished.poster is not None:
+            links |= _publish_poster(storage, plan.final_output_uri, finished.poster)
     except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
     finally:
@@ -477,6 +482,20 @@ def _publish_output(storage: RenderStorage, uri: str | None, final: Path, sheet:
     }
 
 
+def _publish_poster(storage: RenderStorage, uri: str | None, poster: Path) -> dict[str, object]:
+    """The poster beside the video (uploaded beside an s3:// output), and a preview of it that the UI shows."""
+    links: dict[str, object] = {"poster_preview": embedded_image(poster)}
+    if uri is None:
+        return links | {"poster": dg.MetadataValue.path(str(poster))}
+    client = storage.s3_client()
+    poster_uri = f"{uri.rpartition('/')[0]}/{poster_path(Path(uri.rpartition('/')[2])).name}"
+    upload_to_uri(client, poster, poster_uri)
+    return links | {
+        "poster": dg.MetadataValue.text(poster_uri),
+        "poster_url": dg.MetadataValue.url(presigned_url(poster_uri, client)),
+    }
+
+
 @dg.asset_check(asset=mixed_video, description="ffprobe: duration = frames/fps, resolution, audio iff tracks")
 def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderStorage) -> dg.AssetCheckResult:
     render_key = context.partition_key
@@ -506,6 +525,7 @@ def final_video_valid(context: dg.AssetCheckExecutionContext, storage: RenderSto
     if plan.final_output_uri is not None:
         final.unlink(missing_ok=True)
         contact_sheet_path(final).unlink(missing_ok=True)
+        poster_path(final).unlink(missing_ok=True)
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={

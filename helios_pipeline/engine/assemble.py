@@ -3,21 +3,23 @@
 The library orchestrator runs both halves in one process; the Dagster assets run ``join_chunks``
 in ``concat_video`` and ``mix_with_preview`` in ``mixed_video`` (after fetching the files from
 storage). Either way the same checks hold: every chunk present, identical encoder settings, the
-exact frame count, and no contact sheet without its video.
+exact frame count, and no contact sheet or poster without its video.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from helios_pipeline.engine.audio.mix import MixResult, mix_final
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.concat import ConcatResult, concat_chunks
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.still import poster_path, render_still
 from helios_pipeline.plan import RenderPlan
 
 
@@ -25,6 +27,8 @@ from helios_pipeline.plan import RenderPlan
 class Finished:
     mix: MixResult
     contact_sheet: Path
+    poster: Path | None = None
+    """The spec's ``poster_frame`` as a PNG beside the video (``<stem>.poster.png``), when it asks for one."""
 
 
 def missing_chunks(render_plan: RenderPlan) -> list[str]:
@@ -50,19 +54,43 @@ def join_chunks(render_plan: RenderPlan, facts: Sequence[ChunkFacts] = ()) -> Co
 
 
 def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Finished:
-    """Mix the concat into ``final`` (default: the plan's output) and write its contact sheet beside it.
+    """Mix the concat into ``final`` (default: the plan's output), write its contact sheet beside it,
+    and its poster when the spec has a ``poster_frame``.
 
     The mix stream-copies the concat's video, so the sheet is made from the concat while the mix
-    runs; if the mix fails, the sheet is removed with it.
+    runs, and the poster (a still rendered in its own browser) at the same time; if any of them
+    fails, all three are removed: no video without its previews, no previews without their video.
     """
     final = final or render_plan.final_output_file
     concat = render_plan.concat_output_file
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    spec = render_plan.spec
+    with ThreadPoolExecutor(max_workers=2) as pool:
         sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat)
+        poster_job = (
+            pool.submit(render_still, spec, spec.poster_frame, poster_path(final))
+            if spec.poster_frame is not None
+            else None
+        )
+        jobs = [job for job in (sheet_job, poster_job) if job is not None]
+        previews = [contact_sheet_path(final), *([poster_path(final)] if poster_job is not None else [])]
         try:
             mix = mix_final(render_plan.mix_options, concat, final)
         except BaseException:
-            wait([sheet_job])
-            contact_sheet_path(final).unlink(missing_ok=True)
+            _remove_after(jobs, previews)
             raise
-        return Finished(mix=mix, contact_sheet=sheet_job.result())
+        try:
+            for job in jobs:
+                job.result()
+        except BaseException:
+            _remove_after(jobs, [final, *previews])
+            raise
+        return Finished(
+            mix=mix, contact_sheet=sheet_job.result(), poster=poster_path(final) if poster_job is not None else None
+        )
+
+
+def _remove_after(jobs: list[Future[Any]], paths: list[Path]) -> None:
+    """Wait for the preview jobs still running, then remove what this finishing step wrote."""
+    wait(jobs)
+    for path in paths:
+        path.unlink(missing_ok=True)
