@@ -19,25 +19,25 @@ from helios_pipeline.spec import RenderSpec, resolve_spec
 
 def render_still(
     spec_or_composition: RenderSpec | str | Path,
-    output: str | Path,
+    image: str | Path,
     *,
     frame: FrameRef,
     sets: list[str] | tuple[str, ...] = (),
     **options: Any,
 ) -> StillResult:
-    """Write one frame of the video ``spec_or_composition`` renders to ``output`` (.png, .jpg, .jpeg).
+    """Write one frame of the video ``spec_or_composition`` renders to ``image`` (.png, .jpg, .jpeg).
 
     ``frame`` is a frame of the video (``75``, 0 is its first frame) or a time in it (``"2.5s"``:
     the frame shown then, ``floor(t × fps)``). ``options`` and ``sets`` are spec keys, as for
-    ``RenderOrchestrator.render``. Raises ``SpecError``/``StillError`` for bad input, ``RenderError`` when
-    the page fails.
+    ``RenderOrchestrator.render`` (``output`` among them is the video's: nothing is written there).
+    Raises ``SpecError``/``StillError`` for bad input, ``RenderError`` when the page fails.
     """
     spec = resolve_spec(spec_or_composition, None, options, sets)
     try:
         index = parse_frame(frame, spec.fps, spec.total_frames)
     except FrameError as exc:
         raise StillError(f"frame {exc}") from None
-    target = Path(output).resolve()
+    target = Path(image).resolve()
     check_still_request(spec, index, target)
     check_inputs(spec)
     return render_spec_still(spec, index, target)

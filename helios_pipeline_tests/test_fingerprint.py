@@ -58,6 +58,7 @@ def test_every_spec_field_is_classified_exactly_once() -> None:
         {"worker": {"cpu": 1024, "memory": 4096}},
         {"name": "renamed"},
         {"stability_timeout": 1000},
+        {"poster_frame": "1s"},  # a still beside the video, nothing in it
         {"output": "elsewhere/other-name.mp4"},
         {"frame_count": None, "duration_in_seconds": 2},  # the same 60 frames, spelled as a duration
         {"composition": "site/index.html"},  # the same entry page, named directly
