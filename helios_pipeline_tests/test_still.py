@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import numpy as np
 import psutil
@@ -298,3 +299,23 @@ def test_mixed_video_writes_the_poster_and_shows_it(tmp_path: Path) -> None:
     assert isinstance(preview, dg.MarkdownMetadataValue)
     assert preview.value.startswith("![poster.poster.png](data:image/jpeg;base64,")
     assert len(preview.value) < 150_000
+
+
+@pytest.mark.slow
+def test_an_s3_output_gets_its_poster_uploaded_beside_it(
+    s3_bucket: tuple[str, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket, env = s3_bucket
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = RenderOrchestrator.render(
+        str(COMPOSITIONS / "frame_css"), f"s3://{bucket}/v/clip.mp4", width=64, height=64, fps=30, frame_count=6,
+        concurrency=1, poster_frame=4,
+    )  # fmt: skip
+    assert result.poster == f"s3://{bucket}/v/clip.poster.png"
+    client = boto3.client("s3")
+    listed = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert listed == ["v/clip.contact.png", "v/clip.mp4", "v/clip.poster.png"]
+    client.download_file(bucket, "v/clip.poster.png", str(tmp_path / "poster.png"))
+    assert index_of(tmp_path / "poster.png") == 4
+    assert not result.plan.work_dir.exists(), "the local copies are gone"
