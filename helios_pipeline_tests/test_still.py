@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -31,7 +33,7 @@ from helios_pipeline.spec import SpecError, validate_spec
 from helios_pipeline.stills import StillError, render_still
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import cell_bits, decode_gray_frames, frame_indices
-from helios_pipeline_tests.helpers import chunk_key, latest_metadata, register, run, write_spec
+from helios_pipeline_tests.helpers import chunk_key, latest_metadata, register, run, wait_for, write_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -319,3 +321,29 @@ def test_an_s3_output_gets_its_poster_uploaded_beside_it(
     client.download_file(bucket, "v/clip.poster.png", str(tmp_path / "poster.png"))
     assert index_of(tmp_path / "poster.png") == 4
     assert not result.plan.work_dir.exists(), "the local copies are gone"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_still_leaving_no_image_and_no_browser(tmp_path: Path) -> None:
+    """A still stuck on a page that never becomes ready: SIGTERM ends it with 130, its browser with it."""
+    command = [
+        sys.executable, "-m", "helios_pipeline.cli", "still", str(COMPOSITIONS / "stuck"), "--width", "64",
+        "--height", "64", "--fps", "30", "--frames", "10", "--frame", "3", "-o", "stuck.png",
+    ]  # fmt: skip
+    cli = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_for(
+            lambda: [p for p in psutil.Process(cli.pid).children(recursive=True) if "chrom" in p.name().lower()],
+            timeout=60,
+            what="the still's Chromium",
+            interval=0.2,
+        )
+        time.sleep(1.0)  # into the seek that never ends
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=10) == 130, cli.stderr.read() if cli.stderr else ""
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert files_in(tmp_path) == []
+    _, alive = psutil.wait_procs(started, timeout=5)
+    assert alive == [], f"the still's Chromium outlived it: {alive}"
