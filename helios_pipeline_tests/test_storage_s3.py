@@ -193,7 +193,7 @@ def test_render_from_the_bundle_to_an_s3_output_is_frame_exact(
 ) -> None:
     storage = RenderStorage(location=f"s3://{s3_env}/renders-root")
     output = f"s3://{s3_env}/videos/s3-exact.mp4"
-    key, _moved = render_on_s3(tmp_path, instance, storage, output=output)
+    key, _moved = render_on_s3(tmp_path, instance, storage, output=output, poster_frame=20)
     bundles = keys(s3_server, s3_env, "renders-root/bundles/")
     assert any(name.endswith(".tar.gz") for name in bundles), bundles
     for chunk in ("000", "001"):
@@ -211,7 +211,17 @@ def test_render_from_the_bundle_to_an_s3_output_is_frame_exact(
     with urllib.request.urlopen(final["url"].value, timeout=10) as response:  # presigned SigV4 GET
         assert response.read() == downloaded.read_bytes()
     assert "X-Amz-Signature" in final["url"].value
-    assert keys(s3_server, s3_env, "videos/") == ["videos/s3-exact.contact.png", "videos/s3-exact.mp4"]
+    assert keys(s3_server, s3_env, "videos/") == [
+        "videos/s3-exact.contact.png",
+        "videos/s3-exact.mp4",
+        "videos/s3-exact.poster.png",
+    ]
+    # the poster was rendered from the bundle (the composition was moved away) and uploaded beside the video
+    assert final["poster"].value == f"s3://{s3_env}/videos/s3-exact.poster.png"
+    poster = tmp_path / "poster.png"
+    with urllib.request.urlopen(final["poster_url"].value, timeout=10) as response:
+        poster.write_bytes(response.read())
+    assert frame_indices(poster) == [20]
     # retention: the video passed its check, so chunks, concat and the bundle are gone; the snapshot stays
     assert keys(s3_server, s3_env, f"renders-root/renders/{key}/") == [
         f"renders-root/renders/{key}/registration.json",
