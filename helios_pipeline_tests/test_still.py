@@ -6,6 +6,7 @@ decoded; it is also compared pixel by pixel with the video's decoded frame (with
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -23,9 +24,10 @@ import yaml
 
 from helios_pipeline.cli import main
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan
+from helios_pipeline.dagster_defs.previews import embedded_image
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import PageError
-from helios_pipeline.engine.tools import ffmpeg_path
+from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
 from helios_pipeline.fingerprint import render_fingerprint
 from helios_pipeline.frame_ref import FrameError, parse_frame
 from helios_pipeline.orchestrator import RenderOrchestrator, RenderResult
@@ -299,8 +301,13 @@ def test_mixed_video_writes_the_poster_and_shows_it(tmp_path: Path) -> None:
     assert_matches_video_frame(poster, video, 9)
     preview = metadata["poster_preview"]
     assert isinstance(preview, dg.MarkdownMetadataValue)
-    assert preview.value.startswith("![poster.poster.png](data:image/jpeg;base64,")
+    prefix = "![poster.poster.png](data:image/jpeg;base64,"
+    assert preview.value.startswith(prefix) and preview.value.endswith(")")
     assert len(preview.value) < 150_000
+    embedded = tmp_path / "embedded.jpg"
+    embedded.write_bytes(base64.b64decode(preview.value.removeprefix(prefix).removesuffix(")")))
+    assert embedded.read_bytes()[:3] == JPEG_MAGIC
+    assert index_of(embedded) == 9, "the embedded preview is the poster, readable"
 
 
 @pytest.mark.slow
@@ -347,3 +354,27 @@ def test_sigterm_stops_a_still_leaving_no_image_and_no_browser(tmp_path: Path) -
     assert files_in(tmp_path) == []
     _, alive = psutil.wait_procs(started, timeout=5)
     assert alive == [], f"the still's Chromium outlived it: {alive}"
+
+
+def test_embedded_previews_shrink_until_they_fit(tmp_path: Path) -> None:
+    """A noisy 1080p picture: each budget gets the widest preview under it, never a broken one."""
+    picture = tmp_path / "noisy.png"
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1920x1080,noise=alls=60:allf=t",
+         "-frames:v", "1", str(picture)],
+        check=True,
+    )  # fmt: skip
+    widths = {}
+    for budget in (150_000, 30_000):
+        markdown = embedded_image(picture, max_bytes=budget).value
+        assert markdown.startswith("![noisy.png](data:image/jpeg;base64,") and len(markdown) <= budget
+        jpeg = tmp_path / f"preview-{budget}.jpg"
+        jpeg.write_bytes(base64.b64decode(markdown.split(",", 1)[1].removesuffix(")")))
+        probe_result = subprocess.run(
+            [ffprobe_path(), "-v", "error", "-show_entries", "stream=width",
+             "-of", "csv=p=0", str(jpeg)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        widths[budget] = int(probe_result.stdout.strip())
+    assert 160 <= widths[30_000] < widths[150_000] <= 960, widths
+    assert embedded_image(picture, max_bytes=100).value == "*noisy.png: no preview fits in 100 bytes*"
