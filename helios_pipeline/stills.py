@@ -37,6 +37,8 @@ def render_still(
         index = parse_frame(frame, spec.fps, spec.total_frames)
     except FrameError as exc:
         raise StillError(f"frame {exc}") from None
+    if str(image).startswith("s3://"):
+        raise StillError(f"{image}: a still is written to a local file (poster_frame uploads beside an s3:// video)")
     target = Path(image).resolve()
     check_still_request(spec, index, target)
     check_inputs(spec)

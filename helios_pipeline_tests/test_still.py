@@ -270,6 +270,12 @@ def test_an_output_that_is_not_png_or_jpeg_exits_2(
     assert files_in(tmp_path) == []
 
 
+def test_an_s3_still_output_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(StillError, match=r"s3://bucket/x\.png: a still is written to a local file"):
+        render_still(str(COMPOSITIONS / "black"), "s3://bucket/x.png", frame=0, width=8, height=8, fps=1, frame_count=1)
+    assert not Path("s3:").exists()
+
+
 @pytest.mark.slow
 def test_a_page_that_throws_leaves_no_image_and_no_browser(tmp_path: Path) -> None:
     output = tmp_path / "x.png"
