@@ -67,7 +67,7 @@ def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Fini
     with ThreadPoolExecutor(max_workers=2) as pool:
         sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat)
         poster_job = (
-            pool.submit(render_still, spec, spec.poster_frame, poster_path(final))
+            pool.submit(render_still, spec, int(spec.poster_frame), poster_path(final))
             if spec.poster_frame is not None
             else None
         )
