@@ -166,6 +166,18 @@ def test_a_still_equals_the_videos_frame(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("page", ["frame_raf", "helios"])
+def test_stills_of_other_frame_index_pages_show_their_frame(
+    page: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """rAF and a real @helios-project/core page (seeked through helios.seek), started at frame 100."""
+    composition = request.getfixturevalue("helios_core_composition") if page == "helios" else COMPOSITIONS / page
+    output = tmp_path / "still.png"
+    render_still(str(composition), output, frame="0.2s", **VIDEO)
+    assert index_of(output) == START + 6
+
+
+@pytest.mark.slow
 def test_the_cli_writes_a_still_from_a_spec(tmp_path: Path) -> None:
     spec = tmp_path / "clip.yaml"
     spec.write_text(yaml.safe_dump({"composition": str(COMPOSITIONS / "frame_css"), **VIDEO}), encoding="utf-8")
