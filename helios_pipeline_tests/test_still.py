@@ -35,7 +35,16 @@ from helios_pipeline.spec import SpecError, validate_spec
 from helios_pipeline.stills import StillError, render_still
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import cell_bits, decode_gray_frames, frame_indices
-from helios_pipeline_tests.helpers import chunk_key, latest_metadata, register, run, wait_for, write_spec
+from helios_pipeline_tests.helpers import (
+    assert_nothing_left,
+    chunk_key,
+    frame_index_page,
+    latest_metadata,
+    register,
+    run,
+    wait_for,
+    write_spec,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -396,3 +405,20 @@ def test_embedded_previews_shrink_until_they_fit(tmp_path: Path) -> None:
         widths[budget] = int(probe_result.stdout.strip())
     assert 160 <= widths[30_000] < widths[150_000] <= 960, widths
     assert embedded_image(picture, max_bytes=100).value == "*noisy.png: no preview fits in 100 bytes*"
+
+
+@pytest.mark.slow
+def test_a_poster_that_fails_leaves_no_video_and_no_previews(tmp_path: Path) -> None:
+    """A page that only works when played from frame 0: its chunk renders, its poster (seeked straight
+    to frame 5) throws, and the render fails as a whole: no video, contact sheet, poster or work folder."""
+    page = frame_index_page(
+        tmp_path / "stateful",
+        'window.__first ??= frame; if (window.__first !== 0) throw new Error("started at frame " + frame);',
+    )
+    output = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(PageError, match="started at frame 5"):
+        RenderOrchestrator.render(
+            str(page), output, width=64, height=64, fps=30, frame_count=8, concurrency=1, poster_frame=5
+        )
+    assert_nothing_left(output)
+    assert browsers() == [], "the poster's Chromium outlived it"
