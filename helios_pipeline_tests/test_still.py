@@ -384,10 +384,10 @@ def test_sigterm_stops_a_still_leaving_no_image_and_no_browser(tmp_path: Path) -
 
 
 def test_embedded_previews_shrink_until_they_fit(tmp_path: Path) -> None:
-    """A noisy 1080p picture: each budget gets the widest preview under it, never a broken one."""
+    """A noisy picture: each budget gets the widest preview under it, never a broken one."""
     picture = tmp_path / "noisy.png"
     subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1920x1080,noise=alls=60:allf=t",
+        [ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=960x540,noise=alls=60:allf=t",
          "-frames:v", "1", str(picture)],
         check=True,
     )  # fmt: skip
