@@ -1,4 +1,11 @@
-"""Checks made before anything renders, so bad input fails fast with exit code 2 and nothing written."""
+"""Checks made before anything renders, so bad input fails fast with exit code 2 and nothing written.
+
+The spec's own validation knows the schema and the codecs; this adds what needs the outside world:
+the deployment's limits (environment settings), ffprobe on every audio track, and (for the CLI
+and the library) the composition URL. Above the engine (it runs ffprobe), below the orchestrators:
+the CLI, the library orchestrator and Dagster's registration (``dagster_defs/registry.py``: CLI
+submits, the inbox sensor, schedules and renders added in the UI) all call :func:`check_inputs`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,9 @@ import http.client
 import urllib.error
 import urllib.request
 
+from helios_pipeline.engine.errors import RenderError, ToolNotFoundError
+from helios_pipeline.engine.probe import audio_stream_duration
+from helios_pipeline.limits import RenderLimits
 from helios_pipeline.spec import RenderSpec, SpecError
 
 URL_TIMEOUT_SECONDS = 15
@@ -26,7 +36,31 @@ def check_composition_reachable(url: str) -> None:
         raise SpecError(url, [("composition", f"cannot load: {type(exc).__name__}: {exc}")]) from None
 
 
-def check_inputs(spec: RenderSpec) -> None:
-    """Everything about the input that can be known before a browser starts."""
-    if not spec.is_local:
+def audio_track_problems(spec: RenderSpec) -> list[tuple[str, str]]:
+    """(field, reason) for every audio track ffprobe cannot read or that holds no audio stream.
+
+    Without this, a track that is not audio fails the final mix, after every chunk was rendered.
+    """
+    problems = []
+    for index, track in enumerate(spec.audio_tracks):
+        field = f"audio_tracks[{index}].path"
+        try:
+            has_audio, _ = audio_stream_duration(track.path, "not audio FFmpeg can read")
+        except ToolNotFoundError:
+            raise
+        except RenderError as exc:
+            problems.append((field, str(exc).replace("\n", " | ")))
+            continue
+        if not has_audio:
+            problems.append((field, f"{track.path} has no audio stream"))
+    return problems
+
+
+def check_inputs(spec: RenderSpec, source: str = "render options", *, fetch_composition: bool = True) -> None:
+    """Everything about the input that can be known before a browser starts; raises :class:`SpecError`
+    naming ``source`` and each field. ``fetch_composition`` also loads a composition URL once."""
+    problems = RenderLimits.from_env().problems(spec) + audio_track_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    if fetch_composition and not spec.is_local:
         check_composition_reachable(spec.composition)

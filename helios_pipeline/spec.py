@@ -514,6 +514,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RenderSpe
     return validate_spec(data, base_dir=spec_path.parent, source=str(spec_path))
 
 
+def _is_spec_file(text: str) -> bool:
+    return text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://"))
+
+
+def source_label(source: RenderSpec | str | Path) -> str:
+    """How errors about a spec from ``source`` name it: the spec file's absolute path, else "render options"."""
+    if not isinstance(source, RenderSpec) and _is_spec_file(str(source)):
+        return str(Path(str(source)).resolve())
+    return "render options"
+
+
 def resolve_spec(
     source: RenderSpec | str | Path,
     output: str | Path | None = None,
@@ -528,7 +539,7 @@ def resolve_spec(
     text = str(source)
     if isinstance(source, RenderSpec):
         data, base_dir, origin = source.to_json_dict(), Path.cwd(), "render options"
-    elif text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://")):
+    elif _is_spec_file(text):
         spec_file = Path(text).resolve()
         data, base_dir, origin = read_spec_file(spec_file), spec_file.parent, str(spec_file)
     else:
