@@ -29,6 +29,7 @@ from helios_pipeline.dagster_defs.settings import Settings
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.limits import RenderLimits, parse_duration, parse_pixels
 from helios_pipeline.spec import SpecError, resolve_spec
+from helios_pipeline_tests.helpers import deployment_processes
 
 GOOD = {"name": "promo", "composition": "site", "width": 64, "height": 36, "fps": 30, "frame_count": 6}
 
@@ -186,6 +187,7 @@ def test_dagster_render_and_submit_refuse_over_a_limit_before_anything_is_regist
     assert f"{spec}: frame_count: 100 frames exceed this deployment's limit of 50 (HELIOS_MAX_FRAMES)" in result.stderr
     assert not storage.exists(), "no render folder, no spec snapshot"
     assert not home.exists() or not any(home.rglob("*.db")), "no Dagster instance touched, no run"
+    assert deployment_processes(home) == [], "no daemon, code server or run worker started"
 
 
 # --- registration, the inbox sensor and a partition added in the UI ---------------------------------
