@@ -24,10 +24,11 @@ from rich.text import Text
 
 from helios_pipeline.dagster_defs.deployment_check import DeploymentUnreachable
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
+from helios_pipeline.limits import LimitSettingError
 from helios_pipeline.orchestrator import RenderOrchestrator, run_plan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
-from helios_pipeline.spec import RenderSpec, SpecError, resolve_spec
+from helios_pipeline.spec import RenderSpec, SpecError, resolve_spec, source_label
 from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
@@ -142,7 +143,7 @@ def _progress_bar(spec: RenderSpec, quiet: bool) -> Progress:
 
 def cmd_render(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
-    check_inputs(spec)
+    check_inputs(spec, source_label(args.source))
     if args.local:
         return _render_local(spec, args.quiet)
     return _render_dagster(spec, args)
@@ -234,7 +235,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from helios_pipeline.dagster_defs.runner import daemon_running, get_instance, submit
 
     spec = _spec_from_args(args)
-    check_inputs(spec)
+    check_inputs(spec, source_label(args.source))
     instance = get_instance()
     key = submit(spec, instance, render_key=args.key, source=str(args.source))
     print(key)
@@ -382,6 +383,9 @@ def _run(args: argparse.Namespace) -> int:
         return handlers[args.command](args)
     except SpecError as exc:
         _report("error", "bold red", exc)
+        return EXIT_INVALID
+    except LimitSettingError as exc:  # a deployment limit set to something that is not a limit
+        _report("invalid setting", "bold red", exc)
         return EXIT_INVALID
     except RenderCancelled as exc:
         _report("cancelled", "yellow", exc)

@@ -34,7 +34,7 @@ from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
 from helios_pipeline.processes import start_group, stop_group, stop_group_on
-from helios_pipeline.spec import RenderSpec, resolve_spec
+from helios_pipeline.spec import RenderSpec, resolve_spec, source_label
 from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
 ProgressCallback = Callable[[float], None]
@@ -169,7 +169,7 @@ class RenderOrchestrator:
     ) -> RenderResult:
         """Render to ``output``; raises RenderError (or RenderCancelled) and leaves nothing behind on failure."""
         spec = resolve_spec(spec_or_composition, output, options)
-        check_inputs(spec)
+        check_inputs(spec, source_label(spec_or_composition))
         return run_plan(make_plan(spec), on_progress=on_progress, cancel=cancel, executor=executor)
 
 

@@ -1,4 +1,11 @@
-"""Checks made before anything renders, so bad input fails fast with exit code 2 and nothing written."""
+"""Checks made before anything renders, so bad input fails fast with exit code 2 and nothing written.
+
+The spec's own validation knows the schema and the codecs; this adds what needs the outside world:
+the deployment's limits (environment settings), ffprobe on every audio track, and (for the CLI
+and the library) the composition URL. Above the engine (it runs ffprobe), below the orchestrators:
+the CLI, the library orchestrator and Dagster's registration (``dagster_defs/registry.py``: CLI
+submits, the inbox sensor, schedules and renders added in the UI) all call :func:`check_inputs`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,11 @@ import http.client
 import urllib.error
 import urllib.request
 
+from helios_pipeline.engine.audio.mix import output_audio_codec
+from helios_pipeline.engine.errors import RenderError, ToolNotFoundError
+from helios_pipeline.engine.ffmpeg import encoder_kinds, encoder_pixel_formats
+from helios_pipeline.engine.probe import audio_stream_duration
+from helios_pipeline.limits import RenderLimits
 from helios_pipeline.spec import RenderSpec, SpecError
 
 URL_TIMEOUT_SECONDS = 15
@@ -26,7 +38,57 @@ def check_composition_reachable(url: str) -> None:
         raise SpecError(url, [("composition", f"cannot load: {type(exc).__name__}: {exc}")]) from None
 
 
-def check_inputs(spec: RenderSpec) -> None:
-    """Everything about the input that can be known before a browser starts."""
-    if not spec.is_local:
+def audio_track_problems(spec: RenderSpec) -> list[tuple[str, str]]:
+    """(field, reason) for every audio track ffprobe cannot read or that holds no audio stream.
+
+    Without this, a track that is not audio fails the final mix, after every chunk was rendered.
+    """
+    problems = []
+    for index, track in enumerate(spec.audio_tracks):
+        field = f"audio_tracks[{index}].path"
+        try:
+            has_audio, _ = audio_stream_duration(track.path, "not audio FFmpeg can read")
+        except ToolNotFoundError:
+            raise
+        except RenderError as exc:
+            problems.append((field, str(exc).replace("\n", " | ")))
+            continue
+        if not has_audio:
+            problems.append((field, f"{track.path} has no audio stream"))
+    return problems
+
+
+_KINDS = {"V": "a video", "A": "an audio", "S": "a subtitle"}
+
+
+def _not_an_encoder(name: str, wanted: str) -> str | None:
+    kind = encoder_kinds().get(name)
+    if kind == wanted:
+        return None
+    what = f"is {_KINDS[kind]} encoder" if kind else "is not an encoder this FFmpeg has"
+    return f"{name} {what}; give {_KINDS[wanted]} encoder (`ffmpeg -encoders` lists them)"
+
+
+def encoder_problems(spec: RenderSpec) -> list[tuple[str, str]]:
+    """(field, reason) when this FFmpeg lacks the spec's encoders or the video encoder not its pixel format."""
+    problems = []
+    if spec.video_codec != "copy":
+        if problem := _not_an_encoder(spec.video_codec, "V"):
+            problems.append(("video_codec", problem))
+        elif (formats := encoder_pixel_formats(spec.video_codec)) and spec.pixel_format not in formats:
+            problems.append(("pixel_format", f"{spec.video_codec} cannot encode {spec.pixel_format}; it takes "
+                             f"{', '.join(formats)}"))  # fmt: skip
+    audio_codec = output_audio_codec(spec.audio_codec, spec.output_path)
+    if problem := _not_an_encoder(audio_codec, "A"):
+        problems.append(("audio_codec", problem))
+    return problems
+
+
+def check_inputs(spec: RenderSpec, source: str = "render options", *, fetch_composition: bool = True) -> None:
+    """Everything about the input that can be known before a browser starts; raises :class:`SpecError`
+    naming ``source`` and each field. ``fetch_composition`` also loads a composition URL once."""
+    problems = RenderLimits.from_env().problems(spec) + encoder_problems(spec) + audio_track_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    if fetch_composition and not spec.is_local:
         check_composition_reachable(spec.composition)

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import yaml
 from pydantic import (
@@ -27,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from helios_pipeline.codec_limits import frame_problems
 from helios_pipeline.containers import container_problem
 from helios_pipeline.fargate import cpu_problem, memory_problem
 from helios_pipeline.frame_ref import FrameError, FrameRef, parse_frame
@@ -41,6 +42,9 @@ ALPHA_PIXEL_FORMAT_TAGS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya8
 ALPHA_CODECS = ("libvpx-vp9", "libvpx", "prores_ks", "png", "qtrle", "ffv1", "utvideo")
 _FRAME_REL_TOLERANCE = 1e-12
 """Relative slack for float noise in very long renders; far below a frame for any real length."""
+MIN_FPS, MAX_FPS = 1, 240
+"""The frame rates a render may have: below 1 fps a frame outlasts any sensible seek step, above 240
+no display shows the difference (and every frame still costs a browser capture)."""
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 """Sources that are spec files; anything else given to :func:`resolve_spec` is a composition."""
 
@@ -80,6 +84,14 @@ def frames_for_duration(duration_in_seconds: float, fps: float) -> int:
 def _field_error(field: str, message: str) -> PydanticCustomError:
     """A model-level error that still names its field (``validate_spec`` reads ``ctx.field``)."""
     return PydanticCustomError("spec_field", message, {"field": field})
+
+
+def _field_errors(problems: list[tuple[str, str]]) -> ValidationError:
+    """Several model-level errors at once, each naming its field, so one validation reports them all."""
+    details = [
+        InitErrorDetails(type=_field_error(field, message), loc=(field,), input=None) for field, message in problems
+    ]
+    return ValidationError.from_exception_data("RenderSpec", details)
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -208,6 +220,13 @@ class RenderSpec(_Model):
     def _sanitize_name(cls, value: str) -> str:
         return sanitize_key(value)
 
+    @field_validator("fps")
+    @classmethod
+    def _fps_in_range(cls, value: float) -> float:
+        if not MIN_FPS <= value <= MAX_FPS:
+            raise ValueError(f"{value:g} is outside the supported range of {MIN_FPS} to {MAX_FPS} frames per second")
+        return value
+
     @field_validator("composition")
     @classmethod
     def _resolve_composition(cls, value: str, info: ValidationInfo) -> str:
@@ -223,8 +242,9 @@ class RenderSpec(_Model):
                 raise ValueError(f"invalid URL {value!r}: contains whitespace")
             return value
         if parsed.scheme == "file":
-            value = parsed.path
-        elif parsed.scheme and len(parsed.scheme) > 1:
+            path = (_base_dir(info) / unquote(parsed.path)).resolve()
+            raise ValueError(f"file:// URLs are not supported; give the composition's path instead: {path}")
+        if parsed.scheme and len(parsed.scheme) > 1:
             raise ValueError(f"unsupported URL scheme {parsed.scheme!r} (use http(s), a file or a folder)")
         path = (_base_dir(info) / value).resolve()
         if path.is_dir():
@@ -299,6 +319,9 @@ class RenderSpec(_Model):
         problem = container_problem(Path(str(self.output)), self.video_codec, self.intermediate_video_codec)
         if problem:
             raise _field_error("output", problem)
+        output = Path(str(self.output))
+        if problems := frame_problems(self.video_codec, self.pixel_format, self.width, self.height, self.fps, output):
+            raise _field_errors(problems)
         return self
 
     @model_validator(mode="after")
@@ -515,6 +538,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RenderSpe
     return validate_spec(data, base_dir=spec_path.parent, source=str(spec_path))
 
 
+def _is_spec_file(text: str) -> bool:
+    return text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://"))
+
+
+def source_label(source: RenderSpec | str | Path) -> str:
+    """How errors about a spec from ``source`` name it: the spec file's absolute path, else "render options"."""
+    if not isinstance(source, RenderSpec) and _is_spec_file(str(source)):
+        return str(Path(str(source)).resolve())
+    return "render options"
+
+
 def resolve_spec(
     source: RenderSpec | str | Path,
     output: str | Path | None = None,
@@ -529,7 +563,7 @@ def resolve_spec(
     text = str(source)
     if isinstance(source, RenderSpec):
         data, base_dir, origin = source.to_json_dict(), Path.cwd(), "render options"
-    elif text.endswith(SPEC_SUFFIXES) and not text.startswith(("http://", "https://")):
+    elif _is_spec_file(text):
         spec_file = Path(text).resolve()
         data, base_dir, origin = read_spec_file(spec_file), spec_file.parent, str(spec_file)
     else:

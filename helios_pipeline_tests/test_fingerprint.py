@@ -72,7 +72,7 @@ def test_edits_that_change_no_pixel_or_sample_keep_the_fingerprint(project: Path
 @pytest.mark.parametrize(
     "changes",
     [
-        {"width": 65},
+        {"width": 66},
         {"fps": 25},
         {"frame_count": 61},
         {"start_frame": 3},

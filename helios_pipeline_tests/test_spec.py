@@ -209,9 +209,7 @@ def test_composition_folder_prefers_index_then_composition_html(project: Path) -
     assert load_spec(write_yaml(project, MINIMAL)).composition == str(project / "site" / "composition.html")
 
 
-def test_composition_may_be_a_file_url_or_http_url(project: Path) -> None:
-    as_file_url = load_spec(write_yaml(project, {**MINIMAL, "composition": (project / "site").as_uri()}))
-    assert as_file_url.composition == str(project / "site" / "index.html")
+def test_composition_may_be_an_http_url(project: Path) -> None:
     remote = load_spec(write_yaml(project, {**MINIMAL, "composition": "https://example.com/comp/?x=1"}))
     assert remote.composition == "https://example.com/comp/?x=1"
     assert not remote.is_local
@@ -339,6 +337,9 @@ def test_unknown_key_names_the_key(project: Path) -> None:
         ({"composition": "missing.html"}, "composition", "not found"),
         ({"composition": "ftp://example.com/comp/"}, "composition", "unsupported URL scheme 'ftp'"),
         ({"composition": "http:///nohost"}, "composition", "no host"),
+        ({"composition": "file:///srv/my%20site/"}, "composition", "path instead: /srv/my site"),
+        ({"fps": 0.0001}, "fps", "0.0001 is outside the supported range of 1 to 240 frames per second"),
+        ({"fps": 241}, "fps", "outside the supported range of 1 to 240"),
         ({"audio_tracks": ["music.wav", {"path": "nope.wav"}]}, "audio_tracks[1].path", "not found"),
         ({"audio_tracks": [{"path": "music.wav", "volume": -1}]}, "audio_tracks[0].volume", "greater than or equal"),
         ({"audio_tracks": [{"path": "music.wav", "fadeIn": 1}]}, "audio_tracks[0].fadeIn", "unknown key"),

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.plan import chunk_count
+from helios_pipeline.preflight import check_inputs
 from helios_pipeline.spec import RenderSpec, SpecError, load_spec, sanitize_key, validate_spec
 
 
@@ -44,7 +45,9 @@ def spec_for_render(spec: RenderSpec, render_key: str, max_chunks: int, source: 
             [(field, f"{chunks} chunks exceed this deployment's limit of {max_chunks} (HELIOS_MAX_CHUNKS); "
                      f"ask for fewer chunks or raise the limit")],
         )  # fmt: skip
-    return validate_spec(data, base_dir=Path.cwd(), source=source)
+    prepared = validate_spec(data, base_dir=Path.cwd(), source=source)
+    check_inputs(prepared, source, fetch_composition=False)  # limits and audio tracks, before any snapshot
+    return prepared
 
 
 def register_spec(

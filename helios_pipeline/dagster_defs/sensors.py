@@ -32,7 +32,8 @@ def _content_hash(path: Path) -> str:
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=[render_plan],
     description="Each new or changed spec in the inbox folder (HELIOS_INBOX, default compositions/) becomes "
-    "a render partition and is rendered through to the final video. Malformed specs are reported and skipped.",
+    "a render partition and is rendered through to the final video. Malformed specs, and specs beyond the "
+    "deployment's limits (HELIOS_MAX_FRAMES, HELIOS_MAX_DURATION, HELIOS_MAX_PIXELS), are reported and skipped.",
 )
 def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorage, inbox: Inbox) -> dg.SensorResult:
     state = json.loads(context.cursor) if context.cursor else {}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from helios_pipeline.engine.errors import ToolNotFoundError
+from helios_pipeline.engine.ffmpeg import encoder_kinds
 from helios_pipeline.engine.tools import chromium_path, ffmpeg_path, ffprobe_path
 
 WANTED_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "prores_ks", "aac", "libopus", "pcm_s16le")
@@ -26,15 +27,7 @@ def _first_line(command: list[str]) -> str:
 
 
 def ffmpeg_encoders() -> set[str]:
-    result = subprocess.run(
-        [ffmpeg_path(), "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30, check=False
-    )
-    names = set()
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VAS":
-            names.add(parts[1])
-    return names
+    return set(encoder_kinds())
 
 
 def run_checks() -> list[Check]:

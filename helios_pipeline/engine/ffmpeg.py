@@ -7,6 +7,7 @@ a failed concat, mix or chunk encode reads the same way wherever it happened.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
@@ -58,6 +59,37 @@ def run_ffprobe(target: str | Path, *args: str, what: str | None = None) -> dict
     if result.returncode != 0:
         raise RenderError(f"{what or f'ffprobe could not read {target}'}: {stderr_tail(result.stderr)}")
     return json.loads(result.stdout or "{}")
+
+
+@functools.cache
+def encoder_kinds() -> dict[str, str]:
+    """Every encoder of this FFmpeg by name, with its kind: ``V`` video, ``A`` audio, ``S`` subtitles."""
+    result = subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30, check=False
+    )
+    kinds = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VAS":
+            kinds[parts[1]] = parts[0][0]
+    return kinds
+
+
+@functools.cache
+def encoder_pixel_formats(encoder: str) -> tuple[str, ...]:
+    """The pixel formats ``encoder`` takes, as ``ffmpeg -h encoder=`` lists them (empty when it lists none).
+
+    Given another, FFmpeg silently encodes a format of its choosing instead of the one asked for.
+    """
+    result = subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-h", f"encoder={encoder}"], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    for line in result.stdout.splitlines():
+        label, _, formats = line.strip().partition(":")
+        if label == "Supported pixel formats":
+            return tuple(formats.split())
+    return ()
 
 
 class FFmpegProcess:
