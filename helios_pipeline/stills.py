@@ -14,7 +14,7 @@ from helios_pipeline.engine.still import StillError, StillResult, check_still_re
 from helios_pipeline.engine.still import render_still as render_spec_still
 from helios_pipeline.frame_ref import FrameError, FrameRef, parse_frame
 from helios_pipeline.preflight import check_inputs
-from helios_pipeline.spec import RenderSpec, resolve_spec
+from helios_pipeline.spec import RenderSpec, resolve_spec, source_label
 
 
 def render_still(
@@ -41,7 +41,7 @@ def render_still(
         raise StillError(f"{image}: a still is written to a local file (poster_frame uploads beside an s3:// video)")
     target = Path(image).resolve()
     check_still_request(spec, index, target)
-    check_inputs(spec)
+    check_inputs(spec, source_label(spec_or_composition))
     return render_spec_still(spec, index, target)
 
 
