@@ -164,16 +164,14 @@ class ChunkEncoder:
                 self._in_flight = (frame, time.monotonic())
                 stdin.write(data)
                 self._in_flight = None
-            self._in_flight = (frame, time.monotonic())  # closing flushes what is still buffered
-            stdin.close()
-            self._in_flight = None
         except BaseException as exc:  # a broken pipe means FFmpeg died; finish() reports why
             self._error = exc
             while self._pending.get() is not None:
                 pass
-        finally:
-            with contextlib.suppress(OSError):
-                stdin.close()
+        self._in_flight = (frame, time.monotonic())  # closing flushes what is still buffered
+        with contextlib.suppress(OSError):
+            stdin.close()
+        self._in_flight = None
 
     def write(self, data: bytes, frame: int | None = None) -> None:
         """Queue ``data`` (the picture of ``frame``) for FFmpeg; raise if FFmpeg failed or is stuck."""
