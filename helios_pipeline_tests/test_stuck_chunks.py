@@ -23,7 +23,7 @@ from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.errors import StuckError
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.plan import RenderChunk, default_work_dir
-from helios_pipeline.processes import alive
+from helios_pipeline.processes import alive, start_group, stop_group
 from helios_pipeline.spec import RenderSpec, validate_spec
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
 from helios_pipeline_tests.helpers import assert_nothing_left
@@ -210,3 +210,25 @@ def test_the_cli_reports_a_stuck_browser_and_exits_non_zero_with_no_orphans(tmp_
     assert seconds < limit + 30, f"the render took {seconds:.1f} s to fail after the stop (limit {limit} s)"
     _wait_gone(stopped, "stopped Chromium processes")
     assert_nothing_left(output)
+
+
+def test_a_stopped_process_group_gets_to_clean_up_when_it_is_stopped(tmp_path: Path) -> None:
+    """stop_group continues a SIGSTOPped child: it acts on SIGTERM at once, not SIGKILLed after the grace."""
+    ready, cleaned = tmp_path / "ready", tmp_path / "cleaned"
+    script = (
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(cleaned)!r}).touch(), sys.exit(0)))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(120)\n"
+    )
+    child = start_group([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline and child.poll() is None, "the child never started"
+        time.sleep(0.1)
+    (stopped,) = _stop([psutil.Process(child.pid)])
+    started = time.monotonic()
+    stop_group(child, grace=10)
+    assert time.monotonic() - started < 5, "the stopped child waited out the grace: it never saw SIGTERM"
+    assert cleaned.exists(), "the child was killed without running its SIGTERM handler"
+    _wait_gone([stopped], "the stopped child")
