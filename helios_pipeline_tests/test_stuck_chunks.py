@@ -8,13 +8,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import dagster as dg
 import psutil
 import pytest
 
+from helios_pipeline.dagster_defs.assets import chunk_video, render_plan
+from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine import encode as encode_module
 from helios_pipeline.engine import watchdog as watchdog_module
 from helios_pipeline.engine.browser import LAUNCH_MARKER
@@ -26,7 +30,16 @@ from helios_pipeline.plan import RenderChunk, default_work_dir
 from helios_pipeline.processes import alive, start_group, stop_group
 from helios_pipeline.spec import RenderSpec, validate_spec
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
-from helios_pipeline_tests.helpers import assert_nothing_left
+from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.helpers import (
+    assert_nothing_left,
+    busy_composition,
+    chunk_key,
+    latest_metadata,
+    register,
+    run,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +245,52 @@ def test_a_stopped_process_group_gets_to_clean_up_when_it_is_stopped(tmp_path: P
     assert time.monotonic() - started < 5, "the stopped child waited out the grace: it never saw SIGTERM"
     assert cleaned.exists(), "the child was killed without running its SIGTERM handler"
     _wait_gone([stopped], "the stopped child")
+
+
+def _stop_the_first_browser_once_it_captures(stopped: list[psutil.Process], done: threading.Event) -> None:
+    """Watch this process's children; SIGSTOP the first chunk browser once its FFmpeg has taken frames, then quit."""
+    while not done.is_set():
+        children = _children()
+        encoders = [p for p in children if p.name() == "ffmpeg" and "pipe:0" in p.cmdline()]
+        try:
+            capturing = encoders and sum(encoders[0].cpu_times()[:2]) >= 0.05
+        except psutil.Error:
+            capturing = False
+        if capturing:
+            stopped.extend(_stop(_browser_tree(children)))
+            return
+        time.sleep(0.05)
+
+
+def test_dagster_retries_a_chunk_whose_chromium_stopped_answering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt's Chromium is stopped mid-chunk: StuckError, a step retry, and the retry renders the chunk."""
+    monkeypatch.setattr(watchdog_module, "WATCHDOG_MARGIN_S", 1.0)
+    composition = busy_composition(tmp_path / "busy")
+    storage = RenderStorage(location=str(tmp_path / "storage"))
+    with dg.instance_for_test() as instance:
+        spec_file = write_spec(tmp_path, "stalls", composition, frame_count=10, concurrency=1, stability_timeout=500)
+        key = register(instance, storage, spec_file)
+        run(instance, storage, [render_plan], key)
+        stopped: list[psutil.Process] = []
+        done = threading.Event()
+        watcher = threading.Thread(target=_stop_the_first_browser_once_it_captures, args=(stopped, done), daemon=True)
+        watcher.start()
+        try:
+            result = run(instance, storage, [chunk_video], chunk_key(key, "000"), raise_on_error=False)
+        finally:
+            done.set()
+            watcher.join(timeout=10)
+
+        assert stopped, "the first attempt's browser was never stopped"
+        assert result.success
+        events = result.all_events
+        retries = [e for e in events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert len(retries) == 1, [e.event_type for e in events]
+        reason = " ".join(filter(None, [retries[0].message, str(retries[0].event_specific_data)]))
+        assert re.search(r"frame \d+: Chromium stopped answering while capturing the frame", reason), reason
+        assert not any(e.is_step_failure for e in events)
+        metadata = latest_metadata(instance, chunk_video.key, chunk_key(key, "000"))
+        assert frame_indices(Path(metadata["path"].value)) == list(range(10))
+    _wait_gone(stopped, "the first attempt's stopped Chromium")
