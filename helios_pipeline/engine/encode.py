@@ -175,11 +175,15 @@ class ChunkEncoder:
 
     def write(self, data: bytes, frame: int | None = None) -> None:
         """Queue ``data`` (the picture of ``frame``) for FFmpeg; raise if FFmpeg failed or is stuck."""
+        self._hand_over((data, frame))
+        self._written += 1
+
+    def _hand_over(self, item: tuple[bytes, int | None] | None) -> None:
+        """Queue ``item`` for the writer, checking FFmpeg while the queue is full (it never waits unbounded)."""
         while True:
             self._check()
             try:
-                self._pending.put((data, frame), timeout=STALL_POLL_S)
-                self._written += 1
+                self._pending.put(item, timeout=STALL_POLL_S)
                 return
             except queue.Full:
                 continue
@@ -204,13 +208,7 @@ class ChunkEncoder:
         ``FINISH_SECONDS_PER_FRAME`` per piece of input it was given): never a flat wait.
         """
         started = time.perf_counter()
-        while True:
-            self._check()
-            try:
-                self._pending.put(None, timeout=STALL_POLL_S)
-                break
-            except queue.Full:
-                continue
+        self._hand_over(None)
         while self._writer.is_alive():
             self._check()
             self._writer.join(timeout=STALL_POLL_S)
