@@ -150,6 +150,34 @@ def test_a_chromium_that_stops_answering_fails_its_chunk_in_bounded_time(
     assert sorted(path.name for path in chunk.output_file.parent.iterdir()) == [], "a partial chunk file was left"
 
 
+def test_a_stopped_playwright_driver_is_killed_after_the_browser_so_the_chunk_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole browser stack stops (driver included, as a frozen process group would): still bounded."""
+    monkeypatch.setattr(watchdog_module, "WATCHDOG_MARGIN_S", 1.0)
+    monkeypatch.setattr(watchdog_module, "DRIVER_GRACE_S", 1.0)
+    spec = _spec(COMPOSITIONS / "frame_css", tmp_path, frame_count=12, stability_timeout=500)
+    chunk = RenderChunk(id=0, start_frame=0, frame_count=12, output_file=tmp_path / "out" / "chunk.mov")
+    before = {p.pid for p in _children()}
+
+    def stop_driver_and_browser() -> list[psutil.Process]:
+        browser = _browser_tree(_children())
+        driver = browser[0].parent()
+        assert driver is not None and "run-driver" in driver.cmdline()
+        return _stop([driver, *browser])
+
+    error, seconds, stopped = _render_and_stop_at(spec, chunk, 3, stop_driver_and_browser)
+
+    assert re.match(
+        r"frame 3: Chromium stopped answering while capturing the frame .*processes were stopped", str(error)
+    ), error
+    limit = watchdog_module.frame_limit(spec) + watchdog_module.DRIVER_GRACE_S
+    assert limit <= seconds < limit + 6, f"the chunk took {seconds:.1f} s to fail after the stop (limit {limit} s)"
+    _wait_gone(stopped, "the stopped driver and Chromium")
+    _wait_gone([p for p in _children() if p.pid not in before], "Chromium, FFmpeg or Playwright processes")
+    assert sorted(path.name for path in chunk.output_file.parent.iterdir()) == [], "a partial chunk file was left"
+
+
 def test_an_ffmpeg_that_stops_reading_fails_its_chunk_in_bounded_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

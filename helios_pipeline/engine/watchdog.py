@@ -34,6 +34,9 @@ BUSY_SAMPLE_S = 2.0
 """How long the watchdog watches the renderer's CPU before it kills a stuck browser."""
 BUSY_CPU_SHARE = 0.1
 """A renderer using at least this share of one core while stuck is running the page's code (a loop)."""
+DRIVER_GRACE_S = 10.0
+"""After the browser was killed, how long the blocked call may take to fail before Playwright's driver (this
+chunk's own ``node`` process, which relays every call) is killed too: a stopped driver never answers either."""
 POLL_S = 0.25
 
 
@@ -91,6 +94,8 @@ class Watchdog:
         self._limit = 0.0
         self._doing = ""
         self._closing = False
+        self._driver: psutil.Process | None = None
+        self._driver_deadline: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helios-watchdog", daemon=True)
         self._thread.start()
@@ -106,9 +111,12 @@ class Watchdog:
         """Start the clock for the next blocking call(s): ``doing`` names them in the error ("seeking frame 7")."""
         self._limit, self._doing = limit, doing
         self._deadline = time.monotonic() + limit
+        self._driver_deadline = None
 
     def disarm(self) -> None:
+        """The watched calls returned (the chunk is back in control): stop both clocks."""
         self._deadline = None
+        self._driver_deadline = None
 
     def guard_close(self, limit: float) -> None:
         """Bound closing the browser: past ``limit`` it is killed, which is no failure of the chunk."""
@@ -117,21 +125,29 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
-            if self._deadline is not None and time.monotonic() > self._deadline:
+            now = time.monotonic()
+            if self._deadline is not None and now > self._deadline:
                 self._deadline = None
                 self._fire()
+                self._driver_deadline = time.monotonic() + DRIVER_GRACE_S
+            elif self._driver_deadline is not None and now > self._driver_deadline:
+                self._driver_deadline = None
+                if self._driver is not None:
+                    kill_tree(self._driver)
 
     def _fire(self) -> None:
         root = browser_process(self._browser) if self._browser is not None else None
-        if self._closing:  # the chunk's work is done or already failed: only end the browser
-            if root is not None:
-                kill_tree(root)
-            return
         if root is None:
-            self.stall = Stall(self._doing, self._limit, page_busy=False, stopped=0)
+            if not self._closing:
+                self.stall = Stall(self._doing, self._limit, page_busy=False, stopped=0)
+            return
+        self._driver = _driver_of(root)
+        if self._closing:  # the chunk's work is done or already failed: only end the browser
+            kill_tree(root)
             return
         tree = _tree(root)
-        stopped = sum(1 for process in tree if _status(process) == psutil.STATUS_STOPPED)
+        watched = tree if self._driver is None else [self._driver, *tree]
+        stopped = sum(1 for process in watched if _status(process) == psutil.STATUS_STOPPED)
         busy = not stopped and _renderer_busy(tree)
         self.stall = Stall(self._doing, self._limit, page_busy=busy, stopped=stopped)
         kill_tree(root)
@@ -139,6 +155,15 @@ class Watchdog:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+def _driver_of(root: psutil.Process) -> psutil.Process | None:
+    """The Playwright driver that launched the browser ``root`` (its parent ``node ... run-driver``), if it is one."""
+    with contextlib.suppress(psutil.Error):
+        parent = root.parent()
+        if parent is not None and "run-driver" in parent.cmdline():
+            return parent
+    return None
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
