@@ -10,6 +10,9 @@ blocked call fail, and records *why* it fired so the chunk can say whose fault i
   main thread, which will happen again on a retry -> :class:`PageError`, not retried;
 - otherwise (browser processes stopped, or idle without answering): Chromium stopped answering,
   which a fresh browser may not do -> :class:`StuckError`, retried.
+
+If even then the blocked call does not fail (Playwright's driver, which relays it, is stopped as
+well), the chunk's own driver is killed after ``DRIVER_GRACE_S``.
 """
 
 from __future__ import annotations
