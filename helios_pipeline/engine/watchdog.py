@@ -111,7 +111,7 @@ class Watchdog:
         self._browser = browser
 
     def arm(self, limit: float, doing: str) -> None:
-        """Start the clock for the next blocking call(s): ``doing`` names them in the error ("seeking frame 7")."""
+        """Start the clock for the next blocking call(s): ``doing`` names them in the error ("capturing the frame")."""
         self._limit, self._doing = limit, doing
         self._deadline = time.monotonic() + limit
         self._driver_deadline = None
