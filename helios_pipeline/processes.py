@@ -62,10 +62,11 @@ def _signal_group(group: int, signum: int) -> None:
 def stop_group(process: subprocess.Popen, grace: float) -> None:
     """Stop a child started by :func:`start_group` and wait until its whole tree has exited.
 
-    SIGTERM goes to its process group; the child and every process of its tree (snapshot taken
-    before the signal, so helpers in other sessions count too) get ``grace`` seconds to exit; what
-    is left is SIGKILLed, and so is anything the group started after the snapshot. The child is
-    reaped. Safe to call after the child exited (its group's stragglers are still stopped).
+    SIGTERM (then SIGCONT, so stopped members act on it) goes to its process group; the child and
+    every process of its tree (snapshot taken before the signal, so helpers in other sessions count
+    too) get ``grace`` seconds to exit; what is left is SIGKILLed, and so is anything the group
+    started after the snapshot. The child is reaped. Safe to call after the child exited (its
+    group's stragglers are still stopped).
     """
     stop_groups([process], grace)
 
@@ -79,6 +80,7 @@ def stop_groups(processes: Sequence[subprocess.Popen], grace: float) -> None:
     trees = [process_tree(process.pid) if process.poll() is None else [] for process in processes]
     for process in processes:
         _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(process.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(
         process.poll() is None or alive(tree) for process, tree in zip(processes, trees, strict=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helios_pipeline.engine import chunk as chunk_module
+from helios_pipeline.engine import watchdog as watchdog_module
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.errors import PageError
 from helios_pipeline.plan import RenderChunk
@@ -33,7 +33,7 @@ def _spec(composition: Path, tmp_path: Path, **keys: object) -> RenderSpec:
 
 
 def test_a_stuck_chunk_does_not_kill_a_sibling_chunks_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunk_module, "WATCHDOG_MARGIN_S", 1.0)  # fire 1.5 s after the hang, not 15.5 s
+    monkeypatch.setattr(watchdog_module, "WATCHDOG_MARGIN_S", 1.0)  # fire 1.5 s after the hang, not 15.5 s
     page = tmp_path / "hangs" / "index.html"
     page.parent.mkdir()
     page.write_text(HANGS_AT_FRAME_TWO, encoding="utf-8")

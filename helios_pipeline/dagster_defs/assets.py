@@ -225,12 +225,12 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
     try:
         result = render_chunk(plan.spec, chunk, on_progress=on_progress)
-    except PageError as exc:  # the page itself is broken: retrying cannot help
+    except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
         raise _fail(exc, retryable=False) from None
     except BaseException as exc:
         if isinstance(exc, INTERRUPTS) or _run_terminating(context):
             raise _terminated(render_key, index) from None
-        if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error: worth a retry
+        if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error, StuckError: worth a retry
             raise _fail(exc, retryable=True) from None
         raise
     output = Path(result.output_file)

@@ -13,7 +13,6 @@ from playwright.sync_api import Browser, Playwright
 
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
-from helios_pipeline.processes import kill_tree
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -34,6 +33,9 @@ LAUNCH_ARGS = (
     "--disable-features=PaintHolding,Translate,MediaRouter,OptimizationHints",
     "--autoplay-policy=no-user-gesture-required",
 )
+
+LAUNCH_TIMEOUT_MS = 30000
+"""How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
 
 LAUNCH_MARKER = "--helios-launch-id"
 """A switch Chromium ignores; its unique value tells one chunk's browser from another's in one process."""
@@ -57,8 +59,8 @@ def launch_browser(playwright: Playwright) -> Iterator[Browser]:
     """
     marker = f"{LAUNCH_MARKER}={uuid.uuid4().hex}"
     browser = playwright.chromium.launch(
-        executable_path=chromium_path(), headless=True, args=[*launch_args(), marker], handle_sigint=False,
-        handle_sigterm=False, handle_sighup=False,
+        executable_path=chromium_path(), headless=True, args=[*launch_args(), marker], timeout=LAUNCH_TIMEOUT_MS,
+        handle_sigint=False, handle_sigterm=False, handle_sighup=False,
     )  # fmt: skip
     try:
         with _LOCK:
@@ -84,13 +86,3 @@ def browser_process(browser: Browser) -> psutil.Process | None:
     """The main process of an open browser started by ``launch_browser`` (renderers are its descendants)."""
     with _LOCK:
         return _LAUNCHED.get(id(browser))
-
-
-def kill_browser_tree(browser: Browser) -> None:
-    """SIGKILL this browser's main process and every process below it, and nothing else.
-
-    Safe from any thread (no Playwright call) and after the browser closed (then it does nothing).
-    """
-    root = browser_process(browser)
-    if root is not None:
-        kill_tree(root)

@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, CDPSession, Page, sync_playwright
+from playwright.sync_api import CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
-from helios_pipeline.engine.browser import kill_browser_tree, launch_browser
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
@@ -26,10 +25,9 @@ from helios_pipeline.engine.page import frame_time_ms, load_composition, new_ren
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
+from helios_pipeline.engine.watchdog import Watchdog, frame_limit, load_limit, watched_browser
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
-
-WATCHDOG_MARGIN_S = 15.0
 
 ProgressCallback = Callable[[int], None]
 
@@ -66,43 +64,6 @@ class ChunkResult:
         return asdict(self)
 
 
-class _Watchdog:
-    """Kills this chunk's Chromium if a frame hangs, so a stuck page fails instead of blocking forever.
-
-    Only the browser given to ``watch`` dies: chunks rendering as threads of one process keep theirs.
-    """
-
-    def __init__(self, limit_seconds: float):
-        self.limit = limit_seconds
-        self.fired = False
-        self._browser: Browser | None = None
-        self._deadline: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="helios-watchdog", daemon=True)
-        self._thread.start()
-
-    def watch(self, browser: Browser) -> None:
-        self._browser = browser
-
-    def arm(self) -> None:
-        self._deadline = time.monotonic() + self.limit
-
-    def disarm(self) -> None:
-        self._deadline = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            if self._deadline is not None and time.monotonic() > self._deadline:
-                self.fired = True
-                self._deadline = None
-                if self._browser is not None:
-                    kill_browser_tree(self._browser)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-
 @contextlib.contextmanager
 def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | None]:
     """The chunk's own SRT (cues of its frame range, shifted to its start), or None."""
@@ -132,7 +93,7 @@ def render_chunk(
     started = time.perf_counter()
     output = Path(chunk.output_file)
     page_errors: list[str] = []  # what the page threw (filled once the page exists)
-    watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
+    watchdog = Watchdog()
     current_frame: int | None = None
     try:
         with (
@@ -140,14 +101,14 @@ def render_chunk(
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             sync_playwright() as playwright,
-            launch_browser(playwright) as browser,
+            watched_browser(playwright, watchdog) as browser,
         ):
-            watchdog.watch(browser)
             chromium_version = browser.version
+            watchdog.arm(load_limit(), "loading the page")
             context, page, page_errors = new_render_page(browser, spec)
-            watchdog.arm()
             cdp = load_composition(context, page, url, spec, page_errors)
             capture = make_capture(spec, cdp, page, chunk.frame_count)
+            watchdog.disarm()
             startup_seconds = time.perf_counter() - started
             encoder = ChunkEncoder(
                 chunk_encode_command(
@@ -158,8 +119,9 @@ def render_chunk(
             page_audio = ChunkPageAudio(page, url, spec, chunk)
             try:
                 # implicit audio: scan the page's media now, render this chunk's PCM while frames are captured
-                watchdog.arm()
+                watchdog.arm(load_limit(), "scanning the page's media")
                 page_audio.start()
+                watchdog.disarm()
                 preamble = getattr(capture, "preamble", lambda: b"")()
                 if preamble:
                     encoder.write(preamble)
@@ -167,17 +129,17 @@ def render_chunk(
                     current_frame = frame
                     if cancel is not None and cancel.is_set():
                         raise RenderCancelled(f"chunk {chunk.id} cancelled at frame {frame}")
-                    watchdog.arm()
+                    watchdog.arm(frame_limit(spec), "capturing the frame")
                     data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
                     if page_errors:
                         raise PageError(page_errors[0], frame)
                     watchdog.disarm()
                     if data:
-                        encoder.write(data)
+                        encoder.write(data, frame)  # bounded by the encoder's own stall check
                     if on_progress is not None:
                         on_progress(index + 1)
                 current_frame = None
-                watchdog.arm()
+                watchdog.arm(frame_limit(spec), "flushing the in-page encoder")
                 tail = capture.finish()
                 watchdog.disarm()
                 if tail:
@@ -194,11 +156,11 @@ def render_chunk(
             if probed.frames != chunk.frame_count:
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
-    except PlaywrightError as exc:
-        if watchdog.fired:
-            raise PageError(
-                f"did not become ready within {watchdog.limit:.0f} s (the page is stuck)", current_frame
-            ) from None
+    except (PlaywrightError, RenderError) as exc:
+        if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
+            raise watchdog.stall.error(current_frame) from None
+        if not isinstance(exc, PlaywrightError):
+            raise
         if page_errors:
             raise PageError(page_errors[0], current_frame) from None
         raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None

@@ -16,7 +16,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.errors import RenderError, StuckError
 from helios_pipeline.engine.ffmpeg import FFmpegProcess, ffmpeg_command
 from helios_pipeline.engine.subtitles import subtitles_filter
 from helios_pipeline.spec import RenderSpec
@@ -29,6 +29,14 @@ PRESET_CODECS = ("libx264", "libx265", "libsvtav1")
 # and 6 % fewer bytes (benchmarks/README.md). The slow presets keep theirs: they are chosen for quality.
 SHORT_LOOKAHEAD_PRESETS = ("faster", "fast", "medium")
 X264_LOOKAHEAD = 10
+
+ENCODER_STALL_S = 30.0
+"""Seconds FFmpeg may go without progress while it has work (input waiting, or a file to finish) before
+it counts as stuck: a slow encoder takes every frame well within this, a stopped one never does."""
+FINISH_SECONDS_PER_FRAME = 5.0
+"""After its input ended, FFmpeg may take at most this per frame it was given (plus ``ENCODER_STALL_S``) to
+exit: a safety net beside the stall rule, for an FFmpeg that burns CPU without ever finishing."""
+STALL_POLL_S = 0.25
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -118,14 +126,30 @@ def chunk_encode_command(
 
 
 class ChunkEncoder:
-    """An FFmpeg process fed from a writer thread, so capture never waits on encoding."""
+    """An FFmpeg process fed from a writer thread, so capture never waits on encoding.
 
-    def __init__(self, command: list[str], max_pending: int = 8, what: str = "chunk encode"):
+    FFmpeg that stops working (stopped, wedged, blocked on a dead disk) must not hold the chunk
+    forever: it is *stuck* when it has work and makes no progress for ``stall_seconds`` — a piece
+    of input waits that long to be taken, or, once the input has ended, it neither exits nor uses
+    CPU that long. Then it is killed and :class:`StuckError` names the frame it would not take.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        max_pending: int = 8,
+        what: str = "chunk encode",
+        stall_seconds: float | None = None,
+    ):
         self.command = command
+        self.what = what
+        self.stall_seconds = ENCODER_STALL_S if stall_seconds is None else stall_seconds
         self.encode_seconds = 0.0
         self.encode_cpu_seconds = 0.0
-        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=max_pending)
+        self._pending: queue.Queue[tuple[bytes, int | None] | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
+        self._written = 0
+        self._in_flight: tuple[int | None, float] | None = None  # (frame, since) of the write FFmpeg has not taken
         self._ffmpeg = FFmpegProcess(command, what, stdin=True)
         self._writer = threading.Thread(target=self._write_loop, name="helios-encoder", daemon=True)
         self._writer.start()
@@ -133,38 +157,93 @@ class ChunkEncoder:
     def _write_loop(self) -> None:
         stdin = self._ffmpeg.stdin
         assert stdin is not None
+        frame: int | None = None
         try:
-            while (frame := self._pending.get()) is not None:
-                stdin.write(frame)
+            while (item := self._pending.get()) is not None:
+                data, frame = item
+                self._in_flight = (frame, time.monotonic())
+                stdin.write(data)
+                self._in_flight = None
         except BaseException as exc:  # a broken pipe means FFmpeg died; finish() reports why
             self._error = exc
             while self._pending.get() is not None:
                 pass
-        finally:
-            with contextlib.suppress(OSError):
-                stdin.close()
+        self._in_flight = (frame, time.monotonic())  # closing flushes what is still buffered
+        with contextlib.suppress(OSError):
+            stdin.close()
+        self._in_flight = None
 
-    def write(self, frame: bytes) -> None:
+    def write(self, data: bytes, frame: int | None = None) -> None:
+        """Queue ``data`` (the picture of ``frame``) for FFmpeg; raise if FFmpeg failed or is stuck."""
+        self._hand_over((data, frame))
+        self._written += 1
+
+    def _hand_over(self, item: tuple[bytes, int | None] | None) -> None:
+        """Queue ``item`` for the writer, checking FFmpeg while the queue is full (it never waits unbounded)."""
+        while True:
+            self._check()
+            try:
+                self._pending.put(item, timeout=STALL_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _check(self) -> None:
         if self._error is not None:
             self._raise_failure()
-        self._pending.put(frame)
-
-    def finish(self, timeout: float = 600) -> None:
-        """Close stdin and wait for FFmpeg to write the file; raise with its stderr on failure."""
-        started = time.perf_counter()
-        self._pending.put(None)
-        self._writer.join()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        try:
-            self._ffmpeg.wait(timeout)
-        except RenderError:
+        in_flight = self._in_flight
+        if in_flight is not None and time.monotonic() - in_flight[1] > self.stall_seconds:
             self.kill()
-            raise
+            raise StuckError(
+                f"{self.what}: FFmpeg stopped reading its input (it took nothing for {self.stall_seconds:.0f} s) "
+                "and was killed",
+                in_flight[0],
+            )
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Close stdin and wait for FFmpeg to write the file; raise with its stderr on failure.
+
+        Bounded by the stall rule (FFmpeg takes the rest of its input, then works until it exits)
+        and, after the input ended, by ``timeout`` (default: ``stall_seconds`` plus
+        ``FINISH_SECONDS_PER_FRAME`` per piece of input it was given): never a flat wait.
+        """
+        started = time.perf_counter()
+        self._hand_over(None)
+        while self._writer.is_alive():
+            self._check()
+            self._writer.join(timeout=STALL_POLL_S)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if timeout is None:
+            timeout = self.stall_seconds + FINISH_SECONDS_PER_FRAME * self._written
+        self._wait_for_exit(timeout)
         self.encode_seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.encode_cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if self._error is not None:
             self._raise_failure()
+
+    def _wait_for_exit(self, timeout: float) -> None:
+        """Wait for FFmpeg to exit once its input has ended: it must keep using CPU until it does."""
+        deadline = time.monotonic() + timeout
+        cpu, progressed = self._ffmpeg.cpu_seconds(), time.monotonic()
+        while self._ffmpeg.returncode is None:
+            now = time.monotonic()
+            if (current := self._ffmpeg.cpu_seconds()) != cpu:
+                cpu, progressed = current, now
+            if now - progressed > self.stall_seconds or now > deadline:
+                self.kill()
+                reason = (
+                    f"used no CPU for {self.stall_seconds:.0f} s"
+                    if now <= deadline
+                    else f"did not finish within {timeout:.0f} s"
+                )
+                raise StuckError(f"{self.what}: FFmpeg stopped working after its last input ({reason}) and was killed")
+            time.sleep(STALL_POLL_S)
+        try:
+            self._ffmpeg.wait(STALL_POLL_S)
+        except RenderError:
+            self.kill()
+            raise
 
     def _raise_failure(self) -> None:
         self.kill()

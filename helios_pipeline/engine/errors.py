@@ -21,3 +21,14 @@ class PageError(RenderError):
 
 class RenderCancelled(RenderError):
     """The render was cancelled (Ctrl-C or a cancel event); nothing was left behind."""
+
+
+class StuckError(RenderError):
+    """Chromium or FFmpeg stopped answering, so the chunk was ended and its processes killed.
+
+    Unlike a :class:`PageError` this is not the composition's fault: a retry may well succeed.
+    """
+
+    def __init__(self, message: str, frame: int | None = None):
+        self.frame = frame
+        super().__init__(message if frame is None else f"frame {frame}: {message}")

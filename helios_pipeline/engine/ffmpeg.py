@@ -7,12 +7,15 @@ a failed concat, mix or chunk encode reads the same way wherever it happened.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
@@ -125,6 +128,13 @@ class FFmpegProcess:
     @property
     def returncode(self) -> int | None:
         return self._process.poll()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time FFmpeg has used so far (all its threads), None once it is gone: tells working from stuck."""
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(self._process.pid).cpu_times()
+            return times.user + times.system
+        return None
 
     def wait(self, timeout: float) -> None:
         """Wait for FFmpeg to end; raise ``RenderError`` when it fails or outlives ``timeout`` seconds."""

@@ -19,8 +19,7 @@ from typing import Literal
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
-from helios_pipeline.engine.browser import launch_browser
-from helios_pipeline.engine.chunk import WATCHDOG_MARGIN_S, _Watchdog, make_capture
+from helios_pipeline.engine.chunk import make_capture
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
@@ -28,6 +27,7 @@ from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt, subtitles_filter
+from helios_pipeline.engine.watchdog import Watchdog, frame_limit, load_limit, watched_browser
 from helios_pipeline.spec import RenderSpec
 
 ImageFormat = Literal["png", "jpeg"]
@@ -129,33 +129,33 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     capture_spec = _capture_spec(spec, image_format)
     composition_frame = spec.start_frame + frame
     page_errors: list[str] = []
-    watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
+    watchdog = Watchdog()
     try:
         with (
             atomic_output(output) as partial,
             _frame_subtitles(spec, composition_frame, output) as subtitles,
             composition_url(spec.composition) as url,
             sync_playwright() as playwright,
-            launch_browser(playwright) as browser,
+            watched_browser(playwright, watchdog) as browser,
         ):
-            watchdog.watch(browser)
+            watchdog.arm(load_limit(), "loading the page")
             context, page, page_errors = new_render_page(browser, spec)
-            watchdog.arm()
             cdp = load_composition(context, page, url, spec, page_errors)
             capture = make_capture(capture_spec, cdp, page, 1)
+            watchdog.arm(frame_limit(spec), "capturing the frame")
             picture = capture.capture(0, composition_frame, frame_time_ms(composition_frame, spec.fps))
+            watchdog.disarm()
             if page_errors:
                 raise PageError(page_errors[0], composition_frame)
-            watchdog.disarm()
             if subtitles is None:
                 partial.write_bytes(picture)
             else:
                 _burn_subtitles(picture, subtitles, partial)
-    except PlaywrightError as exc:
-        if watchdog.fired:
-            raise PageError(
-                f"did not become ready within {watchdog.limit:.0f} s (the page is stuck)", composition_frame
-            ) from None
+    except (PlaywrightError, RenderError) as exc:
+        if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
+            raise watchdog.stall.error(composition_frame) from None
+        if not isinstance(exc, PlaywrightError):
+            raise
         if page_errors:
             raise PageError(page_errors[0], composition_frame) from None
         raise RenderError(f"still of frame {frame}: browser failed: {exc.message.splitlines()[0]}") from None
