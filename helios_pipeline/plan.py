@@ -7,6 +7,7 @@ the files to clean up. Nothing here touches the disk.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -118,11 +119,16 @@ def default_work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.helios-work"
 
 
+def _uri_folder(uri: str) -> str:
+    """A temp folder name of its own for each output URI: renders to two buckets' ``clip.mp4`` never share files."""
+    return f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{uri.rsplit('/', 1)[-1]}"
+
+
 def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | None = None) -> RenderPlan:
     """Plan a render: chunk ranges (see ``chunk_count``), their files, the concat and the final mix."""
     output = spec.output_path
     if spec.output_uri is not None and work_dir is None:  # made here, then uploaded: work in the temp folder
-        work = default_work_dir(Path(tempfile.gettempdir()) / "helios_pipeline" / output.name)
+        work = default_work_dir(Path(tempfile.gettempdir()) / "helios_pipeline" / _uri_folder(spec.output_uri))
     else:
         work = Path(work_dir) if work_dir is not None else default_work_dir(output)
     if spec.output_uri is not None:
