@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from helios_pipeline.containers import container_problem
 from helios_pipeline.fargate import cpu_problem, memory_problem
+from helios_pipeline.network import NetworkPolicy
 from helios_pipeline.srt import SrtError, read_srt
 from helios_pipeline.storage.location import split_s3_uri
 
@@ -190,6 +191,9 @@ class RenderSpec(_Model):
     schedule: str | None = Field(None, description="cron string: Dagster re-renders the spec on this schedule")
     timezone: str | None = Field(None, description="IANA timezone of the schedule (default UTC)")
     worker: WorkerResources | None = Field(None, description="chunk worker task size; default: sized from the frame")
+    network: NetworkPolicy | None = Field(
+        None, description="what the page may connect to besides its own origin; default: public addresses"
+    )
 
     @field_validator("name", mode="before")
     @classmethod

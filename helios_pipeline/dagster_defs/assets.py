@@ -231,6 +231,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error: worth a retry
             raise _fail(exc, retryable=True) from None
         raise
+    if result.blocked_requests:
+        context.log.warning(_blocked_note(result.blocked_requests, result.blocked_urls, result.blocked_rule))
     output = Path(result.output_file)
     upload_started = time.perf_counter()
     try:
@@ -258,6 +260,9 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "chromium_version": dg.MetadataValue.text(result.chromium_version),
             "ffmpeg_version": dg.MetadataValue.text(result.ffmpeg_version),
             "encoder_settings": dg.MetadataValue.json(result.encoder_settings),
+            "blocked_requests": result.blocked_requests,
+            "blocked_urls": dg.MetadataValue.json(result.blocked_urls),
+            "blocked_rule": dg.MetadataValue.text(result.blocked_rule or "none"),
             "worker_host": dg.MetadataValue.text(result.host),
             "worker_pid": result.pid,
             "upload_seconds": time.perf_counter() - upload_started,
@@ -266,6 +271,11 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
     )
+
+
+def _blocked_note(count: int, urls: list[str], rule: str) -> str:
+    """One line for the run's log: what the page was refused, and the first rule."""
+    return f"the network policy refused {count} request(s) of the page: {', '.join(urls)} ({rule})"
 
 
 CHUNKS_COMPLETE = "chunks_complete"

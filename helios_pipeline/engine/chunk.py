@@ -23,6 +23,7 @@ from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fp
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.page_network import page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
@@ -58,6 +59,12 @@ class ChunkResult:
     """The rendering browser's version (Playwright's ``browser.version``)."""
     ffmpeg_version: str = ""
     """The first line of the encoding FFmpeg's ``ffmpeg -version``."""
+    blocked_requests: int = 0
+    """Connections the network policy refused (``engine.page_network``)."""
+    blocked_urls: list[str] = field(default_factory=list)
+    """The first few refused URLs (``host:port`` where the page's events named none)."""
+    blocked_rule: str = ""
+    """The rule that refused the first of them."""
     encoder_settings: dict[str, str] = field(default_factory=dict)
     """What stream-copy concat needs to be equal in every chunk, read from the encoded file
     (``engine.chunk_compat.probe_chunk``); ``check_chunks_compatible`` compares them."""
@@ -139,14 +146,17 @@ def render_chunk(
             atomic_output(output) as partial,
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
+            page_network(spec, url) as network,
             sync_playwright() as playwright,
             launch_browser(playwright) as browser,
         ):
             watchdog.watch(browser)
             chromium_version = browser.version
-            context, page, page_errors = new_render_page(browser, spec)
+            context, page, page_errors = new_render_page(browser, spec, network.proxy)
+            network.watch(page)
             watchdog.arm()
             cdp = load_composition(context, page, url, spec, page_errors)
+            network.check(page, None)
             capture = make_capture(spec, cdp, page, chunk.frame_count)
             startup_seconds = time.perf_counter() - started
             encoder = ChunkEncoder(
@@ -155,7 +165,7 @@ def render_chunk(
                 )
             )
             capture_started = time.perf_counter()
-            page_audio = ChunkPageAudio(page, url, spec, chunk)
+            page_audio = ChunkPageAudio(page, url, spec, chunk, network)
             try:
                 # implicit audio: scan the page's media now, render this chunk's PCM while frames are captured
                 watchdog.arm()
@@ -171,6 +181,7 @@ def render_chunk(
                     data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
                     if page_errors:
                         raise PageError(page_errors[0], frame)
+                    network.check(page, frame)
                     watchdog.disarm()
                     if data:
                         encoder.write(data)
@@ -179,6 +190,7 @@ def render_chunk(
                 current_frame = None
                 watchdog.arm()
                 tail = capture.finish()
+                network.check(page, None)
                 watchdog.disarm()
                 if tail:
                     encoder.write(tail)
@@ -194,6 +206,7 @@ def render_chunk(
             if probed.frames != chunk.frame_count:
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
+            blocked = network.summary()
     except PlaywrightError as exc:
         if watchdog.fired:
             raise PageError(
@@ -223,4 +236,5 @@ def render_chunk(
         chromium_version=chromium_version,
         ffmpeg_version=ffmpeg_version(),
         encoder_settings=probed.encoder_settings,
+        **blocked,
     )

@@ -1,0 +1,330 @@
+"""The network policy of composition pages (issue 9): address decisions, the spec's ``network:``
+section, and real chunks against two loopback servers — the composition's own server and a
+second one on 127.0.0.2 standing for an internal service, whose access log proves what reached it.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from helios_pipeline.dagster_defs.assets import chunk_video, render_plan
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.engine.chunk import ChunkResult, render_chunk
+from helios_pipeline.engine.errors import PageError
+from helios_pipeline.engine.tools import ffmpeg_path
+from helios_pipeline.fingerprint import render_fingerprint
+from helios_pipeline.network import ENV_VAR, Guard, NetworkPolicy, address_kind, read_deployment_policy
+from helios_pipeline.plan import RenderChunk
+from helios_pipeline.spec import RenderSpec, SpecError, validate_spec
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.framecode import decode_gray_frames, frame_indices
+from helios_pipeline_tests.helpers import chunk_key, latest_metadata, register, run, write_spec
+
+# --- address decisions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("169.254.169.254", "link-local"),  # cloud metadata
+        ("fe80::1", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.10", "private"),
+        ("fc00::1", "private"),
+        ("fd12:3456::1", "private"),
+        ("127.0.0.2", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:10.0.0.1", "private"),  # IPv4-mapped IPv6 is judged as its IPv4 address
+        ("::ffff:169.254.169.254", "link-local"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("0.0.0.0", "unspecified"),  # Chromium connects 0.0.0.0 to this machine
+        ("224.0.0.251", "multicast"),
+        ("240.0.0.1", "private"),  # reserved (Python counts 240/4 as private)
+        ("100.64.0.1", "non-public"),  # carrier-grade NAT: neither private nor global
+        ("8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+    ],
+)
+def test_address_kinds(address: str, kind: str | None) -> None:
+    assert address_kind(ipaddress.ip_address(address)) == kind
+
+
+OWN = "http://127.0.0.1:8000/index.html"
+
+
+def guard(spec: dict | None = None, deployment: dict | None = None) -> Guard:
+    return Guard.for_page(
+        OWN,
+        None if spec is None else NetworkPolicy.model_validate(spec),
+        None if deployment is None else NetworkPolicy.model_validate(deployment),
+    )
+
+
+def test_default_policy_allows_own_origin_and_public_only() -> None:
+    default = guard()
+    assert default.refusal("127.0.0.1", 8000, "127.0.0.1") is None  # its own server, though loopback
+    assert default.refusal("example.com", 443, "93.184.215.14") is None
+    assert default.refusal("127.0.0.1", 8001, "127.0.0.1") == (
+        "127.0.0.1 is a loopback address (the default network policy)"
+    )
+    # a name is decided on the address it resolved to
+    assert default.refusal("metadata.internal", 80, "169.254.169.254") == (
+        "metadata.internal (169.254.169.254) is a link-local address (the default network policy)"
+    )
+    assert "private" in str(default.refusal("db", 5432, "::ffff:10.0.0.5"))
+
+
+def test_allow_entries_networks_hosts_and_origins() -> None:
+    allowed = guard({"allow": ["10.0.0.0/8", "assets.internal:8080", "http://127.0.0.2:9000", "fd00::/8"]})
+    assert allowed.refusal("10.9.9.9", 80, "10.9.9.9") is None
+    assert allowed.refusal("anything", 80, "10.1.1.1") is None  # networks match the resolved address
+    assert allowed.refusal("assets.internal", 8080, "192.168.0.4") is None
+    assert allowed.refusal("assets.internal", 8081, "192.168.0.4") is not None  # another port
+    assert allowed.refusal("127.0.0.2", 9000, "127.0.0.2") is None
+    assert allowed.refusal("127.0.0.2", 9001, "127.0.0.2") is not None
+    assert allowed.refusal("x", 80, "fd00::5") is None
+    assert allowed.refusal("x", 80, "192.168.1.1") is not None
+
+
+def test_own_origin_mode_refuses_public_addresses_too() -> None:
+    locked = guard({"mode": "own-origin", "allow": ["cdn.example.com"]})
+    assert locked.refusal("127.0.0.1", 8000, "127.0.0.1") is None
+    assert locked.refusal("cdn.example.com", 443, "151.101.1.1") is None
+    assert locked.refusal("example.com", 443, "93.184.215.14") == (
+        "example.com:443 is not the page's own origin (mode own-origin) (the spec's network policy)"
+    )
+
+
+def test_the_deployment_policy_is_the_default_and_a_ceiling() -> None:
+    # no network: section in the spec: the deployment's policy applies
+    assert guard(None, {"mode": "own-origin"}).refusal("example.com", 443, "93.184.215.14") is not None
+    # the spec cannot open what the deployment refuses, and the rule names the deployment
+    ceiling = guard({"mode": "open", "allow": ["10.0.0.0/8"]}, {"mode": "default"})
+    assert not ceiling.is_open
+    assert ceiling.refusal("10.0.0.1", 80, "10.0.0.1") == (
+        f"10.0.0.1 is a private address (the deployment's {ENV_VAR})"
+    )
+    # the spec can narrow an open deployment, and strict from either side holds
+    narrowed = guard({"mode": "own-origin"}, {"mode": "open", "strict": True})
+    assert narrowed.refusal("example.com", 443, "93.184.215.14") is not None and narrowed.strict
+    assert guard({"mode": "open"}).is_open and guard(None, {"mode": "open"}).is_open
+
+
+def test_deployment_setting_parses_a_mode_or_a_mapping() -> None:
+    assert read_deployment_policy({}) is None
+    assert read_deployment_policy({ENV_VAR: "own-origin"}) == NetworkPolicy(mode="own-origin")
+    assert read_deployment_policy({ENV_VAR: "{allow: [10.1.2.3], strict: true}"}) == NetworkPolicy(
+        allow=("10.1.2.3",), strict=True
+    )
+    with pytest.raises(ValueError, match=rf"{ENV_VAR}='closed': mode: Input should be"):
+        read_deployment_policy({ENV_VAR: "closed"})
+    with pytest.raises(ValueError, match=r"allow\.0: 'not a/host' is neither a network"):
+        read_deployment_policy({ENV_VAR: "{allow: ['not a/host']}"})
+
+
+def spec_with(tmp_path: Path, network: object) -> RenderSpec:
+    page = tmp_path / "index.html"
+    page.write_text("<!doctype html>", encoding="utf-8")
+    data = {"composition": str(page), "width": 64, "height": 64, "fps": 30, "frame_count": 2, "network": network}
+    return validate_spec(data, base_dir=tmp_path, source="spec.yaml")
+
+
+def test_spec_errors_name_the_field_and_the_entry(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as error:
+        spec_with(tmp_path, {"mode": "closed", "allow": ["10.0.0.0/8", "http://x/path", "h:99999"], "deny": []})
+    message = str(error.value)
+    assert "spec.yaml: network.mode: Input should be 'default', 'own-origin' or 'open'" in message
+    assert "network.allow[1]: 'http://x/path' is not an origin" in message
+    assert "network.allow[2]: 'h:99999': the port must be a number in 1-65535" in message
+    assert "network.deny: unknown key" in message
+
+
+def test_the_policy_is_part_of_the_fingerprint_but_strict_is_not(tmp_path: Path) -> None:
+    without = render_fingerprint(spec_with(tmp_path, None))
+    allowing = render_fingerprint(spec_with(tmp_path, {"allow": ["127.0.0.2"]}))
+    strict = render_fingerprint(spec_with(tmp_path, {"allow": ["127.0.0.2"], "strict": True}))
+    assert without != allowing == strict
+
+
+# --- real chunks against two loopback servers ---------------------------------------------------
+
+
+@dataclass
+class Server:
+    """An HTTP server whose access log records every path requested."""
+
+    base: str
+    log: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def internal_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Server B on 127.0.0.2: a white picture and a tone, standing for an internal service."""
+    root = tmp_path_factory.mktemp("internal")
+    tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(root / "tone.wav")]
+    white = ["-f", "lavfi", "-i", "color=white:size=16x16", "-frames:v", "1", str(root / "white.png")]
+    for args in (tone, white):
+        subprocess.run([ffmpeg_path(), "-v", "error", "-y", *args], check=True)
+    log: list[str] = []
+
+    class Logged(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            log.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), functools.partial(Logged, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Server(f"http://127.0.0.2:{server.server_address[1]}", log)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_deployment_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def page_using(folder: Path, body: str) -> Path:
+    """A black page with ``body``; a picture that loads paints it white."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page = folder / "index.html"
+    style = "margin:0;background:#000"
+    page.write_text(f'<!doctype html><html><body style="{style}">{body}</body></html>', encoding="utf-8")
+    return page
+
+
+def picture_and_sound(service: Server) -> str:
+    return (
+        f'<img src="{service.base}/white.png" style="display:block;width:100vw;height:100vh" onerror="this.remove()">'
+        f'<audio src="{service.base}/tone.wav"></audio>'
+        f'<script>fetch("{service.base.replace("127.0.0.2", "localhost")}/x").catch(() => {{}})</script>'
+    )
+
+
+def render(composition: str | Path, tmp_path: Path, frames: int = 2, **keys: object) -> tuple[ChunkResult, Path]:
+    data = {"composition": str(composition), "width": 64, "height": 64, "fps": 30, "frame_count": frames, **keys}
+    spec = validate_spec(data, base_dir=tmp_path, source="test")
+    output = tmp_path / "out" / "chunk.mov"
+    output.parent.mkdir(exist_ok=True)
+    result = render_chunk(spec, RenderChunk(id=0, start_frame=0, frame_count=frames, output_file=output))
+    return result, output
+
+
+def mean_brightness(video: Path) -> float:
+    return float(decode_gray_frames(video, side=16).mean())
+
+
+@pytest.mark.slow
+def test_an_internal_service_is_refused_by_default(internal_service: Server, tmp_path: Path) -> None:
+    page = page_using(tmp_path / "site", picture_and_sound(internal_service))
+    result, output = render(page, tmp_path)
+    assert internal_service.log == [], "the internal service was reached"
+    assert mean_brightness(output) < 20, "the refused picture was painted"
+    assert result.page_audio_sources == 0  # the refused <audio> is not heard (FFmpeg never fetched it)
+    assert result.blocked_requests >= 3
+    base = internal_service.base
+    assert f"{base}/white.png" in result.blocked_urls and f"{base}/tone.wav" in result.blocked_urls
+    assert f"{base.replace('127.0.0.2', 'localhost')}/x" in result.blocked_urls  # a name, refused by its address
+    assert "127.0.0.2 is a loopback address (the default network policy)" in result.blocked_rule
+
+
+@pytest.mark.slow
+def test_the_spec_can_allow_the_internal_service(internal_service: Server, tmp_path: Path) -> None:
+    page = page_using(tmp_path / "site", picture_and_sound(internal_service))
+    result, output = render(page, tmp_path, network={"allow": ["127.0.0.2"]})
+    assert "/white.png" in internal_service.log and "/tone.wav" in internal_service.log
+    assert mean_brightness(output) > 235
+    assert result.page_audio_sources == 1
+    assert result.blocked_urls == [f"{internal_service.base.replace('127.0.0.2', 'localhost')}/x"]
+
+
+@pytest.mark.slow
+def test_strict_fails_the_chunk_naming_the_url(internal_service: Server, tmp_path: Path) -> None:
+    page = page_using(tmp_path / "site", f'<img src="{internal_service.base}/white.png">')
+    with pytest.raises(PageError) as error:
+        render(page, tmp_path, network={"strict": True})
+    assert f"{internal_service.base}/white.png" in str(error.value)
+    assert "127.0.0.2 is a loopback address" in str(error.value)
+    assert internal_service.log == []
+    assert list((tmp_path / "out").iterdir()) == [], "a failed chunk left files behind"
+
+
+@pytest.mark.slow
+def test_a_redirect_to_an_internal_address_is_refused(internal_service: Server, tmp_path: Path) -> None:
+    """A URL composition on server A (its own origin, on loopback: allowed) redirects a picture to B."""
+    target = f"{internal_service.base}/white.png"
+    page = page_using(
+        tmp_path / "remote",
+        '<img src="/redirect" style="display:block;width:100vw;height:100vh" onerror="this.remove()">',
+    )
+
+    class Redirecting(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    own = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Redirecting, directory=str(page.parent)))
+    threading.Thread(target=own.serve_forever, daemon=True).start()
+    try:
+        result, output = render(f"http://127.0.0.1:{own.server_address[1]}/index.html", tmp_path)
+    finally:
+        own.shutdown()
+        own.server_close()
+    assert internal_service.log == []
+    assert mean_brightness(output) < 20
+    assert result.blocked_urls == [target]
+
+
+@pytest.mark.slow
+def test_a_page_without_requests_renders_frame_exact_through_the_gate(tmp_path: Path) -> None:
+    result, output = render(COMPOSITIONS / "frame_css", tmp_path, frames=6)
+    assert frame_indices(output) == list(range(6))
+    assert result.blocked_requests == 0 and result.blocked_urls == []
+
+
+# --- through Dagster ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_chunk_metadata_counts_refusals_and_strict_is_not_retried(internal_service: Server, tmp_path: Path) -> None:
+    storage = RenderStorage(location=str(tmp_path / "storage"))
+    page = page_using(tmp_path / "site", f'<img src="{internal_service.base}/white.png">')
+    lenient = write_spec(tmp_path / "specs", "lenient", page, frame_count=2, concurrency=1)
+    strict = write_spec(tmp_path / "specs", "strict", page, frame_count=2, concurrency=1, network={"strict": True})
+    with dg.instance_for_test() as instance:
+        key = register(instance, storage, lenient)
+        run(instance, storage, [render_plan], key)
+        run(instance, storage, [chunk_video], chunk_key(key, "000"))
+        metadata = latest_metadata(instance, chunk_video.key, str(chunk_key(key, "000")))
+        assert metadata["blocked_requests"].value == 1
+        assert metadata["blocked_urls"].value == [f"{internal_service.base}/white.png"]
+        assert "loopback" in str(metadata["blocked_rule"].value)
+
+        key = register(instance, storage, strict)
+        run(instance, storage, [render_plan], key)
+        failed = run(instance, storage, [chunk_video], chunk_key(key, "000"), raise_on_error=False)
+        assert not failed.success
+        kinds = [event.event_type for event in failed.all_events]
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds, "a strict refusal is deterministic: no retry"
+        failure = next(event for event in failed.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE)
+        assert f"{internal_service.base}/white.png" in str(failure.step_failure_data.error.message)
+    assert internal_service.log == []
