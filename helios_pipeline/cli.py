@@ -160,6 +160,8 @@ def _render_local(spec: RenderSpec, quiet: bool) -> int:
         f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)",
         soft_wrap=True,
     )
+    if result.blocked_note:
+        _report("warning", "yellow", result.blocked_note)
     return EXIT_OK
 
 
@@ -189,6 +191,8 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
         f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)",
         soft_wrap=True,
     )
+    if status.blocked_note:
+        _report("warning", "yellow", status.blocked_note)
     return EXIT_OK
 
 

@@ -217,3 +217,9 @@ def _refused_by(policy: NetworkPolicy, host: str, port: int, address: IPAddress)
         return None
     shown = host if host == str(address) else f"{host} ({address})"
     return f"{shown} is a{'n' if kind[0] in 'aeiou' else ''} {kind} address"
+
+
+def describe_refusals(count: int, urls: list[str], rule: str) -> str:
+    """One warning line: how many requests the policy refused, the first URLs, the first rule."""
+    more = f" and {count - len(urls)} more" if count > len(urls) else ""
+    return f"the network policy refused {count} request(s) of the page: {', '.join(urls)}{more} ({rule})"

@@ -6,6 +6,8 @@ import http.client
 import urllib.error
 import urllib.request
 
+from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.network import read_deployment_policy
 from helios_pipeline.spec import RenderSpec, SpecError
 
 URL_TIMEOUT_SECONDS = 15
@@ -28,5 +30,9 @@ def check_composition_reachable(url: str) -> None:
 
 def check_inputs(spec: RenderSpec) -> None:
     """Everything about the input that can be known before a browser starts."""
+    try:
+        read_deployment_policy()
+    except ValueError as exc:  # the deployment's setting, not the spec: every render would fail on it
+        raise RenderError(str(exc)) from None
     if not spec.is_local:
         check_composition_reachable(spec.composition)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,6 +301,27 @@ def test_a_page_without_requests_renders_frame_exact_through_the_gate(tmp_path: 
     result, output = render(COMPOSITIONS / "frame_css", tmp_path, frames=6)
     assert frame_indices(output) == list(range(6))
     assert result.blocked_requests == 0 and result.blocked_urls == []
+
+
+@pytest.mark.slow
+def test_cli_warns_and_the_deployment_setting_is_a_ceiling(internal_service: Server, tmp_path: Path) -> None:
+    """``helios-pipeline render --local``: chunk workers inherit HELIOS_NETWORK_POLICY, which the spec cannot widen."""
+    page = page_using(tmp_path / "site", f'<img src="{internal_service.base}/white.png">')
+    output = tmp_path / "out" / "video.mp4"
+    sizes = ["--width", "64", "--height", "64", "--fps", "30", "--frames", "2", "--concurrency", "1"]
+    command = [sys.executable, "-m", "helios_pipeline.cli", "render", str(page), "--local", "-q", *sizes]
+    command += ["--set", "network.allow=[127.0.0.2]", "-o", str(output)]
+    env = {**os.environ, ENV_VAR: "own-origin", "COLUMNS": "80", "TERM": "dumb"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert output.is_file()
+    assert internal_service.log == []
+    expected = (
+        f"warning: the network policy refused 1 request(s) of the page: {internal_service.base}/white.png "
+        f"(127.0.0.2:{internal_service.base.rsplit(':', 1)[1]} is not the page's own origin (mode own-origin) "
+        f"(the deployment's {ENV_VAR}))"
+    )
+    assert expected in done.stderr
 
 
 # --- through Dagster ------------------------------------------------------------------------------

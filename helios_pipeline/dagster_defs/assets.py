@@ -37,6 +37,7 @@ from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames, probe
 from helios_pipeline.fingerprint import ENGINE_VERSION
+from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError
@@ -232,7 +233,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             raise _fail(exc, retryable=True) from None
         raise
     if result.blocked_requests:
-        context.log.warning(_blocked_note(result.blocked_requests, result.blocked_urls, result.blocked_rule))
+        context.log.warning(describe_refusals(result.blocked_requests, result.blocked_urls, result.blocked_rule))
     output = Path(result.output_file)
     upload_started = time.perf_counter()
     try:
@@ -271,11 +272,6 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
     )
-
-
-def _blocked_note(count: int, urls: list[str], rule: str) -> str:
-    """One line for the run's log: what the page was refused, and the first rule."""
-    return f"the network policy refused {count} request(s) of the page: {', '.join(urls)} ({rule})"
 
 
 CHUNKS_COMPLETE = "chunks_complete"
