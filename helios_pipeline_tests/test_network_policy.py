@@ -264,6 +264,27 @@ def test_strict_fails_the_chunk_naming_the_url(internal_service: Server, tmp_pat
 
 
 @pytest.mark.slow
+def test_workers_and_websockets_go_through_the_gate(internal_service: Server, tmp_path: Path) -> None:
+    """A dedicated worker's fetch and a WebSocket are refused too; the page waits until both have failed."""
+    worker_url, socket_url = f"{internal_service.base}/from-worker", f"{internal_service.base.replace('http', 'ws')}/ws"
+    script = f"""<script>
+      const worker = new Worker(URL.createObjectURL(new Blob(
+        ['fetch("{worker_url}").then(() => postMessage("reached"), () => postMessage("refused"))'])));
+      const fromWorker = new Promise(resolve => {{ worker.onmessage = event => resolve(event.data); }});
+      const socket = new WebSocket("{socket_url}");
+      const fromSocket = new Promise(resolve => {{ socket.onopen = () => resolve("reached");
+                                                   socket.onerror = () => resolve("refused"); }});
+      const outcome = Promise.all([fromWorker, fromSocket]);
+      window.helios = {{ waitUntilStable: () => outcome }};
+      outcome.then(results => {{ document.title = results.join(","); }});
+    </script>"""
+    page = page_using(tmp_path / "site", script)
+    result, _ = render(page, tmp_path)
+    assert internal_service.log == []
+    assert worker_url in result.blocked_urls and socket_url in result.blocked_urls
+
+
+@pytest.mark.slow
 def test_a_redirect_to_an_internal_address_is_refused(internal_service: Server, tmp_path: Path) -> None:
     """A URL composition on server A (its own origin, on loopback: allowed) redirects a picture to B."""
     target = f"{internal_service.base}/white.png"

@@ -140,6 +140,8 @@ class EgressGate:
             except OSError:
                 continue
             upstream.settimeout(None)
+            for sock in (client, upstream):  # relay small writes at once: Nagle + delayed ACK stall ~40 ms
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _reply(client, REPLY_OK)
             return upstream
         _reply(client, REPLY_HOST_UNREACHABLE)
