@@ -157,25 +157,33 @@ def read_deployment_policy(environ: dict[str, str] | None = None) -> NetworkPoli
 
 @dataclass(frozen=True)
 class Guard:
-    """The policy a chunk enforces: the spec's and the deployment's, for a page of ``own_origin``.
+    """The policy a chunk enforces: the spec's and the deployment's, for a page of a given origin.
 
     A deployment policy is the default for specs without ``network:`` and a ceiling for those with
-    one: a connection must be allowed by both.
+    one: a connection must be allowed by both. The page's own origin is always allowed when it is
+    the local composition server; a composition URL's origin is exempt from the spec's policy but
+    not from the deployment's, which judges it by its address (a spec cannot name
+    ``http://169.254.169.254/`` as its composition).
     """
 
     own_host: str
     own_port: int
     spec: NetworkPolicy | None = None
     deployment: NetworkPolicy | None = None
+    own_is_local: bool = True
+    """The page is served by the chunk's own loopback server (a local composition)."""
 
     @classmethod
-    def for_page(cls, page_url: str, spec: NetworkPolicy | None, deployment: NetworkPolicy | None) -> Guard:
+    def for_page(
+        cls, page_url: str, spec: NetworkPolicy | None, deployment: NetworkPolicy | None, *, local: bool = True
+    ) -> Guard:
         parts = urlsplit(page_url)
         return cls(
             own_host=(parts.hostname or "").lower(),
             own_port=parts.port or DEFAULT_PORTS.get(parts.scheme, 0),
             spec=spec,
             deployment=deployment,
+            own_is_local=local,
         )
 
     @property
@@ -197,20 +205,24 @@ class Guard:
         """None when a connection to ``host:port`` (resolved to ``address``) is allowed, else the rule
         that refuses it, e.g. ``"127.0.0.2 is a loopback address (the spec's network policy)"``."""
         host = host.lower().strip("[]")
-        if (host, port) == (self.own_host, self.own_port):
+        own = (host, port) == (self.own_host, self.own_port)
+        if own and self.own_is_local:
             return None
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         for name, policy in self.policies:
-            reason = _refused_by(policy, host, port, ip)
+            if own and policy is not self.deployment:
+                continue  # a composition URL's own origin: the spec chose it, only the deployment judges it
+            reason = _refused_by(policy, host, port, ip, own=own)
             if reason is not None:
                 return f"{reason} ({name})"
         return None
 
 
-def _refused_by(policy: NetworkPolicy, host: str, port: int, address: IPAddress) -> str | None:
+def _refused_by(policy: NetworkPolicy, host: str, port: int, address: IPAddress, *, own: bool) -> str | None:
+    """Why ``policy`` refuses the connection, or None; ``own``: the composition URL's origin, judged by address."""
     if policy.mode == "open" or any(rule.matches(host, port, address) for rule in policy.rules):
         return None
-    if policy.mode == "own-origin":
+    if policy.mode == "own-origin" and not own:
         return f"{host}:{port} is not the page's own origin (mode own-origin)"
     kind = address_kind(address)
     if kind is None:

@@ -124,6 +124,23 @@ def test_the_deployment_policy_is_the_default_and_a_ceiling() -> None:
     assert guard({"mode": "open"}).is_open and guard(None, {"mode": "open"}).is_open
 
 
+def test_a_composition_urls_origin_is_judged_by_the_deployment_only() -> None:
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    own = ("169.254.169.254", 80, "169.254.169.254")
+    assert Guard.for_page(metadata, None, None, local=False).refusal(*own) is None  # no deployment: the spec chose it
+    strict_spec = NetworkPolicy(mode="own-origin")
+    assert Guard.for_page(metadata, strict_spec, None, local=False).refusal(*own) is None
+    farm = NetworkPolicy(mode="own-origin")
+    assert Guard.for_page(metadata, None, farm, local=False).refusal(*own) == (
+        f"169.254.169.254 is a link-local address (the deployment's {ENV_VAR})"
+    )
+    public = Guard.for_page("https://example.com/c.html", None, farm, local=False)
+    assert public.refusal("example.com", 443, "93.184.215.14") is None
+    assert public.refusal("cdn.example.com", 443, "93.184.215.15") is not None  # own-origin: not its origin
+    # the local composition server is always its own origin
+    assert Guard.for_page(OWN, None, farm).refusal("127.0.0.1", 8000, "127.0.0.1") is None
+
+
 def test_deployment_setting_parses_a_mode_or_a_mapping() -> None:
     assert read_deployment_policy({}) is None
     assert read_deployment_policy({ENV_VAR: "own-origin"}) == NetworkPolicy(mode="own-origin")
@@ -315,6 +332,22 @@ def test_a_redirect_to_an_internal_address_is_refused(internal_service: Server, 
     assert internal_service.log == []
     assert mean_brightness(output) < 20
     assert result.blocked_urls == [target]
+
+
+@pytest.mark.slow
+def test_the_deployment_refuses_a_composition_url_on_an_internal_address(
+    internal_service: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_VAR, "{mode: default}")
+    composition = f"{internal_service.base}/white.png"
+    with pytest.raises(PageError) as error:
+        render(composition, tmp_path)
+    assert str(error.value) == (
+        f"the network policy refuses the composition {composition}: 127.0.0.2 is a loopback address "
+        f"(the deployment's {ENV_VAR})"
+    )
+    assert internal_service.log == []
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.slow

@@ -155,7 +155,12 @@ def render_chunk(
             context, page, page_errors = new_render_page(browser, spec, network.proxy)
             network.watch(page)
             watchdog.arm()
-            cdp = load_composition(context, page, url, spec, page_errors)
+            try:
+                cdp = load_composition(context, page, url, spec, page_errors)
+            except RenderError:
+                if rule := network.own_origin_refusal():  # a composition URL the deployment forbids
+                    raise PageError(f"the network policy refuses the composition {spec.composition}: {rule}") from None
+                raise
             network.check(page, None)
             capture = make_capture(spec, cdp, page, chunk.frame_count)
             startup_seconds = time.perf_counter() - started

@@ -97,12 +97,21 @@ class PageNetwork:
 
     def check(self, page: Page, frame: int | None) -> None:
         """With ``strict``, fail on the first refusal, naming its URL and the rule."""
-        if not self.guard.strict or not self.blocked_count:
-            return
+        if self.guard.strict and self.blocked_count:
+            raise self.refusal_error(page, frame, "(strict)")
+
+    def own_origin_refusal(self) -> str | None:
+        """The rule that refused the page's own origin (a composition URL the deployment forbids), or None."""
+        own = (self.guard.own_host, self.guard.own_port)
+        with self._lock:
+            return next((rule for host, port, rule in self._refusals if (host, port) == own), None)
+
+    def refusal_error(self, page: Page, frame: int | None, why: str) -> PageError:
+        """The first refusal as a page error (deterministic: the same page is refused again)."""
         with contextlib.suppress(PlaywrightError):
             page.wait_for_timeout(STRICT_SETTLE_MS)  # the failed request's event names the URL
         url, rule = self.blocked()[0]
-        raise PageError(f"the page requested {url}, which the network policy refuses: {rule} (strict)", frame)
+        return PageError(f"the page requested {url}, which the network policy refuses: {rule} {why}", frame)
 
     def download(self, page: Page, url: str, label: str) -> bytes | None:
         """Fetch ``url`` through the gate (each redirect hop decided); None when the policy refuses it."""
@@ -134,7 +143,7 @@ def page_network(spec: RenderSpec, page_url: str) -> Iterator[PageNetwork]:
         deployment = read_deployment_policy()
     except ValueError as exc:
         raise RenderError(str(exc)) from None
-    network = PageNetwork(Guard.for_page(page_url, spec.network, deployment))
+    network = PageNetwork(Guard.for_page(page_url, spec.network, deployment, local=spec.is_local))
     if network.guard.is_open:
         yield network
         return
