@@ -281,6 +281,18 @@ def test_strict_fails_the_chunk_naming_the_url(internal_service: Server, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_page_that_throws_on_a_refused_fetch_is_told_why(internal_service: Server, tmp_path: Path) -> None:
+    url = f"{internal_service.base}/data.json"
+    script = f"<script>window.helios = {{ waitUntilStable: () => fetch({url!r}) }};</script>"
+    with pytest.raises(PageError) as error:
+        render(page_using(tmp_path / "site", script), tmp_path)
+    assert str(error.value) == (
+        f"frame 0: the page threw: TypeError: Failed to fetch (the network policy refused {url}: "
+        "127.0.0.2 is a loopback address (the default network policy))"
+    )
+
+
+@pytest.mark.slow
 def test_workers_and_websockets_go_through_the_gate(internal_service: Server, tmp_path: Path) -> None:
     """A dedicated worker's fetch and a WebSocket are refused too; the page waits until both have failed."""
     worker_url, socket_url = f"{internal_service.base}/from-worker", f"{internal_service.base.replace('http', 'ws')}/ws"

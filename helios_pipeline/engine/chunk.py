@@ -23,7 +23,7 @@ from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fp
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
-from helios_pipeline.engine.page_network import page_network
+from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
@@ -139,6 +139,7 @@ def render_chunk(
     started = time.perf_counter()
     output = Path(chunk.output_file)
     page_errors: list[str] = []  # what the page threw (filled once the page exists)
+    gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = _Watchdog(spec.stability_timeout / 1000 + WATCHDOG_MARGIN_S)
     current_frame: int | None = None
     try:
@@ -152,6 +153,7 @@ def render_chunk(
         ):
             watchdog.watch(browser)
             chromium_version = browser.version
+            gate = network
             context, page, page_errors = new_render_page(browser, spec, network.proxy)
             network.watch(page)
             watchdog.arm()
@@ -212,13 +214,16 @@ def render_chunk(
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
             blocked = network.summary()
+    except PageError as exc:
+        raise exc if gate is None else gate.explain(exc) from None
     except PlaywrightError as exc:
         if watchdog.fired:
             raise PageError(
                 f"did not become ready within {watchdog.limit:.0f} s (the page is stuck)", current_frame
             ) from None
         if page_errors:
-            raise PageError(page_errors[0], current_frame) from None
+            error = PageError(page_errors[0], current_frame)
+            raise error if gate is None else gate.explain(error) from None
         raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
     finally:
         watchdog.close()

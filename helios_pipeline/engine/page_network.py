@@ -127,6 +127,14 @@ class PageNetwork:
             raise RenderError(f"page audio: {label}: {url} answered HTTP {response.status}")
         return response.body()
 
+    def explain(self, error: PageError) -> PageError:
+        """``error`` with the first refusal added: a page that throws on a refused fetch says why it was refused."""
+        blocked = self.blocked()
+        if not blocked or "network policy" in error.reason:
+            return error
+        url, rule = blocked[0]
+        return PageError(f"{error.reason} (the network policy refused {url}: {rule})", error.frame)
+
     def summary(self) -> dict[str, Any]:
         blocked = self.blocked()
         return {
