@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 from helios_pipeline.dagster_defs.assets import chunk_video, render_plan
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
+from helios_pipeline.engine.egress import Refusal, egress_gate
 from helios_pipeline.engine.errors import PageError
 from helios_pipeline.engine.tools import ffmpeg_path
 from helios_pipeline.fingerprint import render_fingerprint
@@ -175,6 +177,56 @@ def test_the_policy_is_part_of_the_fingerprint_but_strict_is_not(tmp_path: Path)
     allowing = render_fingerprint(spec_with(tmp_path, {"allow": ["127.0.0.2"]}))
     strict = render_fingerprint(spec_with(tmp_path, {"allow": ["127.0.0.2"], "strict": True}))
     assert without != allowing == strict
+
+
+def socks_connect(proxy_url: str, host: str, port: int) -> tuple[int, socket.socket]:
+    """A minimal SOCKS5 client (what Chromium does): CONNECT to a host name; the reply code and the socket."""
+    proxy_port = int(proxy_url.rsplit(":", 1)[1])
+    client = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    client.sendall(b"\x05\x01\x00")
+    assert client.recv(2) == b"\x05\x00"
+    name = host.encode()
+    client.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    reply = client.recv(10)
+    return reply[1], client
+
+
+def test_the_gate_connects_to_the_address_it_decided_on() -> None:
+    """Names are resolved once, by the gate: it decides on that address and connects to exactly it."""
+    listener = socket.create_server(("127.0.0.3", 0))
+    port = listener.getsockname()[1]
+    answers = {
+        "assets.test": ["127.0.0.3"],
+        "metadata.test": ["169.254.169.254"],
+        "split.test": ["8.8.8.8", "10.0.0.1"],
+    }
+    refused: list[tuple[str, int, str]] = []
+    guard = Guard.for_page(OWN, NetworkPolicy(allow=("127.0.0.3",)), None)
+
+    def decide(host: str, port: int, address: str) -> Refusal | None:
+        rule = guard.refusal(host, port, address)
+        return None if rule is None else Refusal(rule)
+
+    def resolve(host: str, _port: int) -> list[str]:
+        return answers.get(host, [])
+
+    with listener, egress_gate(decide, lambda h, p, r: refused.append((h, p, r.rule)), resolve) as gate:
+        code, client = socks_connect(gate.proxy_url, "assets.test", port)
+        with client:
+            assert code == 0
+            accepted, _ = listener.accept()
+            with accepted:
+                client.sendall(b"ping")
+                assert accepted.recv(4) == b"ping"  # relayed to 127.0.0.3, the address the name resolved to
+        for name in ("metadata.test", "split.test"):  # every address a name resolves to must pass
+            code, client = socks_connect(gate.proxy_url, name, 80)
+            client.close()
+            assert code == 2  # "connection not allowed by ruleset"
+        assert socks_connect(gate.proxy_url, "nowhere.test", 80)[0] == 4  # does not resolve: host unreachable
+    assert refused == [
+        ("metadata.test", 80, "metadata.test (169.254.169.254) is a link-local address (the spec's network policy)"),
+        ("split.test", 80, "split.test (10.0.0.1) is a private address (the spec's network policy)"),
+    ]
 
 
 # --- real chunks against two loopback servers ---------------------------------------------------
