@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -330,6 +331,14 @@ def test_strict_fails_the_chunk_naming_the_url(internal_service: Server, tmp_pat
     assert "127.0.0.2 is a loopback address" in str(error.value)
     assert internal_service.log == []
     assert list((tmp_path / "out").iterdir()) == [], "a failed chunk left files behind"
+    deadline = time.monotonic() + 5  # relays notice the closed gate within a second
+    while gate_threads() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gate_threads() == [], "the chunk's egress gate was left running"
+
+
+def gate_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("helios-egress")]
 
 
 @pytest.mark.slow
