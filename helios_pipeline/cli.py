@@ -24,7 +24,7 @@ from rich.text import Text
 
 from helios_pipeline.dagster_defs.deployment_check import DeploymentUnreachable
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
-from helios_pipeline.limits import LimitSettingError
+from helios_pipeline.limits import SettingError
 from helios_pipeline.orchestrator import RenderOrchestrator, run_plan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
@@ -173,6 +173,8 @@ def _render_local(spec: RenderSpec, quiet: bool) -> int:
         f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)",
         soft_wrap=True,
     )
+    if result.blocked_note:
+        _report("warning", "yellow", result.blocked_note)
     return EXIT_OK
 
 
@@ -202,6 +204,8 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
         f"[green]done[/] {status.output}  {status.total_frames} frames in {seconds:.1f} s (through Dagster)",
         soft_wrap=True,
     )
+    if status.blocked_note:
+        _report("warning", "yellow", status.blocked_note)
     return EXIT_OK
 
 
@@ -384,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         _report("error", "bold red", exc)
         return EXIT_INVALID
-    except LimitSettingError as exc:  # a deployment limit set to something that is not a limit
+    except SettingError as exc:  # a deployment setting (limit, network policy) that is not valid
         _report("invalid setting", "bold red", exc)
         return EXIT_INVALID
     except RenderCancelled as exc:

@@ -29,8 +29,11 @@ HASHED_FIELDS = frozenset(
     }
 )  # fmt: skip
 """Hashed as they are: each changes pixels or samples."""
-DERIVED_FIELDS = frozenset({"duration_in_seconds", "frame_count", "composition", "audio_tracks", "subtitles", "output"})
-"""Hashed through what they mean: the total frame count, file contents (not paths), the output container."""
+DERIVED_FIELDS = frozenset(
+    {"duration_in_seconds", "frame_count", "composition", "audio_tracks", "subtitles", "output", "network"}
+)
+"""Hashed through what they mean: the total frame count, file contents (not paths), the output container,
+what the page may load (a refused image paints differently; ``network.strict`` only fails or not)."""
 IGNORED_FIELDS = frozenset(
     {"name", "concurrency", "frames_per_chunk", "worker", "stability_timeout", "schedule", "timezone", "poster_frame"}
 )
@@ -48,6 +51,8 @@ def _identity(spec: RenderSpec) -> dict[str, Any]:
     identity["audio_tracks"] = [{k: v for k, v in track.items() if k != "path"} for track in data["audio_tracks"]]
     identity["subtitles"] = spec.subtitles is not None
     identity["container"] = Path(str(spec.output)).suffix.lower()  # .webm mixes Opus where .mp4 has AAC
+    if spec.network is not None:  # absent, the key stays out: fingerprints of specs without it are unchanged
+        identity["network"] = {"mode": spec.network.mode, "allow": list(spec.network.allow)}
     return identity
 
 

@@ -32,8 +32,8 @@ _UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1}
 _SIZE = re.compile(r"^(\d+)\s*[xX×]\s*(\d+)$")
 
 
-class LimitSettingError(ValueError):
-    """A limit setting that is not a valid value; the message names the setting."""
+class SettingError(ValueError):
+    """A deployment setting (a limit, the network policy) that is not a valid value; the message names it."""
 
 
 def parse_duration(text: str) -> float:
@@ -80,7 +80,7 @@ def _setting(environ: Mapping[str, str], name: str, default: str, parse: Callabl
     try:
         return parse(raw)
     except ValueError as exc:
-        raise LimitSettingError(f"{name}: {exc}") from None
+        raise SettingError(f"{name}: {exc}") from None
 
 
 def _whole_number(text: str) -> int:
@@ -100,7 +100,7 @@ class RenderLimits:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RenderLimits:
         """HELIOS_MAX_FRAMES (864000), HELIOS_MAX_DURATION (4h; seconds or 4h/90m/1h30m),
-        HELIOS_MAX_PIXELS (7680x4320; pixels or WxH); a bad value raises :class:`LimitSettingError`."""
+        HELIOS_MAX_PIXELS (7680x4320; pixels or WxH); a bad value raises :class:`SettingError`."""
         env = os.environ if environ is None else environ
         return cls(
             max_frames=_setting(env, MAX_FRAMES_SETTING, str(DEFAULT_MAX_FRAMES), _whole_number),

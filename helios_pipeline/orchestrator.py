@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,7 +30,9 @@ from helios_pipeline.engine.chunk_compat import ChunkFacts
 from helios_pipeline.engine.concat import ConcatResult
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.page_network import REPORTED_URLS
 from helios_pipeline.engine.still import poster_path
+from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
@@ -40,6 +43,7 @@ from helios_pipeline.storage.s3 import default_client, upload_to_uri
 ProgressCallback = Callable[[float], None]
 ChunkProgress = Callable[[int], None]
 KILL_GRACE_SECONDS = 5.0
+LOG = logging.getLogger(__name__)
 CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"  # inherited by the worker's Chromium and FFmpeg: finds strays
 
 
@@ -127,6 +131,20 @@ class RenderResult:
     the URI it was uploaded to); None without ``poster_frame``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def blocked_requests(self) -> int:
+        """Requests of the page the network policy refused, over all chunks."""
+        return sum(chunk.blocked_requests for chunk in self.chunks)
+
+    @property
+    def blocked_note(self) -> str | None:
+        """A warning line naming the first refused URLs and the rule, or None when nothing was refused."""
+        if not self.blocked_requests:
+            return None
+        urls = list(dict.fromkeys(url for chunk in self.chunks for url in chunk.blocked_urls))[:REPORTED_URLS]
+        rule = next(chunk.blocked_rule for chunk in self.chunks if chunk.blocked_rule)
+        return describe_refusals(self.blocked_requests, urls, rule)
+
 
 class _Progress:
     """Frame-weighted global progress from per-chunk frame counts (thread-safe)."""
@@ -209,7 +227,7 @@ def run_plan(
         _cleanup(render_plan, remove_dir=created_work_dir)
     if on_progress is not None:
         on_progress(1.0)
-    return RenderResult(
+    result = RenderResult(
         output=render_plan.final_output_uri or render_plan.final_output_file,
         plan=render_plan,
         chunks=chunk_results,
@@ -219,6 +237,9 @@ def run_plan(
         contact_sheet=None if render_plan.final_output_uri else finished.contact_sheet,
         poster=poster,
     )
+    if result.blocked_note:
+        LOG.warning(result.blocked_note)
+    return result
 
 
 def _upload_output(video: Path, sheet: Path, poster: Path | None, uri: str) -> str | None:

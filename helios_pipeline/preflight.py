@@ -17,7 +17,8 @@ from helios_pipeline.engine.audio.mix import output_audio_codec
 from helios_pipeline.engine.errors import RenderError, ToolNotFoundError
 from helios_pipeline.engine.ffmpeg import encoder_kinds, encoder_pixel_formats
 from helios_pipeline.engine.probe import audio_stream_duration
-from helios_pipeline.limits import RenderLimits
+from helios_pipeline.limits import RenderLimits, SettingError
+from helios_pipeline.network import read_deployment_policy
 from helios_pipeline.spec import RenderSpec, SpecError
 
 URL_TIMEOUT_SECONDS = 15
@@ -87,6 +88,10 @@ def encoder_problems(spec: RenderSpec) -> list[tuple[str, str]]:
 def check_inputs(spec: RenderSpec, source: str = "render options", *, fetch_composition: bool = True) -> None:
     """Everything about the input that can be known before a browser starts; raises :class:`SpecError`
     naming ``source`` and each field. ``fetch_composition`` also loads a composition URL once."""
+    try:
+        read_deployment_policy()
+    except ValueError as exc:  # the deployment's setting, not the spec: every render would fail on it
+        raise SettingError(str(exc)) from None
     problems = RenderLimits.from_env().problems(spec) + encoder_problems(spec) + audio_track_problems(spec)
     if problems:
         raise SpecError(source, problems)

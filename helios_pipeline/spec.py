@@ -33,6 +33,7 @@ from helios_pipeline.codec_limits import frame_problems
 from helios_pipeline.containers import container_problem
 from helios_pipeline.fargate import cpu_problem, memory_problem
 from helios_pipeline.frame_ref import FrameError, FrameRef, parse_frame
+from helios_pipeline.network import NetworkPolicy
 from helios_pipeline.srt import SrtError, read_srt
 from helios_pipeline.storage.location import split_s3_uri
 
@@ -207,6 +208,9 @@ class RenderSpec(_Model):
         None,
         description="a frame (75) or time (2.5s) of the video, also written as a still beside it "
         "(<stem>.poster.png); validated against the frame count and stored as the frame number",
+    )
+    network: NetworkPolicy | None = Field(
+        None, description="what the page may connect to besides its own origin; default: public addresses"
     )
 
     @field_validator("name", mode="before")

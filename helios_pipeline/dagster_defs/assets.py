@@ -39,6 +39,7 @@ from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames, probe
 from helios_pipeline.engine.still import poster_path
 from helios_pipeline.fingerprint import ENGINE_VERSION
+from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError
@@ -233,6 +234,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error, StuckError: worth a retry
             raise _fail(exc, retryable=True) from None
         raise
+    if result.blocked_requests:
+        context.log.warning(describe_refusals(result.blocked_requests, result.blocked_urls, result.blocked_rule))
     output = Path(result.output_file)
     upload_started = time.perf_counter()
     try:
@@ -260,6 +263,9 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "chromium_version": dg.MetadataValue.text(result.chromium_version),
             "ffmpeg_version": dg.MetadataValue.text(result.ffmpeg_version),
             "encoder_settings": dg.MetadataValue.json(result.encoder_settings),
+            "blocked_requests": result.blocked_requests,
+            "blocked_urls": dg.MetadataValue.json(result.blocked_urls),
+            "blocked_rule": dg.MetadataValue.text(result.blocked_rule or "none"),
             "worker_host": dg.MetadataValue.text(result.host),
             "worker_pid": result.pid,
             "upload_seconds": time.perf_counter() - upload_started,

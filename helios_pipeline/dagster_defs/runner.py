@@ -34,12 +34,14 @@ from helios_pipeline.dagster_defs.instance import (
     get_instance,
     stop_process_tree,
 )
-from helios_pipeline.dagster_defs.names import MIXED_ASSET, PLAN_ASSET, RENDER_TAG, RENDERS
+from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, RENDER_TAG, RENDERS
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
+from helios_pipeline.engine.page_network import REPORTED_URLS
+from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.spec import RenderSpec
 from helios_pipeline.storage import StorageError
@@ -117,6 +119,8 @@ class RenderStatus:
     stage: str
     finished: bool = False
     output: str | None = None
+    blocked_note: str | None = None
+    """A finished render whose pages the network policy refused requests: what and why (one line)."""
 
 
 def _failed_run_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
@@ -164,7 +168,9 @@ def follow(
                     raise RenderError(f"render {key}: {_failed_run_message(instance, run)}")
                 metadata = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
                 path = metadata.get("path")
-                status = RenderStatus(total, total, "done", True, str(path.value) if path else None)
+                status = RenderStatus(
+                    total, total, "done", True, str(path.value) if path else None, blocked_note(instance, storage, key)
+                )
                 on_status(status)
                 return status
         runs = _render_runs(instance, key, since)
@@ -183,6 +189,30 @@ def follow(
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
+
+
+def blocked_note(instance: dg.DagsterInstance, storage: RenderStorage, key: str) -> str | None:
+    """The network policy's refusals over the render's chunks (their latest materialisations), as one line."""
+    try:
+        chunk_ids = [chunk.id for chunk in storage.plan_for(key).chunks]
+    except (StorageError, ValueError):
+        return None
+    partitions = [str(dg.MultiPartitionKey({"render": key, "chunk": f"{index:03d}"})) for index in chunk_ids]
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=partitions), limit=len(partitions) * 4
+    ).records
+    latest: dict[str, dict[str, dg.MetadataValue]] = {}
+    for record in records:  # newest first
+        materialization = record.asset_materialization
+        if materialization is not None:
+            latest.setdefault(str(materialization.partition), dict(materialization.metadata))
+    count, urls, rules = 0, [], []
+    for metadata in latest.values():
+        if "blocked_requests" in metadata and int(metadata["blocked_requests"].value or 0):
+            count += int(metadata["blocked_requests"].value or 0)
+            urls += [url for url in metadata["blocked_urls"].value or [] if url not in urls]
+            rules.append(str(metadata["blocked_rule"].value))
+    return describe_refusals(count, urls[:REPORTED_URLS], rules[0]) if count else None
 
 
 def _fails_the_render(run: dg.DagsterRun, failures_seen: dict[str, float]) -> bool:

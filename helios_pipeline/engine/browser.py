@@ -32,6 +32,8 @@ LAUNCH_ARGS = (
     "--disable-backgrounding-occluded-windows",
     "--disable-features=PaintHolding,Translate,MediaRouter,OptimizationHints",
     "--autoplay-policy=no-user-gesture-required",
+    # WebRTC may send UDP, which no proxy sees: keep it to proxied connections (the network policy's gate)
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
 
 LAUNCH_TIMEOUT_MS = 30000

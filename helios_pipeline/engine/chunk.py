@@ -22,6 +22,7 @@ from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fp
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
@@ -56,6 +57,12 @@ class ChunkResult:
     """The rendering browser's version (Playwright's ``browser.version``)."""
     ffmpeg_version: str = ""
     """The first line of the encoding FFmpeg's ``ffmpeg -version``."""
+    blocked_requests: int = 0
+    """Connections the network policy refused (``engine.page_network``)."""
+    blocked_urls: list[str] = field(default_factory=list)
+    """The first few refused URLs (``host:port`` where the page's events named none)."""
+    blocked_rule: str = ""
+    """The rule that refused the first of them."""
     encoder_settings: dict[str, str] = field(default_factory=dict)
     """What stream-copy concat needs to be equal in every chunk, read from the encoded file
     (``engine.chunk_compat.probe_chunk``); ``check_chunks_compatible`` compares them."""
@@ -93,6 +100,7 @@ def render_chunk(
     started = time.perf_counter()
     output = Path(chunk.output_file)
     page_errors: list[str] = []  # what the page threw (filled once the page exists)
+    gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = Watchdog()
     current_frame: int | None = None
     try:
@@ -100,13 +108,22 @@ def render_chunk(
             atomic_output(output) as partial,
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
+            page_network(spec, url) as network,
             sync_playwright() as playwright,
             watched_browser(playwright, watchdog) as browser,
         ):
             chromium_version = browser.version
+            gate = network
             watchdog.arm(load_limit(), "loading the page")
-            context, page, page_errors = new_render_page(browser, spec)
-            cdp = load_composition(context, page, url, spec, page_errors)
+            context, page, page_errors = new_render_page(browser, spec, network.proxy)
+            network.watch(page)
+            try:
+                cdp = load_composition(context, page, url, spec, page_errors)
+            except RenderError:
+                if rule := network.own_origin_refusal():  # a composition URL the deployment forbids
+                    raise PageError(f"the network policy refuses the composition {spec.composition}: {rule}") from None
+                raise
+            network.check(page, None)
             capture = make_capture(spec, cdp, page, chunk.frame_count)
             watchdog.disarm()
             startup_seconds = time.perf_counter() - started
@@ -116,7 +133,7 @@ def render_chunk(
                 )
             )
             capture_started = time.perf_counter()
-            page_audio = ChunkPageAudio(page, url, spec, chunk)
+            page_audio = ChunkPageAudio(page, url, spec, chunk, network)
             try:
                 # implicit audio: scan the page's media now, render this chunk's PCM while frames are captured
                 watchdog.arm(load_limit(), "scanning the page's media")
@@ -133,6 +150,7 @@ def render_chunk(
                     data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
                     if page_errors:
                         raise PageError(page_errors[0], frame)
+                    network.check(page, frame)
                     watchdog.disarm()
                     if data:
                         encoder.write(data, frame)  # bounded by the encoder's own stall check
@@ -141,6 +159,7 @@ def render_chunk(
                 current_frame = None
                 watchdog.arm(frame_limit(spec), "flushing the in-page encoder")
                 tail = capture.finish()
+                network.check(page, None)
                 watchdog.disarm()
                 if tail:
                     encoder.write(tail)
@@ -156,13 +175,17 @@ def render_chunk(
             if probed.frames != chunk.frame_count:
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
+            blocked = network.summary()
     except (PlaywrightError, RenderError) as exc:
         if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
             raise watchdog.stall.error(current_frame) from None
+        if isinstance(exc, PageError):
+            raise exc if gate is None else gate.explain(exc) from None
         if not isinstance(exc, PlaywrightError):
             raise
         if page_errors:
-            raise PageError(page_errors[0], current_frame) from None
+            error = PageError(page_errors[0], current_frame)
+            raise error if gate is None else gate.explain(error) from None
         raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
     finally:
         watchdog.close()
@@ -185,4 +208,5 @@ def render_chunk(
         chromium_version=chromium_version,
         ffmpeg_version=ffmpeg_version(),
         encoder_settings=probed.encoder_settings,
+        **blocked,
     )

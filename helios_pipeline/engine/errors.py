@@ -16,6 +16,7 @@ class PageError(RenderError):
 
     def __init__(self, message: str, frame: int | None = None):
         self.frame = frame
+        self.reason = message
         super().__init__(message if frame is None else f"frame {frame}: {message}")
 
 

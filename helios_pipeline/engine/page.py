@@ -35,9 +35,16 @@ def frame_time_ms(frame: int, fps: float) -> float:
     return frame * 1000 / fps
 
 
-def new_render_page(browser: Browser, spec: RenderSpec) -> tuple[BrowserContext, Page, list[str]]:
-    """A page at the render's size with the seek driver installed; the list collects what the page throws."""
-    context = browser.new_context(viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1)
+def new_render_page(
+    browser: Browser, spec: RenderSpec, proxy: dict[str, str] | None = None
+) -> tuple[BrowserContext, Page, list[str]]:
+    """A page at the render's size with the seek driver installed; the list collects what the page throws.
+
+    ``proxy`` is the chunk's egress gate (``engine.page_network``): every connection of the page goes through it.
+    """
+    context = browser.new_context(
+        viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1, proxy=proxy
+    )
     context.add_init_script(script=timeline_script(spec))
     page = context.new_page()
     page_errors: list[str] = []

@@ -25,6 +25,7 @@ from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt, subtitles_filter
 from helios_pipeline.engine.watchdog import Watchdog, frame_limit, load_limit, watched_browser
@@ -129,17 +130,21 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     capture_spec = _capture_spec(spec, image_format)
     composition_frame = spec.start_frame + frame
     page_errors: list[str] = []
+    gate: PageNetwork | None = None  # the page's network policy, as for a chunk
     watchdog = Watchdog()
     try:
         with (
             atomic_output(output) as partial,
             _frame_subtitles(spec, composition_frame, output) as subtitles,
             composition_url(spec.composition) as url,
+            page_network(spec, url) as network,
             sync_playwright() as playwright,
             watched_browser(playwright, watchdog) as browser,
         ):
+            gate = network
             watchdog.arm(load_limit(), "loading the page")
-            context, page, page_errors = new_render_page(browser, spec)
+            context, page, page_errors = new_render_page(browser, spec, network.proxy)
+            network.watch(page)
             cdp = load_composition(context, page, url, spec, page_errors)
             capture = make_capture(capture_spec, cdp, page, 1)
             watchdog.arm(frame_limit(spec), "capturing the frame")
@@ -147,6 +152,7 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
             watchdog.disarm()
             if page_errors:
                 raise PageError(page_errors[0], composition_frame)
+            network.check(page, composition_frame)  # strict: a refused request fails the still as it fails a chunk
             if subtitles is None:
                 partial.write_bytes(picture)
             else:
@@ -154,10 +160,13 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     except (PlaywrightError, RenderError) as exc:
         if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
             raise watchdog.stall.error(composition_frame) from None
+        if isinstance(exc, PageError):
+            raise exc if gate is None else gate.explain(exc) from None
         if not isinstance(exc, PlaywrightError):
             raise
         if page_errors:
-            raise PageError(page_errors[0], composition_frame) from None
+            error = PageError(page_errors[0], composition_frame)
+            raise error if gate is None else gate.explain(error) from None
         raise RenderError(f"still of frame {frame}: browser failed: {exc.message.splitlines()[0]}") from None
     finally:
         watchdog.close()

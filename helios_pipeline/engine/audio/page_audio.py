@@ -55,6 +55,7 @@ from helios_pipeline.engine.audio.timeline import (
 from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.ffmpeg import FFmpegProcess, ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.page_network import PageNetwork
 from helios_pipeline.engine.page_scripts import page_script
 from helios_pipeline.engine.probe import audio_stream_duration
 from helios_pipeline.plan import RenderChunk
@@ -328,26 +329,39 @@ class PageAudioSources:
         self.temp_files.clear()
 
 
-def collect_page_audio(page: Any, page_url: str, composition: str, work_dir: Path, prefix: str) -> PageAudioSources:
+def collect_page_audio(
+    page: Any, page_url: str, composition: str, work_dir: Path, prefix: str, network: PageNetwork | None = None
+) -> PageAudioSources:
     """Scan the loaded page and resolve each audible element's source.
 
-    Files of a local composition are read from disk; other http(s) URLs are left to FFmpeg;
-    ``blob:``/``data:`` sources are fetched in the page and written to ``work_dir`` as
-    ``<prefix>.page-audio-<n>.media`` (removed by :meth:`PageAudioSources.close`).
+    Files of a local composition are read from disk; other http(s) URLs are left to FFmpeg, or,
+    when a network policy gates the page, downloaded through its gate (a refused source is not
+    heard, and counts as a refused request); ``blob:``/``data:`` sources are fetched in the page.
+    Downloaded sources are written to ``work_dir`` as ``<prefix>.page-audio-<n>.media`` (removed
+    by :meth:`PageAudioSources.close`).
     """
     found = PageAudioSources()
+
+    def temp_file(data: bytes) -> str:
+        path = work_dir / f"{prefix}.page-audio-{len(found.temp_files)}.media"
+        found.temp_files.append(path)
+        path.write_bytes(data)
+        return str(path)
+
     try:
         for element in scan_media(page):
             if not element.audible:
                 continue
             scheme = urlparse(element.src).scheme.lower()
             if scheme in ("blob", "data"):
-                path = work_dir / f"{prefix}.page-audio-{len(found.temp_files)}.media"
-                found.temp_files.append(path)
-                path.write_bytes(fetch_in_page(page, element.src, element.label))
-                source = str(path)
+                source = temp_file(fetch_in_page(page, element.src, element.label))
             elif (local := local_file_for(element.src, page_url, composition)) is not None:
                 source = str(local)
+            elif scheme in ("http", "https") and network is not None and network.gate is not None:
+                data = network.download(page, element.src, element.label)
+                if data is None:
+                    continue  # refused by the network policy: counted with the chunk's refusals
+                source = temp_file(data)
             elif scheme in ("http", "https"):
                 source = element.src
             else:
@@ -380,8 +394,11 @@ class ChunkPageAudio:
     muxed into the chunk file after the video is encoded. Without audible elements it does nothing.
     """
 
-    def __init__(self, page: Any, page_url: str, spec: RenderSpec, chunk: RenderChunk):
+    def __init__(
+        self, page: Any, page_url: str, spec: RenderSpec, chunk: RenderChunk, network: PageNetwork | None = None
+    ):
         self.page, self.page_url, self.spec, self.chunk = page, page_url, spec, chunk
+        self.network = network
         output = Path(chunk.output_file)
         self.work_dir = output.parent
         self.prefix = f".{output.stem}.{os.getpid()}"
@@ -395,7 +412,9 @@ class ChunkPageAudio:
 
     def start(self) -> None:
         """Scan the page and, when something in it is audible, start rendering this chunk's PCM."""
-        self.sources = collect_page_audio(self.page, self.page_url, self.spec.composition, self.work_dir, self.prefix)
+        self.sources = collect_page_audio(
+            self.page, self.page_url, self.spec.composition, self.work_dir, self.prefix, self.network
+        )
         if not self.sources.tracks:
             return
         window = sample_window(self.chunk.start_frame, self.chunk.end_frame, self.spec.fps)

@@ -1,0 +1,168 @@
+"""The network side of one chunk's page: the policy in force, its egress gate, what it refused.
+
+The page's browser context uses the gate as its proxy (loopback included), so every connection
+the page opens is decided by :class:`helios_pipeline.network.Guard`. Refusals are counted; the
+URLs behind them come from the page's failed requests and WebSockets. With ``strict`` the first
+refusal fails the chunk (a :class:`PageError`: the same page fails the same way every time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page
+
+from helios_pipeline.engine.egress import EgressGate, Refusal, egress_gate
+from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.network import DEFAULT_PORTS, Guard, read_deployment_policy
+from helios_pipeline.spec import RenderSpec
+
+REPORTED_URLS = 5
+"""How many refused URLs a chunk reports (the count covers all of them)."""
+REFUSED_MARK = "ERR_SOCKS_CONNECTION_FAILED"
+"""How Chromium reports a connection the gate refused."""
+STRICT_SETTLE_MS = 200
+"""How long a strict failure waits for the page's failed-request event, to name the URL."""
+
+
+def _endpoint(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.hostname.lower(), port
+
+
+class PageNetwork:
+    """Refusals of one chunk's gate, and the URLs the page tried; thread-safe (the gate has its own threads)."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+        self.gate: EgressGate | None = None
+        self._lock = threading.Lock()
+        self._refusals: list[tuple[str, int, str]] = []
+        self._urls: dict[tuple[str, int], list[str]] = {}
+
+    @property
+    def proxy(self) -> dict[str, str] | None:
+        """The browser context's proxy setting: the gate, loopback included (None: no gate, mode open)."""
+        return None if self.gate is None else {"server": self.gate.proxy_url, "bypass": "<-loopback>"}
+
+    def refused(self, host: str, port: int, refusal: Refusal) -> None:
+        with self._lock:
+            self._refusals.append((host.lower().strip("[]"), port, refusal.rule))
+
+    def tried(self, url: str) -> None:
+        """A URL the page failed to load (or a WebSocket it opened): names refusals of its host and port."""
+        endpoint = _endpoint(url)
+        if endpoint is not None:
+            with self._lock:
+                urls = self._urls.setdefault(endpoint, [])
+                if url not in urls:
+                    urls.append(url)
+
+    def watch(self, page: Page) -> None:
+        """Learn the URLs behind refusals from the page's own events (no request is held up)."""
+        if self.gate is None:
+            return
+        page.on("requestfailed", lambda request: self._failed(request.url, request.failure or ""))
+        page.on("websocket", lambda socket: self.tried(socket.url))
+
+    def _failed(self, url: str, failure: str) -> None:
+        if REFUSED_MARK in failure:
+            self.tried(url)
+
+    @property
+    def blocked_count(self) -> int:
+        with self._lock:
+            return len(self._refusals)
+
+    def blocked(self) -> list[tuple[str, str]]:
+        """(URL, rule) of the first distinct refused URLs; ``host:port`` where no URL was seen."""
+        found: list[tuple[str, str]] = []
+        with self._lock:
+            for host, port, rule in self._refusals:
+                for url in self._urls.get((host, port)) or [f"{host}:{port}"]:
+                    if url not in (seen for seen, _ in found):
+                        found.append((url, rule))
+        return found[:REPORTED_URLS]
+
+    def check(self, page: Page, frame: int | None) -> None:
+        """With ``strict``, fail on the first refusal, naming its URL and the rule."""
+        if self.guard.strict and self.blocked_count:
+            raise self.refusal_error(page, frame, "(strict)")
+
+    def own_origin_refusal(self) -> str | None:
+        """The rule that refused the page's own origin (a composition URL the deployment forbids), or None."""
+        own = (self.guard.own_host, self.guard.own_port)
+        with self._lock:
+            return next((rule for host, port, rule in self._refusals if (host, port) == own), None)
+
+    def refusal_error(self, page: Page, frame: int | None, why: str) -> PageError:
+        """The first refusal as a page error (deterministic: the same page is refused again)."""
+        with contextlib.suppress(PlaywrightError):
+            page.wait_for_timeout(STRICT_SETTLE_MS)  # the failed request's event names the URL
+        url, rule = self.blocked()[0]
+        return PageError(f"the page requested {url}, which the network policy refuses: {rule} {why}", frame)
+
+    def download(self, page: Page, url: str, label: str) -> bytes | None:
+        """Fetch ``url`` through the gate (each redirect hop decided); None when the policy refuses it."""
+        before = self.blocked_count
+        try:
+            response = page.context.request.get(url)
+        except PlaywrightError as exc:
+            if self.blocked_count > before:
+                self.tried(url)
+                return None
+            raise RenderError(f"page audio: {label}: could not load {url}: {exc.message.splitlines()[0]}") from None
+        if not response.ok:
+            raise RenderError(f"page audio: {label}: {url} answered HTTP {response.status}")
+        return response.body()
+
+    def explain(self, error: PageError) -> PageError:
+        """``error`` with the first refusal added: a page that throws on a refused fetch says why it was refused."""
+        blocked = self.blocked()
+        if not blocked or "network policy" in error.reason:
+            return error
+        url, rule = blocked[0]
+        return PageError(f"{error.reason} (the network policy refused {url}: {rule})", error.frame)
+
+    def summary(self) -> dict[str, Any]:
+        blocked = self.blocked()
+        return {
+            "blocked_requests": self.blocked_count,
+            "blocked_urls": [url for url, _ in blocked],
+            "blocked_rule": blocked[0][1] if blocked else "",
+        }
+
+
+@contextlib.contextmanager
+def page_network(spec: RenderSpec, page_url: str) -> Iterator[PageNetwork]:
+    """The chunk's network: a gate for the policy of ``spec`` (and the deployment), closed after."""
+    try:
+        deployment = read_deployment_policy()
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None
+    network = PageNetwork(Guard.for_page(page_url, spec.network, deployment, local=spec.is_local))
+    if network.guard.is_open:
+        yield network
+        return
+
+    def decide(host: str, port: int, address: str) -> Refusal | None:
+        rule = network.guard.refusal(host, port, address)
+        return None if rule is None else Refusal(rule)
+
+    with egress_gate(decide, network.refused) as gate:
+        network.gate = gate
+        try:
+            yield network
+        finally:
+            network.gate = None
