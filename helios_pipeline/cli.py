@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-y", "--config", default=None, help="worker config (default deploy/celery/worker.yaml)")
     worker.add_argument("-q", "--queue", action="append", default=[], help="Celery queue to listen on (repeatable)")
     worker.add_argument("-l", "--loglevel", default="INFO")
+    status = commands.add_parser("status", help="the renders in the Dagster instance, or one render's chunks")
+    status.add_argument("name", nargs="?", help="one render: its chunks with worker, wall time and error")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -295,6 +298,62 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(options)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Renders and their state, read from the instance (works beside a running UI or deployment)."""
+    from helios_pipeline.dagster_defs.runner import get_instance
+    from helios_pipeline.dagster_defs.settings import Settings, storage_resource
+    from helios_pipeline.dagster_defs.status import UnknownRender, all_statuses, as_json, status_of
+
+    storage = storage_resource(Settings.from_env())
+    with get_instance() as instance:
+        try:
+            found = status_of(instance, args.name, storage) if args.name else all_statuses(instance, storage)
+        except UnknownRender as exc:
+            _report("error", "bold red", exc)
+            return EXIT_INVALID
+    if args.json:
+        print(as_json(found))
+    else:
+        _print_status(found)
+    return EXIT_OK
+
+
+def _print_status(found: Any) -> None:
+    from helios_pipeline.dagster_defs.status import RenderStatus
+
+    out = Console()
+    renders = [found] if isinstance(found, RenderStatus) else found
+    if not renders:
+        out.print("no renders registered in this Dagster instance")
+        return
+    table = Table("render", "state", "frames", "output", "started", "wall", "error")
+    for render in renders:
+        started = render.started.astimezone().strftime("%Y-%m-%d %H:%M:%S") if render.started else ""
+        table.add_row(
+            render.name, render.label, _cell(render.frames), _cell(render.output), started,
+            _seconds(render.wall_seconds), _cell(render.error),
+        )  # fmt: skip
+    out.print(table)
+    if isinstance(found, RenderStatus) and found.chunk_details:
+        chunks = Table("chunk", "state", "frames", "worker", "wall", "error")
+        for chunk in found.chunk_details:
+            frames = f"{chunk.frames}/{chunk.of_frames}" if chunk.frames is not None and chunk.of_frames else ""
+            chunks.add_row(
+                chunk.chunk, chunk.state.value, frames, _cell(chunk.worker), _seconds(chunk.wall_seconds),
+                _cell(chunk.error),
+            )  # fmt: skip
+        out.print(chunks)
+
+
+def _cell(value: object) -> Text:
+    """A table cell printed verbatim (paths and error messages are never read as rich markup)."""
+    return Text("" if value is None else str(value))
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
 CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -339,6 +398,7 @@ def _run(args: argparse.Namespace) -> int:
         "submit": cmd_submit,
         "ui": cmd_ui,
         "worker": cmd_worker,
+        "status": cmd_status,
     }
     try:
         return handlers[args.command](args)

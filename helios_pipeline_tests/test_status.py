@@ -1,0 +1,206 @@
+"""``helios-pipeline status``, run as a real process against a real instance the tests filled.
+
+Renders are materialised through Dagster in this process (real Chromium and FFmpeg, tiny frames) on an
+instance of its own DAGSTER_HOME; the CLI then reads that instance, as it would beside a running UI or
+deployment: one done render, one whose chunk threw, one registered and never planned, one planned only.
+The same reading is checked on a Postgres instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.helpers import (
+    chunk_key,
+    open_instance,
+    register,
+    run,
+    write_instance_config,
+    write_spec,
+)
+from helios_pipeline_tests.services import PostgresServer
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = "status-worker-a"
+
+
+@dataclass
+class Filled:
+    """An instance at ``home`` with renders in every settled state, and the environment that reaches it."""
+
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    storage: RenderStorage
+
+
+def status_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "helios_pipeline.cli", "status", *args],
+        cwd=REPO,
+        env={**env, "COLUMNS": "250", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def status_json(env: dict[str, str], *args: str) -> Any:
+    result = status_cli(env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def add_render(target: tuple[dg.DagsterInstance, RenderStorage, Path], name: str, page: str, **fields: Any) -> str:
+    """Register ``name`` (a spec of ``page`` in the test compositions) the way the sensor and the CLI do."""
+    instance, storage, specs = target
+    return register(instance, storage, write_spec(specs, name, COMPOSITIONS / page, **fields))
+
+
+def instance_env(home: Path, storage: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_", "HELIOS_"))}
+    return {**env, "DAGSTER_HOME": str(home), "HELIOS_STORAGE": str(storage)}
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
+    folder = tmp_path_factory.mktemp("status")
+    home, specs = folder / "home", folder / "specs"
+    write_instance_config(home)
+    storage = RenderStorage(location=str(folder / "storage"))
+    instance = open_instance(home)
+    target = (instance, storage, specs)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HELIOS_WORKER_ID", WORKER)
+            done = add_render(target, "status-done", "frame_raf", frame_count=6, concurrency=2)
+            run(instance, storage, [render_plan], done)
+            for chunk in ("000", "001"):
+                run(instance, storage, [chunk_video], chunk_key(done, chunk))
+            run(instance, storage, [concat_video, mixed_video], done)
+
+            # throws_late throws from frame 20 on: chunk 001 (frames 20..39) fails; chunk 000 is never run
+            fails = add_render(target, "status-fails", "throws_late", frame_count=40, concurrency=2)
+            run(instance, storage, [render_plan], fails)
+            run(instance, storage, [chunk_video], chunk_key(fails, "001"), raise_on_error=False)
+
+            planned = add_render(target, "status-planned", "frame_raf", frame_count=9, concurrency=3)
+            run(instance, storage, [render_plan], planned)
+            add_render(target, "status-new", "frame_raf", frame_count=12)
+        yield Filled(home, instance_env(home, folder / "storage"), instance, storage)
+    finally:
+        instance.dispose()
+
+
+@pytest.fixture(scope="module")
+def listed(filled: Filled) -> dict[str, dict[str, Any]]:
+    """``status --json``: every render by name."""
+    return {render["name"]: render for render in status_json(filled.env)}
+
+
+@pytest.mark.slow
+def test_the_list_shows_every_render_with_its_state(filled: Filled, listed: dict[str, dict[str, Any]]) -> None:
+    assert list(listed) == ["status-done", "status-fails", "status-planned", "status-new"]  # registration order
+    states = {name: render["label"] for name, render in listed.items()}
+    assert states == {
+        "status-done": "done",
+        "status-fails": "failed",
+        "status-planned": "waiting 0/3 chunks",
+        "status-new": "registered",
+    }
+    done = listed["status-done"]
+    assert (done["chunks_done"], done["chunks"], done["frames"]) == (2, 2, 6)
+    assert done["output"] == str(filled.home.parent / "specs" / "out" / "status-done.mp4")
+    assert Path(done["output"]).is_file()
+    assert done["error"] is None and done["chunk_details"] is None
+    assert done["started"] is not None and 0 < done["wall_seconds"] < 600
+    new = listed["status-new"]  # no plan: frames and output from the registered spec, no run yet
+    assert (new["frames"], new["chunks"], new["started"], new["wall_seconds"]) == (12, None, None, None)
+    assert new["output"] == str(filled.home.parent / "specs" / "out" / "status-new.mp4")
+    assert "boom at the twentieth frame" in listed["status-fails"]["error"]
+
+
+@pytest.mark.slow
+def test_one_done_render_shows_its_chunks_with_worker_and_wall_time(filled: Filled) -> None:
+    render = status_json(filled.env, "status-done")
+    chunks = render["chunk_details"]
+    assert [(c["chunk"], c["state"], c["frames"]) for c in chunks] == [("000", "done", 3), ("001", "done", 3)]
+    assert all(c["worker"] == WORKER for c in chunks)
+    assert all(0 < c["wall_seconds"] < render["wall_seconds"] for c in chunks)
+    records = filled.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=chunk_video.key, asset_partitions=[str(chunk_key("status-done", "001"))]),
+        limit=1,
+    ).records
+    assert chunks[1]["run_id"] == records[0].run_id
+    assert chunks[1]["wall_seconds"] == round(records[0].asset_materialization.metadata["wall_seconds"].value, 2)
+
+
+@pytest.mark.slow
+def test_a_failed_render_shows_the_chunk_that_failed_and_why(filled: Filled) -> None:
+    render = status_json(filled.env, "status-fails")
+    assert render["state"] == "failed"
+    assert render["error"].startswith("chunk 001: ") and "frame 20" in render["error"], render["error"]
+    chunks = {c["chunk"]: c for c in render["chunk_details"]}
+    assert chunks["000"]["state"] == "pending" and chunks["000"]["error"] is None
+    failed = chunks["001"]
+    assert failed["state"] == "failed" and "boom at the twentieth frame" in failed["error"]
+    run = filled.instance.get_run_by_id(failed["run_id"])
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    assert failed["wall_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_the_table_names_renders_states_and_errors(filled: Filled) -> None:
+    result = status_cli(filled.env)
+    assert result.returncode == 0, result.stderr
+    for text in ("status-done", "done", "status-fails", "failed", "waiting 0/3 chunks", "registered", "boom"):
+        assert text in result.stdout, (text, result.stdout)
+    detail = status_cli(filled.env, "status-done")
+    assert detail.returncode == 0, detail.stderr
+    assert WORKER in detail.stdout and "3/3" in detail.stdout, detail.stdout
+
+
+@pytest.mark.slow
+def test_an_unknown_render_exits_2_naming_it_and_close_names(filled: Filled) -> None:
+    result = status_cli(filled.env, "status-don")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "'status-don'" in result.stderr and "status-done" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_status_reads_a_postgres_instance(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    config = {"storage": postgres_server.storage_config(postgres_server.create_database())}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    storage = RenderStorage(location=str(tmp_path / "storage"))
+    instance = open_instance(home)
+    target = (instance, storage, tmp_path)
+    try:
+        key = add_render(target, "pg-planned", "frame_raf", frame_count=4, concurrency=2)
+        run(instance, storage, [render_plan], key)
+        add_render(target, "pg-new", "frame_raf", frame_count=5)
+    finally:
+        instance.dispose()
+
+    listed = status_json(instance_env(home, tmp_path / "storage"))
+
+    assert [(r["name"], r["label"], r["frames"]) for r in listed] == [
+        ("pg-planned", "waiting 0/2 chunks", 4),
+        ("pg-new", "registered", 5),
+    ]
+    assert listed[0]["started"] is not None  # the plan run
