@@ -326,22 +326,20 @@ def _print_status(found: Any) -> None:
     if not renders:
         out.print("no renders registered in this Dagster instance")
         return
-    table = Table("render", "state", "frames", "output", "started", "wall", "error")
+    errors = any(render.error for render in renders)  # the error column only when there is one to show
+    table = Table("render", "state", "frames", "output", "started", "wall", *(["error"] if errors else []))
     for render in renders:
         started = render.started.astimezone().strftime("%Y-%m-%d %H:%M:%S") if render.started else ""
-        table.add_row(
-            render.name, render.label, _cell(render.frames), _cell(render.output), started,
-            _seconds(render.wall_seconds), _cell(render.error),
-        )  # fmt: skip
+        row = [render.name, render.label, _cell(render.frames), _cell(render.output), started]
+        table.add_row(*row, _seconds(render.wall_seconds), *([_cell(render.error)] if errors else []))
     out.print(table)
     if isinstance(found, RenderStatus) and found.chunk_details:
-        chunks = Table("chunk", "state", "frames", "worker", "wall", "error")
+        errors = any(chunk.error for chunk in found.chunk_details)
+        chunks = Table("chunk", "state", "frames", "worker", "wall", *(["error"] if errors else []))
         for chunk in found.chunk_details:
             frames = f"{chunk.frames}/{chunk.of_frames}" if chunk.frames is not None and chunk.of_frames else ""
-            chunks.add_row(
-                chunk.chunk, chunk.state.value, frames, _cell(chunk.worker), _seconds(chunk.wall_seconds),
-                _cell(chunk.error),
-            )  # fmt: skip
+            row = [chunk.chunk, chunk.state.value, frames, _cell(chunk.worker), _seconds(chunk.wall_seconds)]
+            chunks.add_row(*row, *([_cell(chunk.error)] if errors else []))
         out.print(chunks)
 
 

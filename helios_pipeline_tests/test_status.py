@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan
+from helios_pipeline.dagster_defs.status import status_of
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.helpers import (
@@ -29,6 +30,7 @@ from helios_pipeline_tests.helpers import (
     open_instance,
     register,
     run,
+    wait_for,
     write_instance_config,
     write_spec,
 )
@@ -204,3 +206,62 @@ def test_status_reads_a_postgres_instance(tmp_path: Path, postgres_server: Postg
         ("pg-new", "registered", 5),
     ]
     assert listed[0]["started"] is not None  # the plan run
+
+
+MATERIALISE_CHUNK = """
+import sys
+from pathlib import Path
+from helios_pipeline.dagster_defs.assets import chunk_video
+from helios_pipeline.dagster_defs.status import status_of
+from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline_tests.helpers import chunk_key, open_instance, run
+
+home, storage, key, chunk = sys.argv[1:]
+with open_instance(Path(home)) as instance:
+    run(instance, RenderStorage(location=storage), [chunk_video], chunk_key(key, chunk))
+"""
+
+
+@pytest.mark.slow
+def test_a_chunk_rendering_in_another_process_shows_as_rendering_with_its_progress(tmp_path: Path) -> None:
+    home, storage_dir = tmp_path / "home", tmp_path / "storage"
+    write_instance_config(home)
+    storage = RenderStorage(location=str(storage_dir))
+    instance = open_instance(home)
+    try:
+        key = add_render((instance, storage, tmp_path), "status-live", "slow", frame_count=60, concurrency=2)
+        run(instance, storage, [render_plan], key)
+        # chunk 001 (frames 30..59, ~0.1 s of work each) rendered by another process, as a run worker would
+        worker = subprocess.Popen(
+            [sys.executable, "-c", MATERIALISE_CHUNK, str(home), str(storage_dir), key, "001"],
+            cwd=REPO,
+            env={**instance_env(home, storage_dir), "HELIOS_WORKER_ID": WORKER},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            progress = storage_dir / "renders" / key / "progress" / "001.json"
+            wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["frames"] > 0, 120, "progress")
+            live = status_of(instance, key, storage)
+            _, errors = worker.communicate(timeout=180)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        assert worker.returncode == 0, errors[-3000:]
+        after = status_of(instance, key, storage)
+    finally:
+        instance.dispose()
+
+    assert live.label == "rendering 0/2 chunks" and live.error is None
+    assert live.started is not None and live.wall_seconds is not None
+    pending, rendering = live.chunk_details
+    assert (pending.chunk, pending.state, pending.run_id) == ("000", "pending", None)
+    assert (rendering.chunk, rendering.state, rendering.of_frames) == ("001", "rendering", 30)
+    assert 0 < rendering.frames < 30 and rendering.run_id is not None
+    # once it has ended: one of two chunks done, nothing in flight, nothing failed
+    assert after.label == "waiting 1/2 chunks"
+    chunks = [(c.chunk, c.state, c.worker) for c in after.chunk_details]
+    assert chunks == [("000", "pending", None), ("001", "done", WORKER)]
+    assert after.chunk_details[1].run_id == rendering.run_id

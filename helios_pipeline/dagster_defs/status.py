@@ -228,9 +228,15 @@ def _failures(attempt: list[dg.RunRecord]) -> list[dg.RunRecord]:
 
 
 def _run_error(instance: dg.DagsterInstance, record: dg.RunRecord) -> str:
-    """The first step failure of a run (what the step raised), else why the run itself ended."""
+    """Why a run failed, naming its chunk: ``chunk 001: frame 20: the page threw: …``."""
     run = record.dagster_run
-    where = f"chunk {run.tags[CHUNK_PARTITION_TAG]}: " if CHUNK_PARTITION_TAG in run.tags else ""
+    message = _run_failure(instance, run)
+    chunk = run.tags.get(CHUNK_PARTITION_TAG)
+    return message if chunk is None or message.startswith("chunk") else f"chunk {chunk}: {message}"
+
+
+def _run_failure(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The first step failure of a run (what the step raised), else why the run itself ended."""
     for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         data = entry.dagster_event.step_failure_data if entry.dagster_event else None
         if data is None:
@@ -238,13 +244,12 @@ def _run_error(instance: dg.DagsterInstance, record: dg.RunRecord) -> str:
         described = data.user_failure_data.description if data.user_failure_data else None
         message = described or (data.error.message if data.error else None)
         if message:
-            text = message.strip()
-            return text if text.startswith("chunk") else where + text
-    ended = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
-    for entry in instance.all_logs(run.run_id, of_type=set(ended)):
+            return message.strip()
+    ended = {dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED}
+    for entry in instance.all_logs(run.run_id, of_type=ended):
         if entry.dagster_event and entry.dagster_event.message:
-            return where + entry.dagster_event.message.strip()
-    return f"{where}run {run.run_id} ended {run.status.value}"
+            return entry.dagster_event.message.strip()
+    return f"run {run.run_id} ended {run.status.value}"
 
 
 def _final_check(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, str]:
@@ -327,7 +332,7 @@ def _chunk_status(
     elif run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         cancelled = run.status == dg.DagsterRunStatus.CANCELED
         status.state = ChunkState.CANCELLED if cancelled else ChunkState.FAILED
-        status.error = _run_error(instance, run_record)
+        status.error = _run_failure(instance, run)
     return status
 
 
