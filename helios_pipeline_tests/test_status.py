@@ -38,6 +38,7 @@ from helios_pipeline_tests.services import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = "status-worker-a"
+NOT_STARTED = dg.DagsterRunStatus.NOT_STARTED
 
 
 @dataclass
@@ -73,6 +74,15 @@ def add_render(target: tuple[dg.DagsterInstance, RenderStorage, Path], name: str
     return register(instance, storage, write_spec(specs, name, COMPOSITIONS / page, **fields))
 
 
+def cancel_unstarted_chunk_run(instance: dg.DagsterInstance, render_key: str, chunk: str) -> None:
+    """A chunk run not started yet, cancelled the way the CLI cancels a failed render's waiting runs."""
+    partition = chunk_key(render_key, chunk)
+    by_dimension = {f"dagster/partition/{name}": key for name, key in partition.keys_by_dimension.items()}
+    tags = {"dagster/partition": str(partition), **by_dimension}
+    run = dg.DagsterRun(job_name="__ASSET_JOB", asset_selection={chunk_video.key}, status=NOT_STARTED, tags=tags)
+    instance.report_run_canceled(instance.add_run(run), message="canceled: the render was cancelled")
+
+
 def instance_env(home: Path, storage: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DAGSTER_", "HELIOS_"))}
     return {**env, "DAGSTER_HOME": str(home), "HELIOS_STORAGE": str(storage)}
@@ -98,6 +108,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
             # throws_late throws from frame 20 on: chunk 001 (frames 20..39) fails; chunk 000 is never run
             fails = add_render(target, "status-fails", "throws_late", frame_count=40, concurrency=2)
             run(instance, storage, [render_plan], fails)
+            cancel_unstarted_chunk_run(instance, fails, "000")
             run(instance, storage, [chunk_video], chunk_key(fails, "001"), raise_on_error=False)
 
             planned = add_render(target, "status-planned", "frame_raf", frame_count=9, concurrency=3)
@@ -157,7 +168,8 @@ def test_a_failed_render_shows_the_chunk_that_failed_and_why(filled: Filled) -> 
     assert render["state"] == "failed"
     assert render["error"].startswith("chunk 001: ") and "frame 20" in render["error"], render["error"]
     chunks = {c["chunk"]: c for c in render["chunk_details"]}
-    assert chunks["000"]["state"] == "pending" and chunks["000"]["error"] is None
+    # chunk 000's run was cancelled before it started: the render still shows the error that ended it
+    assert chunks["000"]["state"] == "cancelled" and "the render was cancelled" in chunks["000"]["error"]
     failed = chunks["001"]
     assert failed["state"] == "failed" and "boom at the twentieth frame" in failed["error"]
     run = filled.instance.get_run_by_id(failed["run_id"])

@@ -210,7 +210,7 @@ def _attempt_start(runs: list[dg.RunRecord], plan: dg.EventLogRecord | None) -> 
 
 
 def _failures(attempt: list[dg.RunRecord]) -> list[dg.RunRecord]:
-    """Failed or cancelled runs that nothing newer replaced (a retry, a re-execution), oldest first.
+    """Failed or cancelled runs that nothing newer replaced (a retry, a re-execution): failed ones first.
 
     Runs are grouped by what they work on (stage and chunk); only the newest of a group counts, and a
     failed run Dagster is about to retry does not count.
@@ -220,11 +220,14 @@ def _failures(attempt: list[dg.RunRecord]) -> list[dg.RunRecord]:
         run = record.dagster_run
         newest[(_stage(run), run.tags.get(CHUNK_PARTITION_TAG, ""))] = record
     ended_badly = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-    return [
+    found = [
         record
         for record in newest.values()
         if record.dagster_run.status in ended_badly and record.dagster_run.tags.get(WILL_RETRY_TAG) != "true"
     ]
+    # a real failure first: when one chunk fails, the CLI cancels the render's other runs, and their
+    # "terminated" must not hide the error that ended the render
+    return sorted(found, key=lambda r: (r.dagster_run.status != dg.DagsterRunStatus.FAILURE, r.create_timestamp))
 
 
 def _run_error(instance: dg.DagsterInstance, record: dg.RunRecord) -> str:
