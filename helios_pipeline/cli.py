@@ -300,7 +300,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Renders and their state, read from the instance (works beside a running UI or deployment)."""
-    from helios_pipeline.dagster_defs.runner import get_instance
+    from helios_pipeline.dagster_defs.runner import dagster_home, get_instance
     from helios_pipeline.dagster_defs.settings import Settings, storage_resource
     from helios_pipeline.dagster_defs.status import UnknownRender, all_statuses, as_json, status_of
 
@@ -309,7 +309,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             found = status_of(instance, args.name, storage) if args.name else all_statuses(instance, storage)
         except UnknownRender as exc:
-            _report("error", "bold red", exc)
+            _report("error", "bold red", f"{exc} (DAGSTER_HOME={dagster_home()})")
             return EXIT_INVALID
     if args.json:
         print(as_json(found))
@@ -327,20 +327,28 @@ def _print_status(found: Any) -> None:
         out.print("no renders registered in this Dagster instance")
         return
     errors = any(render.error for render in renders)  # the error column only when there is one to show
-    table = Table("render", "state", "frames", "output", "started", "wall", *(["error"] if errors else []))
+    table = _table("render", "state", "frames", "output", "started", "wall", *(["error"] if errors else []))
     for render in renders:
         started = render.started.astimezone().strftime("%Y-%m-%d %H:%M:%S") if render.started else ""
-        row = [render.name, render.label, _cell(render.frames), _cell(render.output), started]
+        row = [_cell(render.name), render.label, _cell(render.frames), _cell(render.output), started]
         table.add_row(*row, _seconds(render.wall_seconds), *([_cell(render.error)] if errors else []))
     out.print(table)
     if isinstance(found, RenderStatus) and found.chunk_details:
         errors = any(chunk.error for chunk in found.chunk_details)
-        chunks = Table("chunk", "state", "frames", "worker", "wall", *(["error"] if errors else []))
+        chunks = _table("chunk", "state", "frames", "worker", "wall", *(["error"] if errors else []))
         for chunk in found.chunk_details:
             frames = f"{chunk.frames}/{chunk.of_frames}" if chunk.frames is not None and chunk.of_frames else ""
             row = [chunk.chunk, chunk.state.value, frames, _cell(chunk.worker), _seconds(chunk.wall_seconds)]
             chunks.add_row(*row, *([_cell(chunk.error)] if errors else []))
         out.print(chunks)
+
+
+def _table(*columns: str) -> Table:
+    """A table whose paths, URIs and errors fold onto more lines rather than being cut short."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold" if column in ("output", "error", "worker") else "ellipsis")
+    return table
 
 
 def _cell(value: object) -> Text:
