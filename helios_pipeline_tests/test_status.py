@@ -2,7 +2,8 @@
 
 Renders are materialised through Dagster in this process (real Chromium and FFmpeg, tiny frames) on an
 instance of its own DAGSTER_HOME; the CLI then reads that instance, as it would beside a running UI or
-deployment: one done render, one whose chunk threw, one registered and never planned, one planned only.
+deployment: one done render, one whose chunk threw, one planned only, one registered and never planned,
+one whose chunk run was cancelled.
 The same reading is checked on a Postgres instance.
 """
 
@@ -114,6 +115,9 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
             planned = add_render(target, "status-planned", "frame_raf", frame_count=9, concurrency=3)
             run(instance, storage, [render_plan], planned)
             add_render(target, "status-new", "frame_raf", frame_count=12)
+            cancelled = add_render(target, "status-cancelled", "frame_raf", frame_count=4, concurrency=1)
+            run(instance, storage, [render_plan], cancelled)
+            cancel_unstarted_chunk_run(instance, cancelled, "000")
         yield Filled(home, instance_env(home, folder / "storage"), instance, storage)
     finally:
         instance.dispose()
@@ -127,14 +131,16 @@ def listed(filled: Filled) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.slow
 def test_the_list_shows_every_render_with_its_state(filled: Filled, listed: dict[str, dict[str, Any]]) -> None:
-    assert list(listed) == ["status-done", "status-fails", "status-planned", "status-new"]  # registration order
     states = {name: render["label"] for name, render in listed.items()}
-    assert states == {
+    assert states == {  # in registration order
         "status-done": "done",
         "status-fails": "failed",
         "status-planned": "waiting 0/3 chunks",
         "status-new": "registered",
+        "status-cancelled": "cancelled",
     }
+    assert list(states) == ["status-done", "status-fails", "status-planned", "status-new", "status-cancelled"]
+    assert listed["status-cancelled"]["error"] == "chunk 000: canceled: the render was cancelled"
     done = listed["status-done"]
     assert (done["chunks_done"], done["chunks"], done["frames"]) == (2, 2, 6)
     assert done["output"] == str(filled.home.parent / "specs" / "out" / "status-done.mp4")
