@@ -21,7 +21,7 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import BaseModel
 
-from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, RENDERS
+from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, PLAN_JOB, RENDERS
 from helios_pipeline.dagster_defs.partitions import chunk_partition
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import frames_for_duration
@@ -139,7 +139,7 @@ def render_status(
     )
     if plan is None and storage is not None:
         status.frames, status.output = _from_spec(storage, name)
-    status.state, status.error, ended = _state(instance, attempt, plan, mixed, chunks)
+    status.state, status.error, ended = _state(instance, attempt, plan, mixed)
     starts = [r.start_time or r.create_timestamp.timestamp() for r in attempt]
     if starts:
         started = min(starts)
@@ -153,7 +153,6 @@ def _state(
     attempt: list[dg.RunRecord],
     plan: dg.EventLogRecord | None,
     mixed: dg.EventLogRecord | None,
-    chunks: list[ChunkStatus],
 ) -> tuple[RenderState, str | None, float | None]:
     """(state, first error, when the render stopped: None while it goes on)."""
     failures = _failures(attempt)
@@ -185,7 +184,7 @@ def _stage(run: dg.DagsterRun) -> str:
     """Which part of a render a run works on: its plan, a chunk, or the concat + mix."""
     if CHUNK_PARTITION_TAG in run.tags:
         return "chunk"
-    if run.asset_selection and PLAN_ASSET in run.asset_selection:
+    if run.job_name == PLAN_JOB or (run.asset_selection and PLAN_ASSET in run.asset_selection):
         return "plan"
     return "join"
 
