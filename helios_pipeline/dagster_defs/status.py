@@ -106,7 +106,8 @@ def render_names(instance: dg.DagsterInstance) -> list[str]:
 
 
 def all_statuses(instance: dg.DagsterInstance, storage: RenderStorage | None = None) -> list[RenderStatus]:
-    return [render_status(instance, name, storage) for name in render_names(instance)]
+    files = StorageFiles(storage)  # one for all renders: a storage that failed once is not waited on again
+    return [render_status(instance, name, files) for name in render_names(instance)]
 
 
 def status_of(instance: dg.DagsterInstance, name: str, storage: RenderStorage | None = None) -> RenderStatus:
@@ -114,11 +115,11 @@ def status_of(instance: dg.DagsterInstance, name: str, storage: RenderStorage | 
     if not instance.has_dynamic_partition(RENDERS, name):
         names = render_names(instance)
         raise UnknownRender(name, difflib.get_close_matches(name, names, n=5, cutoff=0.5))
-    return render_status(instance, name, storage, with_chunks=True)
+    return render_status(instance, name, StorageFiles(storage), with_chunks=True)
 
 
 def render_status(
-    instance: dg.DagsterInstance, name: str, storage: RenderStorage | None = None, with_chunks: bool = False
+    instance: dg.DagsterInstance, name: str, files: StorageFiles, with_chunks: bool = False
 ) -> RenderStatus:
     plan = _latest(instance, PLAN_ASSET, name)
     runs = _render_runs(instance, name)
@@ -126,7 +127,8 @@ def render_status(
     attempt = [r for r in runs if not r.dagster_run.is_finished or (r.end_time or 0) >= attempt_start]
     plan_meta = _metadata(plan)
     chunk_count = _int(plan_meta.get("chunks"))
-    chunks = _chunk_statuses(instance, name, chunk_count or 0, plan, attempt, storage)
+    progress = files if with_chunks else StorageFiles(None)  # the list shows no chunk progress: not read for it
+    chunks = _chunk_statuses(instance, name, chunk_count or 0, plan, attempt, progress)
     mixed = _latest(instance, MIXED_ASSET, name, after=plan.timestamp if plan else None)
     status = RenderStatus(
         name=name,
@@ -137,8 +139,8 @@ def render_status(
         output=_text(_metadata(mixed).get("path")) or _text(plan_meta.get("output")),
         chunk_details=chunks if with_chunks else None,
     )
-    if plan is None and storage is not None:
-        status.frames, status.output = _from_spec(storage, name)
+    if plan is None:
+        status.frames, status.output = _from_spec(files, name)
     status.state, status.error, ended = _state(instance, attempt, plan, mixed)
     starts = [r.start_time or r.create_timestamp.timestamp() for r in attempt]
     if starts:
@@ -271,7 +273,7 @@ def _chunk_statuses(
     count: int,
     plan: dg.EventLogRecord | None,
     attempt: list[dg.RunRecord],
-    storage: RenderStorage | None,
+    files: StorageFiles,
 ) -> list[ChunkStatus]:
     """One row per chunk of the plan: done when materialised since the plan, else what its newest run says."""
     if plan is None or count == 0:
@@ -294,7 +296,7 @@ def _chunk_statuses(
         if _stage(record.dagster_run) == "chunk":
             newest_run[record.dagster_run.tags[CHUNK_PARTITION_TAG]] = record
     return [
-        _chunk_status(instance, name, index, materialised.get(partition), newest_run.get(f"{index:03d}"), storage)
+        _chunk_status(instance, name, index, materialised.get(partition), newest_run.get(f"{index:03d}"), files)
         for index, partition in enumerate(partitions)
     ]
 
@@ -305,7 +307,7 @@ def _chunk_status(
     index: int,
     materialised: dg.EventLogRecord | None,
     run_record: dg.RunRecord | None,
-    storage: RenderStorage | None,
+    files: StorageFiles,
 ) -> ChunkStatus:
     chunk = f"{index:03d}"
     run = run_record.dagster_run if run_record else None
@@ -330,7 +332,7 @@ def _chunk_status(
         status.state = ChunkState.QUEUED
     elif not run.is_finished:
         status.state = ChunkState.RENDERING
-        status.frames, status.of_frames = _progress(storage, name, index)
+        status.frames, status.of_frames = _progress(files, name, index)
     elif run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         cancelled = run.status == dg.DagsterRunStatus.CANCELED
         status.state = ChunkState.CANCELLED if cancelled else ChunkState.FAILED
@@ -341,9 +343,27 @@ def _chunk_status(
 # --- the storage, for what the instance does not hold (best effort) ---------------------------------------
 
 
-def _progress(storage: RenderStorage | None, name: str, index: int) -> tuple[int | None, int | None]:
+class StorageFiles:
+    """The render storage, read for a column or two: after its first failure (an unreachable bucket, missing
+    credentials) it is not asked again, so a status never waits on a storage more than once."""
+
+    def __init__(self, storage: RenderStorage | None) -> None:
+        self.storage = storage
+        self.broken = storage is None
+
+    def read(self, key: str) -> bytes | None:
+        if self.broken or self.storage is None:
+            return None
+        try:
+            return self.storage.store.read_bytes(key)
+        except Exception:  # an unreadable storage only leaves a column empty
+            self.broken = True
+            return None
+
+
+def _progress(files: StorageFiles, name: str, index: int) -> tuple[int | None, int | None]:
     """A rendering chunk's progress record: (frames rendered, of frames)."""
-    raw = _read(storage, f"renders/{name}/progress/{index:03d}.json")
+    raw = files.read(f"renders/{name}/progress/{index:03d}.json")
     try:
         data = json.loads(raw) if raw else {}
         return int(data["frames"]), int(data["of"])
@@ -351,25 +371,16 @@ def _progress(storage: RenderStorage | None, name: str, index: int) -> tuple[int
         return None, None
 
 
-def _from_spec(storage: RenderStorage, name: str) -> tuple[int | None, str | None]:
+def _from_spec(files: StorageFiles, name: str) -> tuple[int | None, str | None]:
     """Frames and output of a render that has no plan yet, from its registered spec (not validated again:
     its composition may live on another machine)."""
-    raw = _read(storage, f"renders/{name}/spec.json")
+    raw = files.read(f"renders/{name}/spec.json")
     try:
         spec = json.loads(raw) if raw else {}
         frames = spec.get("frame_count") or frames_for_duration(spec["duration_in_seconds"], spec["fps"])
         return int(frames), str(spec["output"]) if spec.get("output") else None
     except (ValueError, KeyError, TypeError):
         return None, None
-
-
-def _read(storage: RenderStorage | None, key: str) -> bytes | None:
-    if storage is None:
-        return None
-    try:
-        return storage.store.read_bytes(key)
-    except Exception:  # an unreachable storage only leaves a column empty
-        return None
 
 
 # --- small readers ------------------------------------------------------------------------------------------
