@@ -319,10 +319,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(found: Any) -> None:
-    from helios_pipeline.dagster_defs.status import RenderStatus
+    from helios_pipeline.dagster_defs.status import RenderSummary
 
     out = Console()
-    renders = [found] if isinstance(found, RenderStatus) else found
+    renders = [found] if isinstance(found, RenderSummary) else found
     if not renders:
         out.print("no renders registered in this Dagster instance")
         return
@@ -333,7 +333,7 @@ def _print_status(found: Any) -> None:
         row = [_cell(render.name), render.label, _cell(render.frames), _cell(render.output), started]
         table.add_row(*row, _seconds(render.wall_seconds), *([_cell(render.error)] if errors else []))
     out.print(table)
-    if isinstance(found, RenderStatus) and found.chunk_details:
+    if isinstance(found, RenderSummary) and found.chunk_details:
         errors = any(chunk.error for chunk in found.chunk_details)
         chunks = _table("chunk", "state", "frames", "worker", "wall", *(["error"] if errors else []))
         for chunk in found.chunk_details:

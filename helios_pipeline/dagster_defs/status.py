@@ -56,7 +56,9 @@ class ChunkState(StrEnum):
     CANCELLED = "cancelled"
 
 
-class ChunkStatus(BaseModel):
+class ChunkSummary(BaseModel):
+    """One chunk of a render's plan: its state, who rendered it, how long it took, why it failed."""
+
     chunk: str
     state: ChunkState
     frames: int | None = None
@@ -68,7 +70,9 @@ class ChunkStatus(BaseModel):
     run_id: str | None = None
 
 
-class RenderStatus(BaseModel):
+class RenderSummary(BaseModel):
+    """One render at a glance; ``chunk_details`` only when a single render was asked for."""
+
     name: str
     state: RenderState
     chunks_done: int = 0
@@ -78,7 +82,7 @@ class RenderStatus(BaseModel):
     started: datetime | None = None
     wall_seconds: float | None = None
     error: str | None = None
-    chunk_details: list[ChunkStatus] | None = None
+    chunk_details: list[ChunkSummary] | None = None
 
     @property
     def label(self) -> str:
@@ -105,12 +109,12 @@ def render_names(instance: dg.DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(RENDERS))
 
 
-def all_statuses(instance: dg.DagsterInstance, storage: RenderStorage | None = None) -> list[RenderStatus]:
+def all_statuses(instance: dg.DagsterInstance, storage: RenderStorage | None = None) -> list[RenderSummary]:
     files = StorageFiles(storage)  # one for all renders: a storage that failed once is not waited on again
     return [render_status(instance, name, files) for name in render_names(instance)]
 
 
-def status_of(instance: dg.DagsterInstance, name: str, storage: RenderStorage | None = None) -> RenderStatus:
+def status_of(instance: dg.DagsterInstance, name: str, storage: RenderStorage | None = None) -> RenderSummary:
     """One render with its chunks; ``UnknownRender`` when the instance has no such render."""
     if not instance.has_dynamic_partition(RENDERS, name):
         names = render_names(instance)
@@ -120,7 +124,7 @@ def status_of(instance: dg.DagsterInstance, name: str, storage: RenderStorage | 
 
 def render_status(
     instance: dg.DagsterInstance, name: str, files: StorageFiles, with_chunks: bool = False
-) -> RenderStatus:
+) -> RenderSummary:
     plan = _latest(instance, PLAN_ASSET, name)
     runs = _render_runs(instance, name)
     attempt_start = _attempt_start(runs, plan)
@@ -130,7 +134,7 @@ def render_status(
     progress = files if with_chunks else StorageFiles(None)  # the list shows no chunk progress: not read for it
     chunks = _chunk_statuses(instance, name, chunk_count or 0, plan, attempt, progress)
     mixed = _latest(instance, MIXED_ASSET, name, after=plan.timestamp if plan else None)
-    status = RenderStatus(
+    status = RenderSummary(
         name=name,
         state=RenderState.REGISTERED,
         chunks_done=sum(chunk.state == ChunkState.DONE for chunk in chunks),
@@ -274,7 +278,7 @@ def _chunk_statuses(
     plan: dg.EventLogRecord | None,
     attempt: list[dg.RunRecord],
     files: StorageFiles,
-) -> list[ChunkStatus]:
+) -> list[ChunkSummary]:
     """One row per chunk of the plan: done when materialised since the plan, else what its newest run says."""
     if plan is None or count == 0:
         return []
@@ -308,13 +312,13 @@ def _chunk_status(
     materialised: dg.EventLogRecord | None,
     run_record: dg.RunRecord | None,
     files: StorageFiles,
-) -> ChunkStatus:
+) -> ChunkSummary:
     chunk = f"{index:03d}"
     run = run_record.dagster_run if run_record else None
     if materialised is not None and (run is None or run.is_finished or run.run_id == materialised.run_id):
         metadata = _metadata(materialised)
         frames = _int(metadata.get("frames"))
-        return ChunkStatus(
+        return ChunkSummary(
             chunk=chunk,
             state=ChunkState.DONE,
             frames=frames,
@@ -324,10 +328,10 @@ def _chunk_status(
             run_id=materialised.run_id,
         )
     if run is None or run_record is None:
-        return ChunkStatus(chunk=chunk, state=ChunkState.PENDING)
+        return ChunkSummary(chunk=chunk, state=ChunkState.PENDING)
     start = run_record.start_time
     wall = round((run_record.end_time or time.time()) - start, 1) if start else None
-    status = ChunkStatus(chunk=chunk, state=ChunkState.PENDING, wall_seconds=wall, run_id=run.run_id)
+    status = ChunkSummary(chunk=chunk, state=ChunkState.PENDING, wall_seconds=wall, run_id=run.run_id)
     if run.status in WAITING_TO_START:
         status.state = ChunkState.QUEUED
     elif not run.is_finished:
@@ -413,15 +417,15 @@ def _text(value: dg.MetadataValue | None) -> str | None:
     return None if value is None or value.value is None else str(value.value)
 
 
-def as_json(statuses: RenderStatus | Iterable[RenderStatus]) -> str:
+def as_json(statuses: RenderSummary | Iterable[RenderSummary]) -> str:
     """``--json``: one object for one render, a list for all of them (``label`` included)."""
 
-    def dump(status: RenderStatus) -> dict:
+    def dump(status: RenderSummary) -> dict:
         return {**status.model_dump(mode="json", exclude_none=False), "label": status.label}
 
-    if isinstance(statuses, RenderStatus):
+    if isinstance(statuses, RenderSummary):
         return json.dumps(dump(statuses), indent=2)
     return json.dumps([dump(status) for status in statuses], indent=2)
 
 
-__all__ = ["RenderState", "RenderStatus", "UnknownRender", "all_statuses", "status_of"]
+__all__ = ["RenderState", "RenderSummary", "UnknownRender", "all_statuses", "status_of"]
