@@ -178,6 +178,7 @@ def test_a_failed_render_shows_the_chunk_that_failed_and_why(filled: Filled) -> 
     assert chunks["000"]["state"] == "cancelled" and "the render was cancelled" in chunks["000"]["error"]
     failed = chunks["001"]
     assert failed["state"] == "failed" and "boom at the twentieth frame" in failed["error"]
+    assert failed["worker"] == WORKER  # from the run's tag: a failed chunk has no metadata
     run = filled.instance.get_run_by_id(failed["run_id"])
     assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
     assert failed["wall_seconds"] > 0
@@ -276,7 +277,7 @@ def test_a_chunk_rendering_in_another_process_shows_as_rendering_with_its_progre
     assert live.started is not None and live.wall_seconds is not None
     pending, rendering = live.chunk_details
     assert (pending.chunk, pending.state, pending.run_id) == ("000", "pending", None)
-    assert (rendering.chunk, rendering.state, rendering.of_frames) == ("001", "rendering", 30)
+    assert (rendering.chunk, rendering.state, rendering.of_frames, rendering.worker) == ("001", "rendering", 30, WORKER)
     assert 0 < rendering.frames < 30 and rendering.run_id is not None
     # once it has ended: one of two chunks done, nothing in flight, nothing failed
     assert after.label == "waiting 1/2 chunks"

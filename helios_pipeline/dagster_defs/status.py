@@ -21,7 +21,7 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import BaseModel
 
-from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, PLAN_JOB, RENDERS
+from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, PLAN_JOB, RENDERS, WORKER_TAG
 from helios_pipeline.dagster_defs.partitions import chunk_partition
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import frames_for_duration
@@ -331,7 +331,8 @@ def _chunk_status(
         return ChunkSummary(chunk=chunk, state=ChunkState.PENDING)
     start = run_record.start_time
     wall = round((run_record.end_time or time.time()) - start, 1) if start else None
-    status = ChunkSummary(chunk=chunk, state=ChunkState.PENDING, wall_seconds=wall, run_id=run.run_id)
+    worker = run.tags.get(WORKER_TAG)
+    status = ChunkSummary(chunk=chunk, state=ChunkState.PENDING, worker=worker, wall_seconds=wall, run_id=run.run_id)
     if run.status in WAITING_TO_START:
         status.state = ChunkState.QUEUED
     elif not run.is_finished:
