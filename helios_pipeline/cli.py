@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-y", "--config", default=None, help="worker config (default deploy/celery/worker.yaml)")
     worker.add_argument("-q", "--queue", action="append", default=[], help="Celery queue to listen on (repeatable)")
     worker.add_argument("-l", "--loglevel", default="INFO")
+    status = commands.add_parser("status", help="the renders in the Dagster instance, or one render's chunks")
+    status.add_argument("name", nargs="?", help="one render: its chunks with worker, wall time and error")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -337,6 +340,68 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(options)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Renders and their state, read from the instance (works beside a running UI or deployment)."""
+    from helios_pipeline.dagster_defs.runner import dagster_home, get_instance
+    from helios_pipeline.dagster_defs.settings import Settings, storage_resource
+    from helios_pipeline.dagster_defs.status import UnknownRender, all_statuses, as_json, status_of
+
+    storage = storage_resource(Settings.from_env())
+    with get_instance() as instance:
+        try:
+            found = status_of(instance, args.name, storage) if args.name else all_statuses(instance, storage)
+        except UnknownRender as exc:
+            _report("error", "bold red", f"{exc} (DAGSTER_HOME={dagster_home()})")
+            return EXIT_INVALID
+    if args.json:
+        print(as_json(found))
+    else:
+        _print_status(found)
+    return EXIT_OK
+
+
+def _print_status(found: Any) -> None:
+    from helios_pipeline.dagster_defs.status import RenderSummary
+
+    out = Console()
+    renders = [found] if isinstance(found, RenderSummary) else found
+    if not renders:
+        out.print("no renders registered in this Dagster instance")
+        return
+    errors = any(render.error for render in renders)  # the error column only when there is one to show
+    table = _table("render", "state", "frames", "output", "started", "wall", *(["error"] if errors else []))
+    for render in renders:
+        started = render.started.astimezone().strftime("%Y-%m-%d %H:%M:%S") if render.started else ""
+        row = [_cell(render.name), render.label, _cell(render.frames), _cell(render.output), started]
+        table.add_row(*row, _seconds(render.wall_seconds), *([_cell(render.error)] if errors else []))
+    out.print(table)
+    if isinstance(found, RenderSummary) and found.chunk_details:
+        errors = any(chunk.error for chunk in found.chunk_details)
+        chunks = _table("chunk", "state", "frames", "worker", "wall", *(["error"] if errors else []))
+        for chunk in found.chunk_details:
+            frames = f"{chunk.frames}/{chunk.of_frames}" if chunk.frames is not None and chunk.of_frames else ""
+            row = [chunk.chunk, chunk.state.value, frames, _cell(chunk.worker), _seconds(chunk.wall_seconds)]
+            chunks.add_row(*row, *([_cell(chunk.error)] if errors else []))
+        out.print(chunks)
+
+
+def _table(*columns: str) -> Table:
+    """A table whose paths, URIs and errors fold onto more lines rather than being cut short."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold" if column in ("output", "error", "worker") else "ellipsis")
+    return table
+
+
+def _cell(value: object) -> Text:
+    """A table cell printed verbatim (paths and error messages are never read as rich markup)."""
+    return Text("" if value is None else str(value))
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
 CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -382,6 +447,7 @@ def _run(args: argparse.Namespace) -> int:
         "still": cmd_still,
         "ui": cmd_ui,
         "worker": cmd_worker,
+        "status": cmd_status,
     }
     try:
         return handlers[args.command](args)

@@ -19,6 +19,7 @@ from helios_pipeline.dagster_defs.names import (
     CONCAT_ASSET,
     DATA_VERSION_TAG,
     GROUP,
+    WORKER_TAG,
 )
 from helios_pipeline.dagster_defs.partitions import (
     ALL_CHUNKS_OF_RENDER,
@@ -211,6 +212,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             data_version=dg.DataVersion(f"{fingerprint}-none"),
         )
     chunk = plan.chunks[index]
+    # who renders it, on the run itself: a chunk still rendering or failed has no metadata to say so
+    context.instance.add_run_tags(context.run.run_id, {WORKER_TAG: worker_id()})
     interval = REMOTE_PROGRESS_INTERVAL_S if storage.is_remote else PROGRESS_INTERVAL_S
     last_write = [0.0]
 

@@ -14,6 +14,10 @@ CHUNK_POOL = "helios_chunks"
 """The concurrency pool of chunk steps: Chromium renders at once, across the deployment."""
 RENDER_TAG = "helios/render"
 """Run and backfill tag naming the render key."""
+WORKER_TAG = "helios/worker"
+"""Run tag a chunk run adds when it starts: the worker rendering it (shown by ``status`` before it is done)."""
+PLAN_JOB = "plan_render"
+"""The job that plans a render registered by a schedule (its runs are a render's plan runs)."""
 
 PLAN_ASSET = dg.AssetKey("render_plan")
 CHUNK_ASSET = dg.AssetKey("chunk_video")

@@ -12,7 +12,7 @@ import dagster as dg
 
 from helios_pipeline.dagster_defs.assets import SETTINGS, render_plan, renders
 from helios_pipeline.dagster_defs.inbox import Inbox, inbox_specs
-from helios_pipeline.dagster_defs.names import RENDER_TAG
+from helios_pipeline.dagster_defs.names import PLAN_JOB, RENDER_TAG
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.schedules import register_render_job
 from helios_pipeline.dagster_defs.storage import RenderStorage
@@ -78,7 +78,7 @@ def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorag
 
 
 plan_render_job = dg.define_asset_job(
-    "plan_render", selection=[render_plan], partitions_def=renders, description="Plans one registered render."
+    PLAN_JOB, selection=[render_plan], partitions_def=renders, description="Plans one registered render."
 )
 
 
