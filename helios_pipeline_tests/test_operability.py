@@ -34,6 +34,7 @@ from helios_pipeline_tests.helpers import (
     deployment_env,
     deployment_processes,
     describe,
+    nearly_full_volume,
     open_instance,
     render_runs,
     wait_for,
@@ -232,27 +233,14 @@ def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_g
 
 # --- 4. a full disk ---
 
-DISK_BYTES = 4 * 1024 * 1024
-DISK_FREE_BYTES = 16 * 1024  # the spec, registration and plan fit; no chunk does
 FULL_DISK_BOUND_SECONDS = 240  # daemon start, two chunk runs that fail at once (a full disk is not retried), cancel
 
 
 @pytest.fixture
 def nearly_full_storage(deployment: Deployment) -> Iterator[Path]:
-    """``HELIOS_STORAGE`` on a 4 MiB tmpfs with 16 KiB left; unmounted after the test."""
-    storage = Path(deployment.env["HELIOS_STORAGE"])
-    storage.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(storage)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        (storage / "filler").write_bytes(b"\0" * (DISK_BYTES - DISK_FREE_BYTES))
+    """``HELIOS_STORAGE`` on a 4 MiB tmpfs with 16 KiB left: the spec, registration and plan fit, no chunk does."""
+    with nearly_full_volume(Path(deployment.env["HELIOS_STORAGE"])) as storage:
         yield storage
-    finally:
-        subprocess.run(["umount", "--lazy", str(storage)], check=False)
-        assert not os.path.ismount(storage)
 
 
 def test_a_full_disk_is_reported_with_the_chunk_the_path_and_no_concat(
@@ -275,7 +263,5 @@ def test_a_full_disk_is_reported_with_the_chunk_the_path_and_no_concat(
     assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
     assert_nothing_left(deployment)
     assert not video.exists()
-    half_written = [
-        path for path in nearly_full_storage.rglob("*") if ".partial-" in path.name or ".publishing-" in path.name
-    ]
+    half_written = [path for path in nearly_full_storage.rglob("*") if path.name.startswith(".")]  # temporary names
     assert half_written == [], half_written

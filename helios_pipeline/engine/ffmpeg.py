@@ -50,10 +50,17 @@ def _failure(what: str, returncode: int | None, stderr: str | bytes, output: str
     return RenderError(f"{what} failed: {detail}")
 
 
+def _failed(returncode: int | None, stderr: str | bytes) -> bool:
+    """A non-zero exit, or a full disk FFmpeg reported yet exited 0 for (FFmpeg 5.1's MP4 muxer does when
+    its trailer cannot be written: the file is truncated, and must not be taken for a finished output)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    return returncode != 0 or no_space_reported(text) is not None
+
+
 def run_ffmpeg(command: list[str], what: str) -> None:
     """Run a finished FFmpeg command to its end; on failure raise ``RenderError("<what> failed: <stderr>")``."""
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    if _failed(result.returncode, result.stderr):
         raise _failure(what, result.returncode, result.stderr, output_of(command))
 
 
@@ -111,7 +118,7 @@ class FFmpegProcess:
             self.kill()
             raise RenderError(f"{self.what}: FFmpeg did not finish within {timeout} s") from None
         self._reader.join(timeout=5)
-        if self._process.returncode != 0:
+        if _failed(self._process.returncode, self._stderr):
             raise self.failure()
 
     def failure(self, fallback: object = None) -> RenderError:

@@ -77,7 +77,11 @@ class LocalStore(Store):
         if local.resolve() != source.resolve():
             with _writing(local):
                 local.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, local)
+                try:
+                    shutil.copyfile(source, local)
+                except BaseException:
+                    local.unlink(missing_ok=True)  # never a half-copied chunk under its own name
+                    raise
         return info
 
     def exists(self, key: str) -> bool:

@@ -1,0 +1,78 @@
+"""A full disk (issue 9), where the engine and the storage write: ENOSPC becomes an error that says
+"no space left on device writing <path>", and nothing half-written is left on the volume.
+
+The volume is a small tmpfs filled up to its last 16 KiB (helpers.nearly_full_volume; needs root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helios_pipeline.engine.audio.mix import mix_final
+from helios_pipeline.engine.errors import NoSpaceError
+from helios_pipeline.plan import MixOptions
+from helios_pipeline.storage import StorageFullError, open_store
+from helios_pipeline_tests.helpers import nearly_full_volume
+
+FRAMES = 60
+
+
+def left_on(volume: Path) -> list[str]:
+    """What is on the volume besides the filler."""
+    return sorted(str(path.relative_to(volume)) for path in volume.rglob("*") if path.name != "filler")
+
+
+def no_space_writing(folder: Path) -> str:
+    return rf"no space left on device writing {re.escape(str(folder))}/"
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of noise-like test pattern: far more than 16 KiB."""
+    path = tmp_path_factory.mktemp("disk_full") / "video.mov"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+         "-frames:v", str(FRAMES), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    assert path.stat().st_size > 64 * 1024
+    return path
+
+
+def test_ffmpeg_output_on_a_full_disk_names_the_file_and_is_removed(video: Path, tmp_path: Path) -> None:
+    with nearly_full_volume(tmp_path / "volume") as volume:
+        output = volume / "final.mp4"
+        options = MixOptions(audio_tracks=(), audio_codec="aac", audio_bitrate=None, total_frames=FRAMES, fps=30,
+                             start_frame=0)  # fmt: skip
+        with pytest.raises(NoSpaceError, match=rf"final mix of {re.escape(str(output))} failed: .*") as caught:
+            mix_final(options, video, output)
+        assert re.search(no_space_writing(volume), str(caught.value)), caught.value
+        assert "\n" not in str(caught.value), "the cause, not FFmpeg's muxer messages"
+        assert left_on(volume) == []
+
+
+def test_publishing_to_a_full_storage_names_the_file_and_leaves_no_temporary(video: Path, tmp_path: Path) -> None:
+    with nearly_full_volume(tmp_path / "storage") as root:
+        store = open_store(str(root))
+        target = root / "renders" / "r" / "chunk_0000.mov"
+        with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(target))}$"):
+            store.publish(video, "renders/r/chunk_0000.mov")
+        record = root / "renders" / "r" / "progress" / "000.json"
+        with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(record))}$"):
+            store.write_bytes("renders/r/progress/000.json", os.urandom(64 * 1024))
+        assert [path for path in left_on(root) if not (root / path).is_dir()] == []
+
+
+def test_fetching_onto_a_full_disk_names_the_file_and_leaves_no_partial_copy(video: Path, tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "storage"))
+    store.publish(video, "renders/r/chunk_0000.mov")
+    with nearly_full_volume(tmp_path / "work") as work:
+        local = work / "chunk_0000.mov"
+        with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(local))}$"):
+            store.fetch("renders/r/chunk_0000.mov", local)
+        assert left_on(work) == []
