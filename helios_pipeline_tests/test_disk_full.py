@@ -76,3 +76,19 @@ def test_fetching_onto_a_full_disk_names_the_file_and_leaves_no_partial_copy(vid
         with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(local))}$"):
             store.fetch("renders/r/chunk_0000.mov", local)
         assert left_on(work) == []
+
+
+def test_downloading_from_s3_onto_a_full_disk_names_the_file(
+    video: Path, tmp_path: Path, s3_bucket: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket, env = s3_bucket
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HELIOS_CACHE", str(tmp_path / "cache"))
+    store = open_store(f"s3://{bucket}/renders-here")
+    info = store.publish(video, "renders/r/chunk_0000.mov")
+    with nearly_full_volume(tmp_path / "work") as work:
+        local = work / "chunk_0000.mov"
+        with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(local))}$"):
+            store.fetch("renders/r/chunk_0000.mov", local, info)
+        assert left_on(work) == []
