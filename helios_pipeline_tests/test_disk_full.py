@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from helios_pipeline.engine.audio.mix import mix_final
+from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.errors import NoSpaceError
-from helios_pipeline.plan import MixOptions
+from helios_pipeline.plan import MixOptions, plan
+from helios_pipeline.spec import RenderSpec
 from helios_pipeline.storage import StorageFullError, open_store
+from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.helpers import nearly_full_volume
 
 FRAMES = 60
@@ -92,3 +95,20 @@ def test_downloading_from_s3_onto_a_full_disk_names_the_file(
         with pytest.raises(StorageFullError, match=rf"no space left on device writing {re.escape(str(local))}$"):
             store.fetch("renders/r/chunk_0000.mov", local, info)
         assert left_on(work) == []
+
+
+def test_a_chunk_whose_own_files_do_not_fit_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    """The chunk's subtitle file (written by Python, not FFmpeg) on a full volume: the chunk names the cause."""
+    cues = "".join(
+        f"{n}\n00:00:00,000 --> 00:00:00,300\ncue number {n} of many, long enough to fill\n\n" for n in range(1, 600)
+    )
+    (tmp_path / "subs.srt").write_text(cues, encoding="utf-8")
+    with nearly_full_volume(tmp_path / "volume") as volume:
+        spec = RenderSpec(
+            composition=str(COMPOSITIONS / "frame_raf" / "index.html"), width=64, height=64, fps=30, frame_count=10,
+            subtitles=str(tmp_path / "subs.srt"), output=str(volume / "out.mp4"),
+        )  # fmt: skip
+        chunk = plan(spec).chunks[0]
+        with pytest.raises(NoSpaceError, match=rf"chunk 0: {no_space_writing(volume)}"):
+            render_chunk(spec, chunk)
+        assert [path for path in left_on(volume) if not (volume / path).is_dir()] == []

@@ -15,12 +15,13 @@ from typing import Any
 from playwright.sync_api import Browser, CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
+from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.browser import kill_browser_tree, launch_browser
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
-from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.server import composition_url
@@ -202,6 +203,12 @@ def render_chunk(
         if page_errors:
             raise PageError(page_errors[0], current_frame) from None
         raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        if is_no_space(exc):  # a file the chunk writes itself (subtitles, page audio): its name, else its folder
+            raise NoSpaceError(
+                f"chunk {chunk.id}: {no_space_message(exc.filename or output.parent, exc.errno)}"
+            ) from None
+        raise
     finally:
         watchdog.close()
     return ChunkResult(
