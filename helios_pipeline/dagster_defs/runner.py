@@ -201,6 +201,10 @@ def follow(
         backfill = render_backfill(instance, key, since)
         ended_badly = backfill is not None and backfill.status.value in ("FAILED", "CANCELED", "COMPLETED_FAILED")
         if ended_badly and not _final_video_recorded(instance, key, since):
+            # the backfill saw a failure before it counted here (a retry decision pending): report the failure
+            failed = next((run for run in runs if run.status == dg.DagsterRunStatus.FAILURE), None)
+            if failed is not None:
+                raise RenderError(f"render {key}: {_failed_run_message(instance, failed)}")
             raise RenderError(f"render {key}: its backfill {backfill.backfill_id} ended {backfill.status.value}")
         active = [run for run in runs if not run.is_finished]
         stage = "rendering chunks" if any(RENDER_PARTITION_TAG in r.tags for r in active) else "waiting"
