@@ -112,3 +112,27 @@ def test_a_chunk_whose_own_files_do_not_fit_says_so_and_leaves_nothing(tmp_path:
         with pytest.raises(NoSpaceError, match=rf"chunk 0: {no_space_writing(volume)}"):
             render_chunk(spec, chunk)
         assert [path for path in left_on(volume) if not (volume / path).is_dir()] == []
+
+
+def test_the_render_summary_reads_a_chunk_error_under_dagster_retry_wrapper(tmp_path: Path) -> None:
+    """After its retries a step fails with "Exceeded max_retries": the summary must give the chunk's own error."""
+    import dagster as dg
+
+    from helios_pipeline.dagster_defs.runner import _failed_run_message
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+    def writes_a_chunk() -> None:
+        raise OSError(28, "No space left on device")
+
+    @dg.job
+    def chunk_job() -> None:
+        writes_a_chunk()
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = chunk_job.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"dagster/partition/chunk": "001"}
+        )
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None
+        assert _failed_run_message(instance, run) == "chunk 001: OSError: [Errno 28] No space left on device"
