@@ -239,3 +239,26 @@ def assert_nothing_left(output: Path) -> None:
     while processes_for(work_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_for(work_dir) == [], "orphaned Chromium/FFmpeg/worker processes"
+
+
+@contextlib.contextmanager
+def nearly_full_volume(folder: Path, size: int = 4 * 1024 * 1024, free: int = 16 * 1024) -> Iterator[Path]:
+    """``folder`` as a tmpfs of ``size`` bytes with ``free`` bytes left (a filler file takes the rest).
+
+    Writes beyond that fail with ENOSPC, as on a real full volume. Needs root (``mount``): skips the
+    test otherwise. Unmounted on the way out, whatever the test left in it.
+    """
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        (folder / "filler").write_bytes(b"\0" * (size - free))
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+        assert not os.path.ismount(folder), f"{folder} is still mounted"

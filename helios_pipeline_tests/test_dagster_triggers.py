@@ -28,6 +28,7 @@ from helios_pipeline.dagster_defs.runner import launch_backfill
 from helios_pipeline.dagster_defs.settings import Settings
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.helpers import run
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK_KEYS = assets.chunk_partitions.get_partitions_def_for_dimension("chunk").get_partition_keys()
@@ -351,6 +352,35 @@ def test_automation_leaves_a_render_alone_once_its_backfill_has_ended(instance: 
 
     assert automation.tick() == {}
     assert automation.tick() == {}
+
+
+def test_automation_starts_no_concat_while_a_chunk_of_the_render_has_failed(
+    instance: dg.DagsterInstance, storage: RenderStorage
+) -> None:
+    """A render rendered again: its previous chunks are still there when a chunk of the new version fails.
+
+    The other chunks' updates must not start the concat: it would join the stale chunk, or refuse it,
+    and the user would read the concat's complaint instead of the chunk's own error (issue 9).
+    """
+    automation = Automation(instance)
+    instance.add_dynamic_partitions(renders.name, ["again"])
+    report(instance, render_plan, "again")
+    for chunk in CHUNK_KEYS:
+        report(instance, chunk_video, chunk_partition("again", chunk))
+    assert automation.tick() == {"concat_video": {"again"}, "mixed_video": {"again"}}
+    report(instance, concat_video, "again")
+    report(instance, mixed_video, "again")
+    assert automation.tick() == {}
+
+    # the new version: chunk 000's run fails (nothing is registered for it), the others are rendered again
+    failed = run(instance, storage, [chunk_video], chunk_partition("again", CHUNK_KEYS[0]), raise_on_error=False)
+    assert not failed.success
+    for chunk in CHUNK_KEYS[1:]:
+        report(instance, chunk_video, chunk_partition("again", chunk))
+    assert automation.tick() == {}, "no concat while a chunk's latest run failed"
+
+    report(instance, chunk_video, chunk_partition("again", CHUNK_KEYS[0]))  # rendered again, successfully
+    assert automation.tick() == {"concat_video": {"again"}, "mixed_video": {"again"}}
 
 
 # --- the code location loads ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Operability on a bad day (issue 9): a UI that was just stopped, signals from service managers.
+"""Operability on a bad day (issue 9): a UI that was just stopped, signals from service managers, a full disk.
 
 Real processes throughout: `helios-pipeline ui` and `helios-pipeline render` as subprocesses, the
 project's daemon, real chunk runs. A service manager (systemd, Docker, CI runners) stops a process
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._daemon.types import DaemonHeartbeat
 
 from helios_pipeline.dagster_defs.instance import DAEMON_FRESH_SECONDS, REQUIRED_DAEMONS
+from helios_pipeline.dagster_defs.names import CONCAT_ASSET
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -32,6 +34,7 @@ from helios_pipeline_tests.helpers import (
     deployment_env,
     deployment_processes,
     describe,
+    nearly_full_volume,
     open_instance,
     render_runs,
     wait_for,
@@ -226,3 +229,39 @@ def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_g
     assert not video.exists()
     (backfill,) = deployment.instance.get_backfills()
     assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+
+
+# --- 4. a full disk ---
+
+FULL_DISK_BOUND_SECONDS = 240  # daemon start, two chunk runs that fail at once (a full disk is not retried), cancel
+
+
+@pytest.fixture
+def nearly_full_storage(deployment: Deployment) -> Iterator[Path]:
+    """``HELIOS_STORAGE`` on a 4 MiB tmpfs with 16 KiB left: the spec, registration and plan fit, no chunk does."""
+    with nearly_full_volume(Path(deployment.env["HELIOS_STORAGE"])) as storage:
+        yield storage
+
+
+def test_a_full_disk_is_reported_with_the_chunk_the_path_and_no_concat(
+    deployment: Deployment, nearly_full_storage: Path
+) -> None:
+    instance = deployment.instance
+    process, video = render(deployment, "full-disk", COMPOSITIONS / "frame_raf", frame_count=30, concurrency=2)
+    code = wait_ended(process, FULL_DISK_BOUND_SECONDS)
+
+    log = deployment.log("full-disk")
+    assert code == 1, log
+    # the chunk's own error: which chunk, ENOSPC, and the file on the full volume (not a downstream consequence)
+    message = " ".join(log.split())  # the terminal wraps long lines
+    assert re.search(
+        rf"chunk 00[01]: .*no space left on device writing {re.escape(str(nearly_full_storage))}/", message
+    ), log
+    assert "not rendered" not in log and "max_retries" not in log, log
+    runs = [record.dagster_run for record in render_runs(instance, "full-disk")]
+    assert [run for run in runs if CONCAT_ASSET in (run.asset_selection or set())] == [], "a concat was launched"
+    assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
+    assert_nothing_left(deployment)
+    assert not video.exists()
+    half_written = [path for path in nearly_full_storage.rglob("*") if path.name.startswith(".")]  # temporary names
+    assert half_written == [], half_written

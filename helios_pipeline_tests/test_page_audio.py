@@ -30,11 +30,12 @@ from helios_pipeline.engine.audio.page_audio import (
     probe_source,
     write_page_audio,
 )
-from helios_pipeline.engine.audio.timeline import frame_sample, sample_window
+from helios_pipeline.engine.audio.timeline import TrackTiming, frame_sample, place_track, sample_window
 from helios_pipeline.engine.browser import launch_browser
 from helios_pipeline.engine.chunk import ChunkResult
 from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.encode import fps_fraction, timescale_args
+from helios_pipeline.engine.page import new_render_page
 from helios_pipeline.engine.probe import count_video_frames, has_audio_stream, probe
 from helios_pipeline.engine.server import composition_url, serve_folder
 from helios_pipeline.orchestrator import LocalExecutor, RenderOrchestrator
@@ -140,6 +141,29 @@ def test_frame_sample_is_exact() -> None:
 # --- placement ------------------------------------------------------------------------------------
 
 
+def test_placement_is_in_whole_samples_on_the_global_grid() -> None:
+    """Start, seek, audible end and fades of a track, as the page audio and the final mix both use them."""
+    placed = place_track(TrackTiming(offset=0.5, seek=0.25, duration=1.0, fade_in=0.1, fade_out=0.3), 10**6)
+    assert placed is not None
+    assert (placed.start, placed.seek, placed.end, placed.fade_in, placed.fade_out) == (
+        24000,
+        12000,
+        36000,
+        4800,
+        14400,
+    )
+    assert not placed.sounds_in((0, 24000)) and placed.sounds_in((0, 24001))  # audible in global [24000, 60000)
+    assert placed.sounds_in((59999, 60000)) and not placed.sounds_in((60000, 70000))
+    # at 1.5x, the 0.75 s left of the source last 24000 samples; started 0.1 s before frame 0
+    fast = place_track(TrackTiming(offset=-0.1, seek=0.25, duration=1.0, playback_rate=1.5), 48000)
+    assert fast is not None and (fast.start, fast.end) == (-4800, 24000)
+    # a loop is cut by the render end, and so is a fade-out longer than what is audible
+    looped = place_track(TrackTiming(offset=0.1, loop=True, duration=1.0, fade_out=2.0), 48000)
+    assert looped is not None and (looped.end, looped.fade_out) == (43200, 43200)
+    assert place_track(TrackTiming(offset=1.0), 48000) is None  # starts where the render ends
+    assert place_track(TrackTiming(offset=0.2, seek=1.0, duration=1.0), 48000) is None  # seeks past its end
+
+
 def page_track(path: Path, **fields) -> PageAudioTrack:
     return PageAudioTrack(source=str(path), label=path.name, duration=probe_source(str(path), path.name)[1], **fields)
 
@@ -188,19 +212,23 @@ def test_seek_rate_loop_volume_and_fades(sources: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "start", "fps"),
     [
-        {"offset": 0.5},
-        {"offset": 0.3, "seek": 0.25, "volume": 0.6, "fade_in": 0.2, "fade_out": 0.3},
-        {"offset": 0.2, "loop": True, "fade_in": 0.1, "fade_out": 0.5},
-        {"offset": 1.0, "seek": 0.1, "playback_rate": 1.5},
+        ({"offset": 0.5}, 0, FPS),
+        ({"offset": 0.3, "seek": 0.25, "volume": 0.6, "fade_in": 0.2, "fade_out": 0.3}, 0, FPS),
+        ({"offset": 0.2, "loop": True, "fade_in": 0.1, "fade_out": 0.5}, 0, FPS),
+        ({"offset": 1.0, "seek": 0.1, "playback_rate": 1.5}, 0, FPS),
+        ({"offset": 0.21, "seek": 0.05, "playback_rate": 1.25, "fade_in": 0.4, "fade_out": 0.1}, 13, 29.97),
+        ({"offset": 0.07, "loop": True, "playback_rate": 0.8, "fade_out": 0.4}, 7, 23.976),
     ],
-    ids=["offset", "seek-volume-fades", "loop-fades", "rate"],
+    ids=["offset", "seek-volume-fades", "loop-fades", "rate", "rate-mid-fade-from-frame-13", "slow-loop-ntsc"],
 )
-def test_page_track_is_placed_like_an_explicit_track(sources: Path, tmp_path: Path, fields: dict) -> None:
-    """The same attributes give the same samples as an explicit audio track in the final mix."""
+def test_page_track_is_placed_like_an_explicit_track(
+    sources: Path, tmp_path: Path, fields: dict, start: int, fps: float
+) -> None:
+    """The same attributes give the very same samples as an explicit audio track in the final mix."""
     source = sources / "tone44k.wav"
-    page = render_window([page_track(source, **fields)], tmp_path, 0, 90).astype(np.int32)
+    page = render_window([page_track(source, **fields)], tmp_path, start, 90, fps)
     explicit = AudioTrack.model_validate(
         {
             "path": str(source),
@@ -214,12 +242,15 @@ def test_page_track_is_placed_like_an_explicit_track(sources: Path, tmp_path: Pa
         }
     )
     options = MixOptions(
-        audio_tracks=(explicit,), audio_codec="pcm_s16le", audio_bitrate=None, total_frames=90, fps=FPS, start_frame=0
-    )
-    mix_final(options, silent_video(tmp_path / "v.mov", 90), tmp_path / "mixed.mov")
-    mixed = decode_s16(tmp_path / "mixed.mov").astype(np.int32)
-    assert page.shape == mixed.shape == (144000, 2)
-    assert np.abs(page - mixed).max() <= 2, "page audio and explicit track disagree on placement or level"
+        audio_tracks=(explicit,), audio_codec="pcm_s16le", audio_bitrate=None, total_frames=90, fps=fps,
+        start_frame=start,
+    )  # fmt: skip
+    mix_final(options, silent_video(tmp_path / "v.mov", 90, fps), tmp_path / "mixed.mov")
+    mixed = decode_s16(tmp_path / "mixed.mov")
+    first, last = sample_window(start, start + 90, fps)
+    assert page.shape == mixed.shape == (last - first, 2)
+    assert np.abs(page).max() > 1000, "the case must make sound"
+    assert np.array_equal(page, mixed), "page audio and explicit track disagree on placement or level"
 
 
 # --- chunking is bit-exact --------------------------------------------------------------------------
@@ -335,7 +366,12 @@ def test_scan_reads_every_media_element(sources: Path, tmp_path: Path) -> None:
 <audio id="nosrc"></audio>
 <audio id="muted" src="tone.wav" muted></audio>
 <audio id="ignored" src="tone.wav" data-helios-no-audio></audio>
+<div id="host"></div>
 <script>
+  const outer = document.getElementById("host").attachShadow({{ mode: "open" }});
+  outer.innerHTML = '<div id="inner-host"></div><audio id="shadowed" src="tone.wav"></audio>';
+  const inner = outer.getElementById("inner-host").attachShadow({{ mode: "open" }});
+  inner.innerHTML = '<audio id="nested" src="tone.wav" data-helios-offset="0.5"></audio>';
   document.getElementById("quiet").volume = 0.5;
   document.getElementById("quiet").playbackRate = 1.5;
   document.getElementById("zero").volume = 0;
@@ -348,12 +384,24 @@ def test_scan_reads_every_media_element(sources: Path, tmp_path: Path) -> None:
             sync_playwright() as playwright,
             launch_browser(playwright) as browser,
         ):
-            page = browser.new_page()
+            spec = RenderSpec(composition=composition, width=64, height=64, fps=FPS, frame_count=1)
+            _, page, _ = new_render_page(browser, spec)  # the engine's set-up installs the shadow-root walk
             page.goto(url, wait_until="load")
             found = collect_page_audio(page, url, composition, tmp_path, ".chunk")
             try:
                 tracks = {track.label.split('"')[1]: track for track in found.tracks}
-                assert list(tracks) == ["plain", "attrs", "quiet", "sourced", "remote", "data", "clip"]
+                assert list(tracks) == [
+                    "plain",
+                    "attrs",
+                    "quiet",
+                    "sourced",
+                    "remote",
+                    "data",
+                    "clip",
+                    "shadowed",
+                    "nested",
+                ]
+                assert tracks["nested"].offset == 0.5  # in a shadow root inside a shadow root
                 assert tracks["plain"].source == str(site / "tone.wav")
                 assert tracks["plain"].duration == pytest.approx(0.7, abs=1e-3)
                 attrs = tracks["attrs"]

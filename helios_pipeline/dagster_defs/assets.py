@@ -31,6 +31,7 @@ from helios_pipeline.dagster_defs.partitions import (
 from helios_pipeline.dagster_defs.previews import embedded_image
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.disk_full import DiskFull
 from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
 from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
@@ -85,6 +86,9 @@ def _terminated(render_key: str, index: int) -> dg.Failure:
 # A partition that a run or backfill is working on also resets the trigger: what a backfill leaves
 # undone (cancelled with Ctrl-C, or a chunk that failed) stays undone, instead of automation picking
 # it up once the backfill has ended.
+# Nothing starts while an input's latest run failed: a re-rendered render still has its previous
+# chunks, so without this a concat would start (and fail on the stale chunk) when one chunk of the
+# new version failed, and the user would see the concat's error instead of the chunk's.
 STAGE_CONDITION = (
     (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since(
         dg.AutomationCondition.newly_requested()
@@ -93,6 +97,7 @@ STAGE_CONDITION = (
     )
     & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed())
     & ~dg.AutomationCondition.in_progress()
 ).with_label("render when its inputs are ready")
 
@@ -235,7 +240,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         if isinstance(exc, INTERRUPTS) or _run_terminating(context):
             raise _terminated(render_key, index) from None
         if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error, StuckError: worth a retry
-            raise _fail(exc, retryable=True) from None
+            raise _fail(exc, retryable=not isinstance(exc, DiskFull)) from None  # unless the disk is full
         raise
     if result.blocked_requests:
         context.log.warning(describe_refusals(result.blocked_requests, result.blocked_urls, result.blocked_rule))
@@ -244,7 +249,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     try:
         stored = storage.publish(render_key, output)
     except StorageError as exc:
-        raise _fail(exc, retryable=True) from None
+        raise _fail(exc, retryable=not isinstance(exc, DiskFull)) from None
     finally:
         if storage.is_remote:  # the worker's disk holds only what it is rendering
             output.unlink(missing_ok=True)

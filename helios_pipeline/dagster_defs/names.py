@@ -25,3 +25,8 @@ CONCAT_ASSET = dg.AssetKey("concat_video")
 MIXED_ASSET = dg.AssetKey("mixed_video")
 BACKFILL_ASSETS = (PLAN_ASSET, CHUNK_ASSET, CONCAT_ASSET, MIXED_ASSET)
 DATA_VERSION_TAG = "dagster/data_version"
+PARTITION_TAG = "dagster/partition"
+"""Dagster's tag of a run's partition: the render key on plan, concat and mix runs."""
+RENDER_PARTITION_TAG = "dagster/partition/render"
+"""The render dimension's tag on chunk runs (render x chunk partitions)."""
+CHUNK_PARTITION_TAG = "dagster/partition/chunk"

@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -34,7 +35,16 @@ from helios_pipeline.dagster_defs.instance import (
     get_instance,
     stop_process_tree,
 )
-from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, RENDER_TAG, RENDERS
+from helios_pipeline.dagster_defs.names import (
+    CHUNK_ASSET,
+    CHUNK_PARTITION_TAG,
+    MIXED_ASSET,
+    PARTITION_TAG,
+    PLAN_ASSET,
+    RENDER_PARTITION_TAG,
+    RENDER_TAG,
+    RENDERS,
+)
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
@@ -123,19 +133,37 @@ class RenderStatus:
     """A finished render whose pages the network policy refused requests: what and why (one line)."""
 
 
+RETRY_WRAPPER = "RetryRequestedFromPolicy"  # "Exceeded max_retries of N": the step's own error is its cause
+FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+
+
+def _step_error(failure: Any) -> str | None:
+    """A step's own error: a ``dg.Failure``'s description, else the exception under Dagster's retry wrapper."""
+    if failure.user_failure_data is not None and failure.user_failure_data.description:
+        return failure.user_failure_data.description.strip()
+    error = failure.error
+    while error is not None and error.cls_name == RETRY_WRAPPER and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return None
+    return error.message.strip().removeprefix(FAILURE_PREFIX)
+
+
 def _failed_run_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """What failed in ``run``, in its own words; a chunk run's message starts with ``chunk NNN:``."""
+    chunk = run.tags.get(CHUNK_PARTITION_TAG)
     for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         event = record.dagster_event
-        if event and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip()
+        if event and event.step_failure_data and (message := _step_error(event.step_failure_data)):
+            return f"chunk {chunk}: {message}" if chunk else message
     return f"run {run.run_id} failed"
 
 
 def _render_runs(instance: dg.DagsterInstance, key: str, since: float) -> list[dg.DagsterRun]:
-    runs = []
-    for tag in ({"dagster/partition/render": key}, {"dagster/partition": key}):
-        runs += instance.get_runs(filters=dg.RunsFilter(tags=tag, created_after=utc(since)))
-    return runs
+    """The render's runs, chunk runs first, each kind oldest first: a failure is reported at its root."""
+    chunk_runs = instance.get_runs(filters=dg.RunsFilter(tags={RENDER_PARTITION_TAG: key}, created_after=utc(since)))
+    other_runs = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: key}, created_after=utc(since)))
+    return [*reversed(chunk_runs), *reversed(other_runs)]
 
 
 def follow(
@@ -180,9 +208,13 @@ def follow(
         backfill = render_backfill(instance, key, since)
         ended_badly = backfill is not None and backfill.status.value in ("FAILED", "CANCELED", "COMPLETED_FAILED")
         if ended_badly and not _final_video_recorded(instance, key, since):
+            # the backfill saw a failure before it counted here (a retry decision pending): report the failure
+            failed = next((run for run in runs if run.status == dg.DagsterRunStatus.FAILURE), None)
+            if failed is not None:
+                raise RenderError(f"render {key}: {_failed_run_message(instance, failed)}")
             raise RenderError(f"render {key}: its backfill {backfill.backfill_id} ended {backfill.status.value}")
         active = [run for run in runs if not run.is_finished]
-        stage = "rendering chunks" if any("dagster/partition/render" in r.tags for r in active) else "waiting"
+        stage = "rendering chunks" if any(RENDER_PARTITION_TAG in r.tags for r in active) else "waiting"
         on_status(RenderStatus(min(_frames_done(storage, key), total), total, stage))
         if watch is not None:
             watch()

@@ -15,11 +15,12 @@ from typing import Any
 from playwright.sync_api import CDPSession, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
+from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
-from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
@@ -187,6 +188,12 @@ def render_chunk(
             error = PageError(page_errors[0], current_frame)
             raise error if gate is None else gate.explain(error) from None
         raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        if is_no_space(exc):  # a file the chunk writes itself (subtitles, page audio): its name, else its folder
+            raise NoSpaceError(
+                f"chunk {chunk.id}: {no_space_message(exc.filename or output.parent, exc.errno)}"
+            ) from None
+        raise
     finally:
         watchdog.close()
     return ChunkResult(

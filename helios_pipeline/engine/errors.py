@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from helios_pipeline.disk_full import DiskFull
+
 
 class RenderError(RuntimeError):
     """A render step failed (browser, page, FFmpeg); the message names the chunk or file."""
+
+
+class NoSpaceError(RenderError, DiskFull):
+    """A file could not be written because its volume is full; the message names the path."""
 
 
 class ToolNotFoundError(RenderError):

@@ -2,7 +2,8 @@
 
 Every FFmpeg call starts with the same head (quiet, no stdin, overwrite) and every failure becomes
 a :class:`RenderError` that says what was being made and ends with FFmpeg's last stderr lines, so
-a failed concat, mix or chunk encode reads the same way wherever it happened.
+a failed concat, mix or chunk encode reads the same way wherever it happened; a full disk becomes
+a :class:`NoSpaceError` naming the output file instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.disk_full import no_space_message, no_space_reported
+from helios_pipeline.engine.errors import NoSpaceError, RenderError
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
 from helios_pipeline.processes import kill_now
 
@@ -40,16 +42,30 @@ def stderr_tail(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(kept[-lines:])
 
 
-def _failure(what: str, returncode: int | None, stderr: str | bytes) -> RenderError:
+def output_of(command: list[str]) -> str:
+    """The file an FFmpeg command writes: its last argument (every engine command ends with its output)."""
+    return command[-1] if command and not command[-1].startswith(("-", "pipe:")) else "its output"
+
+
+def _failure(what: str, returncode: int | None, stderr: str | bytes, output: str) -> RenderError:
     detail = stderr_tail(stderr) or f"FFmpeg exited with status {returncode}"
+    if (code := no_space_reported(detail)) is not None:  # the cause and the path, not FFmpeg's muxer chatter
+        return NoSpaceError(f"{what} failed: {no_space_message(output, code)}")
     return RenderError(f"{what} failed: {detail}")
+
+
+def _failed(returncode: int | None, stderr: str | bytes) -> bool:
+    """A non-zero exit, or a full disk FFmpeg reported yet exited 0 for (FFmpeg 5.1's MP4 muxer does when
+    its trailer cannot be written: the file is truncated, and must not be taken for a finished output)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    return returncode != 0 or no_space_reported(text) is not None
 
 
 def run_ffmpeg(command: list[str], what: str) -> None:
     """Run a finished FFmpeg command to its end; on failure raise ``RenderError("<what> failed: <stderr>")``."""
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise _failure(what, result.returncode, result.stderr)
+    if _failed(result.returncode, result.stderr):
+        raise _failure(what, result.returncode, result.stderr, output_of(command))
 
 
 def run_ffprobe(target: str | Path, *args: str, what: str | None = None) -> dict[str, Any]:
@@ -144,7 +160,7 @@ class FFmpegProcess:
             self.kill()
             raise RenderError(f"{self.what}: FFmpeg did not finish within {timeout} s") from None
         self._reader.join(timeout=5)
-        if self._process.returncode != 0:
+        if _failed(self._process.returncode, self._stderr):
             raise self.failure()
 
     def failure(self, fallback: object = None) -> RenderError:
@@ -152,7 +168,7 @@ class FFmpegProcess:
         self._reader.join(timeout=5)
         if not stderr_tail(self._stderr) and fallback is not None:
             return RenderError(f"{self.what} failed: {fallback}")
-        return _failure(self.what, self._process.returncode, self._stderr)
+        return _failure(self.what, self._process.returncode, self._stderr, output_of(self.command))
 
     def kill(self) -> None:
         """Stop FFmpeg now (cancel or failure); safe to call twice."""

@@ -30,6 +30,12 @@ def timeline_script(spec: RenderSpec) -> str:
     return page_script("timeline.js").replace("__HELIOS_CONFIG__", json.dumps(config))
 
 
+def init_script(spec: RenderSpec) -> str:
+    """What runs in the page before its own scripts: the shadow-root walk (shared by the seek driver
+    and the media scan) and the seek driver. One script, so the walk is there before the driver."""
+    return page_script("shadow_roots.js") + "\n" + timeline_script(spec)
+
+
 def frame_time_ms(frame: int, fps: float) -> float:
     """The time of frame ``frame``, computed from the integer frame (never accumulated)."""
     return frame * 1000 / fps
@@ -45,7 +51,7 @@ def new_render_page(
     context = browser.new_context(
         viewport={"width": spec.width, "height": spec.height}, device_scale_factor=1, proxy=proxy
     )
-    context.add_init_script(script=timeline_script(spec))
+    context.add_init_script(script=init_script(spec))
     page = context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(f"the page threw: {error}"))

@@ -5,6 +5,14 @@ library and the CLI can use it directly.
 """
 
 from helios_pipeline.storage.location import StorageLocation, parse_location
-from helios_pipeline.storage.store import ObjectInfo, StorageError, Store, open_store
+from helios_pipeline.storage.store import ObjectInfo, StorageError, StorageFullError, Store, open_store
 
-__all__ = ["ObjectInfo", "StorageError", "StorageLocation", "Store", "open_store", "parse_location"]
+__all__ = [
+    "ObjectInfo",
+    "StorageError",
+    "StorageFullError",
+    "StorageLocation",
+    "Store",
+    "open_store",
+    "parse_location",
+]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from helios_pipeline.storage.location import StorageLocation
-from helios_pipeline.storage.store import ObjectInfo, StorageError, Store, check_info, file_info
+from helios_pipeline.storage.store import ObjectInfo, StorageError, Store, check_info, file_info, write_error
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` (a full disk, above all) into a StorageError that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, path) from None
 
 
 class LocalStore(Store):
@@ -34,25 +45,27 @@ class LocalStore(Store):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-            os.replace(temp, target)
-        finally:
-            Path(temp).unlink(missing_ok=True)
+        with _writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    stream.write(data)
+                os.replace(temp, target)
+            finally:
+                Path(temp).unlink(missing_ok=True)
 
     def publish(self, local: Path, key: str) -> ObjectInfo:
         target = self.path(key)
         if local.resolve() != target.resolve():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.publishing-{os.getpid()}")
-            try:
-                shutil.copyfile(local, temp)
-                os.replace(temp, target)
-            finally:
-                temp.unlink(missing_ok=True)
+            with _writing(target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temp = target.with_name(f".{target.name}.publishing-{os.getpid()}")
+                try:
+                    shutil.copyfile(local, temp)
+                    os.replace(temp, target)
+                finally:
+                    temp.unlink(missing_ok=True)
         return file_info(target)
 
     def fetch(self, key: str, local: Path, expected: ObjectInfo | None = None) -> ObjectInfo:
@@ -62,8 +75,13 @@ class LocalStore(Store):
         info = file_info(source)
         check_info(str(source), info, expected)
         if local.resolve() != source.resolve():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, local)
+            with _writing(local):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    shutil.copyfile(source, local)
+                except BaseException:
+                    local.unlink(missing_ok=True)  # never a half-copied chunk under its own name
+                    raise
         return info
 
     def exists(self, key: str) -> bool:

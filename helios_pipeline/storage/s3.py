@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from helios_pipeline.disk_full import is_no_space
 from helios_pipeline.storage.location import StorageLocation, cache_root, split_s3_uri
-from helios_pipeline.storage.store import ObjectInfo, StorageError, Store, check_info, file_info
+from helios_pipeline.storage.store import ObjectInfo, StorageError, Store, check_info, file_info, write_error
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's longest
@@ -45,12 +46,17 @@ def describe_error(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _call(what: str, action: Callable[[], T]) -> T:
+def _call(what: str, action: Callable[[], T], writing: Path | None = None) -> T:
+    """Run a boto3 call; its failure becomes a StorageError saying ``what`` (a full disk names ``writing``)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return action()
-    except (BotoCoreError, ClientError, OSError) as exc:
+    except OSError as exc:
+        if writing is not None and is_no_space(exc):
+            raise write_error(exc, writing) from None
+        raise StorageError(f"{what}: {describe_error(exc)}") from None
+    except (BotoCoreError, ClientError) as exc:
         raise StorageError(f"{what}: {describe_error(exc)}") from None
 
 
@@ -112,6 +118,7 @@ class S3Store(Store):
             _call(
                 f"download {self.uri(key)}",
                 lambda: self.client.download_file(self.bucket, self.object_key(key), str(partial)),
+                writing=local,
             )
             info = file_info(partial)
             check_info(self.uri(key), info, expected)
@@ -185,7 +192,7 @@ def download_from_uri(client: Any, uri: str, local: Path) -> None:
     bucket, key = split_s3_uri(uri, what="output")
     local.parent.mkdir(parents=True, exist_ok=True)
     with _partial(local) as partial:
-        _call(f"download {uri}", lambda: client.download_file(bucket, key, str(partial)))
+        _call(f"download {uri}", lambda: client.download_file(bucket, key, str(partial)), writing=local)
         os.replace(partial, local)
 
 

@@ -8,18 +8,31 @@ publishing and fetching only verify; with S3 they upload and download.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from helios_pipeline.disk_full import DiskFull, is_no_space, no_space_message
 from helios_pipeline.files import hash_file
 from helios_pipeline.storage.location import StorageLocation, parse_location
 
 
 class StorageError(RuntimeError):
     """A storage call failed; the message names the location or key and the reason."""
+
+
+class StorageFullError(StorageError, DiskFull):
+    """A file could not be written because the storage's (or this machine's) volume is full."""
+
+
+def write_error(exc: OSError, path: Path) -> StorageError:
+    """The storage error for a failed write of ``path``: a full volume says so, with the path."""
+    if is_no_space(exc):
+        return StorageFullError(no_space_message(path, exc.errno or errno.ENOSPC))
+    return StorageError(f"could not write {path}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)

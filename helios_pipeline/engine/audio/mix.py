@@ -5,15 +5,11 @@ concatenated video is video-only, or carries the page's own audio as PCM. This p
 explicit :class:`~helios_pipeline.spec.AudioTrack` on the render's global timeline, mixes it with
 the page audio, pads or trims the result to exactly ``total_frames / fps`` and encodes it once.
 
-Timeline model. The render shows composition time ``[R, R + T)`` where ``R = start_frame / fps``
-and ``T = total_frames / fps``. A track starts at composition time ``offset`` and then plays its
-source from ``seek`` seconds on, at ``playback_rate`` (pitch kept, ``atempo``); with ``loop`` the
-source restarts from its beginning each time it ends (like ``<audio loop>``). The part of a
-track before ``R`` is skipped; a track starting after ``R`` is delayed by ``offset - R``. Fades
-are measured on the track's own timeline: the fade-in starts at ``offset`` (a render starting
-mid-fade begins mid-fade); the fade-out ends where the track stops being audible, i.e. at the
-end of the source (non-looping track that ends before the render does) or else at the end of the
-render. All positions are computed in samples at 48 kHz (:mod:`.timeline`), so placement is sample-accurate.
+Placement. The render carries the global samples of its frames (:func:`.timeline.sample_window`),
+exactly as its chunks' page audio does; each track is placed on that timeline and rendered for that
+window by the same functions as a page's media element (:func:`.timeline.place_track`,
+:func:`.timeline.track_chain`), so an explicit track and a page element with the same attributes
+sound at the same samples.
 """
 
 from __future__ import annotations
@@ -30,14 +26,13 @@ from helios_pipeline.engine import probe as probe_mod
 from helios_pipeline.engine.audio.timeline import (
     NORMALISE,
     SAMPLE_RATE,
-    delay_filters,
-    fade_filters,
+    TrackTiming,
     fit,
     mix_line,
-    samples,
+    place_track,
+    sample_window,
     source_inputs,
-    tempo_filters,
-    volume_filters,
+    track_lines,
 )
 from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
@@ -68,31 +63,15 @@ class MixResult:
     """Audio sources mixed: audible explicit tracks, plus one for the input video's own audio."""
 
 
-@dataclass(frozen=True)
-class _Placement:
-    """One track resolved to sample positions (all at :data:`SAMPLE_RATE`).
-
-    Track-local samples count from the moment the track starts (its ``offset``), after the rate
-    change; fades are positioned in track-local samples.
-    """
-
-    track: AudioTrack
-    source_start: int
-    """Source samples (before the rate change) dropped at its start: the seek plus the skip."""
-    skip: int
-    """Track-local samples before the render start (the part of the track the render skips)."""
-    end: int
-    """Track-local sample where the track stops being audible (source end or render end)."""
-    fade_in: int
-    fade_out_start: int
-    fade_out: int
-    delay: int
-    """Silence before the track in the output (when it starts after the render start)."""
+def render_window(options: MixOptions) -> tuple[int, int]:
+    """The global samples ``[first, last)`` of the render: the union of its chunks' page-audio windows."""
+    return sample_window(options.start_frame, options.start_frame + options.total_frames, options.fps)
 
 
 def total_samples(options: MixOptions) -> int:
-    """The exact audio length of the output: ``round(48000 * frames / fps)`` samples."""
-    return round(SAMPLE_RATE * options.total_frames / options.fps)
+    """The exact audio length of the output, ``round(48000 * frames / fps)`` (from frame 0; within a sample)."""
+    first, last = render_window(options)
+    return last - first
 
 
 def output_audio_codec(audio_codec: str, output: Path) -> str:
@@ -114,51 +93,17 @@ def probe_audio_duration(path: Path) -> float | None:
     return duration
 
 
-def _place(track: AudioTrack, options: MixOptions, source_duration: float | None) -> _Placement | None:
-    """Resolve a track against the render window; None when nothing of it is audible."""
-    render_start = options.start_frame / options.fps
-    render_end = render_start + options.duration_seconds
-    rate = track.playback_rate
-    # Track-local time: seconds since the track started (at `offset`), after the rate change.
-    skip = max(0.0, render_start - track.offset)
-    audible_end = render_end - track.offset
-    if not track.loop and source_duration is not None:
-        audible_end = min(audible_end, (source_duration - track.seek) / rate)
-    if audible_end <= skip or samples(audible_end) <= samples(skip):
-        return None
-    end = samples(audible_end)
-    fade_out = min(samples(track.fade_out_duration), end)
-    return _Placement(
-        track=track,
-        source_start=samples(track.seek + skip * rate),
-        skip=samples(skip),
-        end=end,
-        fade_in=samples(track.fade_in_duration),
-        fade_out_start=end - fade_out,
-        fade_out=fade_out,
-        delay=samples(max(0.0, track.offset - render_start)),
+def _timing(track: AudioTrack, source_duration: float | None) -> TrackTiming:
+    return TrackTiming(
+        volume=track.volume,
+        offset=track.offset,
+        seek=track.seek,
+        loop=track.loop,
+        playback_rate=track.playback_rate,
+        fade_in=track.fade_in_duration,
+        fade_out=track.fade_out_duration,
+        duration=source_duration,
     )
-
-
-def _track_chain(placement: _Placement, total: int) -> list[str]:
-    track = placement.track
-    chain = list(NORMALISE)
-    if placement.source_start > 0:
-        chain.append(f"atrim=start_sample={placement.source_start}")
-    tempo = tempo_filters(track.playback_rate, track.loop)
-    chain += tempo
-    # afade positions itself by timestamp: label samples in track-local time, so that a render
-    # starting after the track's offset (skip > 0) begins in the middle of the fade-in.
-    if placement.skip:
-        chain.append(f"asetpts=(N+{placement.skip})/SR/TB")
-    elif tempo or placement.source_start:
-        chain.append("asetpts=N/SR/TB")
-    chain += fade_filters(placement.fade_in, placement.fade_out_start, placement.fade_out)
-    chain.append(f"atrim=end_sample={placement.end}")
-    chain += volume_filters(track.volume)
-    if placement.skip:
-        chain.append("asetpts=N/SR/TB")
-    return chain + delay_filters(placement.delay) + fit(total)
 
 
 def mix_filter_graph(
@@ -178,24 +123,19 @@ def mix_filter_graph(
     durations = list(source_durations) if source_durations is not None else [None] * len(tracks)
     if len(durations) != len(tracks):
         raise ValueError(f"{len(durations)} source durations for {len(tracks)} tracks")
-    total = total_samples(options)
-    lines: list[str] = []
-    labels: list[str] = []
-    used: list[AudioTrack] = []
-    if input_has_audio:
-        lines.append("[0:a:0]" + ",".join([*NORMALISE, *fit(total)]) + "[page]")
-        labels.append("[page]")
-    for track, duration in zip(tracks, durations, strict=True):
-        placement = _place(track, options, duration)
-        if placement is None:
-            continue
-        used.append(track)
-        index = len(used)
-        lines.append(f"[{index}:a:0]" + ",".join(_track_chain(placement, total)) + f"[t{index}]")
-        labels.append(f"[t{index}]")
+    window = render_window(options)
+    total = window[1] - window[0]
+    placed = [
+        (track, placement)
+        for track, duration in zip(tracks, durations, strict=True)
+        if (placement := place_track(_timing(track, duration), window[1])) and placement.sounds_in(window)
+    ]
+    lines = ["[0:a:0]" + ",".join([*NORMALISE, *fit(total)]) + "[page]"] if input_has_audio else []
+    lines += track_lines([placement for _, placement in placed], window, first_input=1)
+    labels = ["[page]"] * input_has_audio + [f"[t{i}]" for i in range(1, len(placed) + 1)]
     # Tracks given but none audible here: still an audio stream, silent, of the exact length.
     lines.append(mix_line(labels, total))
-    return ";\n".join(lines) + "\n", used
+    return ";\n".join(lines) + "\n", [track for track, _ in placed]
 
 
 def mix_command(

@@ -20,17 +20,17 @@ page and written to a temporary file beside the chunk, removed afterwards).
 
 Sample exactness. Global sample ``s`` is composition time ``s / 48000``; the chunk of frames
 ``[a, b)`` carries samples ``[round(48000 a / fps), round(48000 b / fps))`` (:func:`sample_window`),
-so the chunks tile the timeline with no gap or overlap. Every track is computed from the start of
-its source in every chunk and only then cut to the chunk's window, so a chunk's samples are the
-very samples a single-chunk render has at those positions, and the concatenated PCM equals the
-PCM of one render, bit for bit.
+so the chunks tile the timeline with no gap or overlap. Every track is placed on that timeline and
+computed from the start of its source in every chunk, then cut to the chunk's window
+(:func:`~helios_pipeline.engine.audio.timeline.track_chain`, the same placement and chain as an
+explicit track in the final mix), so a chunk's samples are the very samples a single-chunk render
+has at those positions, and the concatenated PCM equals the PCM of one render, bit for bit.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,18 +39,14 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from helios_pipeline.engine.audio.timeline import (
-    NORMALISE,
     SAMPLE_RATE,
-    delay_filters,
-    fade_filters,
-    fit,
+    TrackTiming,
     frame_sample,
     mix_line,
+    place_track,
     sample_window,
-    samples,
     source_inputs,
-    tempo_filters,
-    volume_filters,
+    track_lines,
 )
 from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
@@ -114,82 +110,12 @@ class MediaElement:
         return f'<{self.tag}{ident} src="{src}">'
 
 
-@dataclass(frozen=True)
-class PageAudioTrack:
+@dataclass(frozen=True, kw_only=True)
+class PageAudioTrack(TrackTiming):
     """An audible element with its source resolved to something FFmpeg reads (a file or a URL)."""
 
     source: str
     label: str
-    volume: float = 1.0
-    offset: float = 0.0
-    seek: float = 0.0
-    loop: bool = False
-    playback_rate: float = 1.0
-    fade_in: float = 0.0
-    fade_out: float = 0.0
-    duration: float | None = None
-    """Seconds of the source's audio (None if unknown); places the fade-out of a non-looping track."""
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """A track in integer samples at 48 kHz. Track-local sample 0 sounds at global sample ``start``."""
-
-    track: PageAudioTrack
-    start: int
-    """Global sample where the track starts (its offset; negative when it started before frame 0)."""
-    seek: int
-    """Source samples skipped at its beginning (``data-helios-seek``)."""
-    end: int
-    """Track-local sample where it stops being audible (source end or render end)."""
-    fade_in: int
-    fade_out: int
-
-
-def _place(track: PageAudioTrack, render_end: int) -> _Placement | None:
-    """Resolve a track on the global timeline; None when it is never audible before ``render_end``."""
-    start = samples(track.offset)
-    seek = max(0, samples(track.seek))
-    length: float = math.inf
-    if not track.loop and track.duration is not None:
-        length = max(0, round((samples(track.duration) - seek) / track.playback_rate))
-    end = min(start + length, render_end) - start
-    if end <= 0:
-        return None
-    end = int(end)
-    fade_out = min(samples(max(0.0, track.fade_out)), end)
-    return _Placement(
-        track=track, start=start, seek=seek, end=end, fade_in=samples(max(0.0, track.fade_in)), fade_out=fade_out
-    )
-
-
-def _track_chain(placement: _Placement, window: tuple[int, int]) -> list[str]:
-    """Filters that turn input ``i`` into the track's samples of ``window``, exactly ``end - first`` long.
-
-    The result for a window is the single-render result cut at the window: sources are decoded from
-    their beginning, every filter after the cut is a function of the sample position only, and a
-    rate change (atempo, which depends on what came before) runs from the track's start.
-    """
-    first, last = window
-    track = placement.track
-    skip = max(0, first - placement.start)  # track-local samples before the window
-    chain = list(NORMALISE)
-    tempo = tempo_filters(track.playback_rate, track.loop)
-    if tempo:
-        if placement.seek:
-            chain += [f"atrim=start_sample={placement.seek}", "asetpts=N/SR/TB"]
-        chain += [*tempo, "asetpts=N/SR/TB"]
-    elif placement.seek + skip:
-        chain += [f"atrim=start_sample={placement.seek + skip}", f"asetpts=(N+{skip})/SR/TB"]
-    # afade places itself by timestamp: timestamps are track-local sample numbers here
-    chain += fade_filters(placement.fade_in, placement.end - placement.fade_out, placement.fade_out)
-    # atrim counts the samples it has seen (not timestamps)
-    if tempo:
-        chain.append(f"atrim=start_sample={skip}:end_sample={min(placement.end, last - placement.start)}")
-    else:
-        chain.append(f"atrim=end_sample={min(placement.end, last - placement.start) - skip}")
-    chain += [*volume_filters(track.volume), "asetpts=N/SR/TB"]
-    return chain + delay_filters(max(0, placement.start - first)) + fit(last - first)
 
 
 def chunk_audio_graph(
@@ -203,16 +129,10 @@ def chunk_audio_graph(
     first, last = window
     if last <= first:
         raise ValueError(f"empty sample window {window}")
-    lines: list[str] = []
-    used: list[PageAudioTrack] = []
-    for track in tracks:
-        placement = _place(track, render_end)
-        if placement is None or placement.start + placement.end <= first or placement.start >= last:
-            continue
-        lines.append(f"[{len(used)}:a:0]" + ",".join(_track_chain(placement, window)) + f"[t{len(used)}]")
-        used.append(track)
-    lines.append(mix_line([f"[t{i}]" for i in range(len(used))], last - first))
-    return ";\n".join(lines) + "\n", used
+    placed = [(track, p) for track in tracks if (p := place_track(track, render_end)) and p.sounds_in(window)]
+    lines = track_lines([placement for _, placement in placed], window, first_input=0)
+    lines.append(mix_line([f"[t{i}]" for i in range(len(placed))], last - first))
+    return ";\n".join(lines) + "\n", [track for track, _ in placed]
 
 
 def chunk_audio_command(used: Sequence[PageAudioTrack], filter_script: Path, output: Path) -> list[str]:

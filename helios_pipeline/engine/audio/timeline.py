@@ -2,15 +2,25 @@
 
 Every source is resampled to 48 kHz stereo and placed in whole samples, so placement is
 sample-accurate and chunk windows tile the render with no gap or overlap. This module owns the
-sample grid (frame -> sample), the filter fragments every track chain is made of (normalise, rate
-change, fades, level, delay, fit to length) and the last line of a mix graph; ``page_audio`` and
-``mix`` only decide where each track sits.
+sample grid (frame -> sample), the placement of a track on it (:func:`place_track`: where it starts,
+what of its source it skips, where it stops being audible, its fades), the filter chain that renders
+any window of a placed track (:func:`track_chain`) and the last line of a mix graph. ``page_audio``
+(a chunk's window) and ``mix`` (the whole render's window) only say which tracks and which window,
+so a track sounds at the same samples in a chunk's page audio and in the final mix.
+
+Timeline model. Global sample ``s`` is composition time ``s / 48000`` (frame 0 at sample 0). A
+track starts at composition time ``offset`` and plays its source from ``seek`` seconds on, at
+``playback_rate`` (pitch kept), restarting from the source's beginning with ``loop``. Fades are
+measured on the track's own timeline: the fade-in starts at ``offset`` (a window starting mid-fade
+begins mid-fade); the fade-out ends where the track stops being audible: the end of its source
+(non-looping track that ends before the render does) or else the end of the render.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 
 from helios_pipeline.engine.encode import fps_fraction
@@ -103,3 +113,95 @@ def source_inputs(sources: Iterable[tuple[str, bool]]) -> list[str]:
     for source, loop in sources:
         inputs += [*(["-stream_loop", "-1"] if loop else []), "-i", source]
     return inputs
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackTiming:
+    """Where and how a track sounds: what an explicit audio track and a page's media element share."""
+
+    volume: float = 1.0
+    offset: float = 0.0
+    """Composition seconds where the track starts (negative: it started before frame 0)."""
+    seek: float = 0.0
+    """Seconds into the source where playback starts."""
+    loop: bool = False
+    playback_rate: float = 1.0
+    fade_in: float = 0.0
+    fade_out: float = 0.0
+    duration: float | None = None
+    """Seconds of the source's audio (None if unknown): where a non-looping track falls silent."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A track on the global sample grid. Track-local sample 0 (its offset) sounds at global sample ``start``.
+
+    Track-local samples count after the rate change; the fades are in track-local samples.
+    """
+
+    timing: TrackTiming
+    start: int
+    """Global sample where the track starts (negative when it started before frame 0)."""
+    seek: int
+    """Source samples skipped at its beginning."""
+    end: int
+    """Track-local sample where it stops being audible (source end or render end)."""
+    fade_in: int
+    fade_out: int
+
+    def sounds_in(self, window: tuple[int, int]) -> bool:
+        """Is any of its audible part inside the global samples ``[first, last)``?"""
+        first, last = window
+        return self.start + self.end > first and self.start < last
+
+
+def place_track(timing: TrackTiming, render_end: int) -> Placement | None:
+    """Place a track on the global timeline; None when it is never audible before ``render_end`` (a sample)."""
+    start = samples(timing.offset)
+    seek = max(0, samples(timing.seek))
+    length: float = math.inf
+    if not timing.loop and timing.duration is not None:
+        length = max(0, round((samples(timing.duration) - seek) / timing.playback_rate))
+    end = min(start + length, render_end) - start
+    if end <= 0:
+        return None
+    end = int(end)
+    fade_out = min(samples(max(0.0, timing.fade_out)), end)
+    return Placement(timing, start, seek, end, samples(max(0.0, timing.fade_in)), fade_out)
+
+
+def track_chain(placement: Placement, window: tuple[int, int]) -> list[str]:
+    """Filters that turn a track's input into its samples of ``window``, exactly ``last - first`` long.
+
+    The result for a window is the whole-render result cut at the window: sources are decoded from
+    their beginning, every filter after the cut is a function of the sample position only, and a
+    rate change (atempo, which depends on what came before) runs from the track's start.
+    """
+    first, last = window
+    timing = placement.timing
+    skip = max(0, first - placement.start)  # track-local samples before the window
+    chain = list(NORMALISE)
+    tempo = tempo_filters(timing.playback_rate, timing.loop)
+    if tempo:
+        if placement.seek:
+            chain += [f"atrim=start_sample={placement.seek}", "asetpts=N/SR/TB"]
+        chain += [*tempo, "asetpts=N/SR/TB"]
+    elif placement.seek + skip:
+        chain += [f"atrim=start_sample={placement.seek + skip}", f"asetpts=(N+{skip})/SR/TB"]
+    # afade places itself by timestamp: timestamps are track-local sample numbers here
+    chain += fade_filters(placement.fade_in, placement.end - placement.fade_out, placement.fade_out)
+    # atrim counts the samples it has seen (not timestamps)
+    if tempo:
+        chain.append(f"atrim=start_sample={skip}:end_sample={min(placement.end, last - placement.start)}")
+    else:
+        chain.append(f"atrim=end_sample={min(placement.end, last - placement.start) - skip}")
+    chain += [*volume_filters(timing.volume), "asetpts=N/SR/TB"]
+    return chain + delay_filters(max(0, placement.start - first)) + fit(last - first)
+
+
+def track_lines(placements: Iterable[Placement], window: tuple[int, int], first_input: int) -> list[str]:
+    """Graph lines ``[<input>:a:0]…[t<input>]``: the i-th placement read from input ``first_input + i``."""
+    return [
+        f"[{index}:a:0]" + ",".join(track_chain(placement, window)) + f"[t{index}]"
+        for index, placement in enumerate(placements, start=first_input)
+    ]

@@ -1,19 +1,10 @@
 // Every <audio>/<video> of the loaded page (open shadow roots included), in document order, with the
 // attributes that decide its sound. An async function, evaluated once after load by
-// engine/audio/page_audio.py; it mirrors the seek driver's reading of the same attributes
+// engine/audio/page_audio.py on a page set up by engine/page.py; it walks the same roots as the
+// seek driver and mirrors the seek driver's reading of the same attributes
 // (timeline.js mediaTarget), so sound and picture agree.
 async (metadataTimeout) => {
-  const roots = [document];
-  const walk = (root) => {
-    const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT);
-    for (let node = walker.currentNode; node; node = walker.nextNode()) {
-      if (node.shadowRoot) {
-        roots.push(node.shadowRoot);
-        walk(node.shadowRoot);
-      }
-    }
-  };
-  walk(document);
+  const roots = window.__helios_all_roots(); // shadow_roots.js, installed by the page set-up
   const seconds = (el, name) => {
     const value = parseFloat(el.getAttribute(name) || "0");
     return Number.isFinite(value) ? value : 0;

@@ -127,20 +127,6 @@
   }
 
   // -- helpers -------------------------------------------------------------------------------
-  function allRoots() {
-    const roots = [document];
-    const walk = (root) => {
-      const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT);
-      for (let node = walker.currentNode; node; node = walker.nextNode()) {
-        if (node.shadowRoot) {
-          roots.push(node.shadowRoot);
-          walk(node.shadowRoot);
-        }
-      }
-    };
-    walk(document);
-    return roots;
-  }
   function withTimeout(promise, ms, what) {
     let timer;
     const limit = new Promise((_, reject) => {
@@ -234,7 +220,7 @@
     if (window.helios && typeof window.helios.seek === "function") window.helios.seek(frame);
     runAnimationFrame(t);
     // 3. animations (after rAF, which may have created some)
-    const roots = allRoots();
+    const roots = window.__helios_all_roots(); // shadow_roots.js
     seekAnimations(roots, t);
     const gsap = window.__helios_gsap_timeline__;
     if (gsap && typeof gsap.seek === "function") {
