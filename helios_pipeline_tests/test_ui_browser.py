@@ -103,6 +103,17 @@ def metadata_row(page: Page, label: str) -> Locator:
     return page.locator("tr").filter(has=page.locator("td").filter(has_text=re.compile(f"^{label}$"))).first
 
 
+def preview_image(page: Page) -> Locator:
+    """The picture of the ``preview`` row: inline, or in the dialog its *[Show Markdown]* opens (long Markdown)."""
+    row = metadata_row(page, "preview")
+    row.wait_for()
+    toggle = row.get_by_text("[Show Markdown]")
+    if toggle.count():
+        toggle.click()
+        return page.get_by_role("dialog").get_by_role("img").first
+    return row.get_by_role("img").first
+
+
 def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui, page: Page) -> None:
     wait_until_up(ui)
     draft = write_spec(ui.root / "drafts", KEY, COMPOSITIONS / "frame_raf", frame_count=FRAMES, concurrency=2)
@@ -132,16 +143,13 @@ def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui,
     reload_until_visible(page, "Materialized (1)", "the final video")
     page.get_by_text(KEY, exact=True).first.click()
     video = Path(metadata_row(page, "path").locator("td").nth(1).inner_text().strip())
-    metadata_row(page, "preview").get_by_text("[Show Markdown]").click()
-    contact_sheet = page.get_by_role("dialog").get_by_role("img").first
-    assert loaded_image_width(page, contact_sheet) > 0, "the contact sheet is a broken image"
+    assert loaded_image_width(page, preview_image(page)) > 0, "the contact sheet is a broken image"
     page.keyboard.press("Escape")
     assert frame_indices(video) == list(range(FRAMES))
 
     # a rendered chunk shows its first frame inline; the unused one says it is unused
     open_partition(page, "chunk_video", "000", KEY)
-    thumbnail = metadata_row(page, "preview").get_by_role("img")
-    assert loaded_image_width(page, thumbnail) > 0, "chunk 000's thumbnail is a broken image"
+    assert loaded_image_width(page, preview_image(page)) > 0, "chunk 000's thumbnail is a broken image"
     open_partition(page, "chunk_video", "002", KEY)
     metadata_row(page, "preview").get_by_text("unused — the plan of this render has 2 chunks").wait_for()
     assert metadata_row(page, "preview").get_by_role("img").count() == 0

@@ -39,7 +39,7 @@ from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.probe import count_video_frames, probe
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.plan import RenderChunk
-from helios_pipeline.spec import SpecError
+from helios_pipeline.spec import SpecError, sanitize_key
 from helios_pipeline.storage import ObjectInfo, StorageError
 from helios_pipeline.storage.s3 import download_from_uri, presigned_url, upload_to_uri
 
@@ -151,6 +151,12 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
     again renders it as edited. Otherwise a registered render keeps its snapshot, and an inbox spec
     the sensor has not registered yet is taken from the inbox.
     """
+    if key != sanitize_key(key):
+        raise SpecError(
+            f"partition {key!r}",
+            [("", f"a render's name may hold only lower-case letters, digits, '-' and '_': add a partition "
+                  f"named {sanitize_key(key)!r} (and a spec file of that name) instead")],
+        )  # fmt: skip
     ui_spec = spec_named(inbox.ui_path, key)
     if ui_spec is not None:
         register_spec_file(storage, ui_spec, SETTINGS.max_chunks, key)
