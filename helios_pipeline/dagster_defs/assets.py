@@ -216,11 +216,12 @@ def unused_chunk_metadata(used: int) -> dict[str, object]:
     Its status stays "materialised" (the concat waits for every chunk partition of its render, and a
     backfill for every partition it targets), so the difference is in the metadata the partition shows.
     """
+    reason = unused_chunk_reason(used)
     return {
-        "preview": dg.MetadataValue.md(f"**unused** — {unused_chunk_reason(used).removeprefix('unused: ')}"),
+        "preview": dg.MetadataValue.md(reason.replace("unused:", "**unused** —", 1)),
         "skipped": True,
         "frames": 0,
-        "reason": unused_chunk_reason(used),
+        "reason": reason,
     }
 
 
