@@ -30,7 +30,6 @@ from helios_pipeline_tests.helpers import (
     Ui,
     chunk_key,
     deployment_processes,
-    describe,
     latest_metadata,
     render_runs,
     running_ui,
@@ -169,5 +168,4 @@ def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui,
 
     os.killpg(ui.process.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
     assert ui.process.wait(timeout=60) == 0, ui.log()
-    left = wait_for(lambda: not deployment_processes(ui.home), 20, "the deployment to stop") or []
-    assert not left, describe(left)
+    wait_for(lambda: not deployment_processes(ui.home), 20, "the webserver, daemon and runs to end")
