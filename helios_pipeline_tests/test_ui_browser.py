@@ -110,8 +110,8 @@ def preview_image(page: Page) -> Locator:
     toggle = row.get_by_text("[Show Markdown]")
     if toggle.count():
         toggle.click()
-        return page.get_by_role("dialog").get_by_role("img").first
-    return row.get_by_role("img").first
+        return page.get_by_role("dialog").locator("img").first  # <img>, not the dialog's icons
+    return row.locator("img").first
 
 
 def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui, page: Page) -> None:
@@ -152,7 +152,7 @@ def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui,
     assert loaded_image_width(page, preview_image(page)) > 0, "chunk 000's thumbnail is a broken image"
     open_partition(page, "chunk_video", "002", KEY)
     metadata_row(page, "preview").get_by_text("unused — the plan of this render has 2 chunks").wait_for()
-    assert metadata_row(page, "preview").get_by_role("img").count() == 0
+    assert metadata_row(page, "preview").locator("img").count() == 0
 
     # what the pages showed is what the instance holds: light previews, and only the backfill's runs
     final_preview = latest_metadata(ui.instance, MIXED_ASSET, KEY)["preview"].value
