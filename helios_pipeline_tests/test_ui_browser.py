@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from playwright.sync_api import Locator, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -160,11 +159,11 @@ def test_the_readme_ui_walkthrough_renders_a_spec_and_shows_its_previews(ui: Ui,
     assert final_preview.startswith(f"![{KEY}.contact.png](data:image/jpeg;base64,") and len(final_preview) < 150_000
     assert chunk_preview.startswith("![chunk_0000.mov](data:image/jpeg;base64,") and len(chunk_preview) < 1_000
     (backfill,) = ui.instance.get_backfills()
+    assert backfill.status.value == "COMPLETED_SUCCESS"  # a run whose launch failed under load is retried in it
     runs = [record.dagster_run for record in render_runs(ui.instance, KEY)]
     assert runs and all(run.tags.get("dagster/backfill") == backfill.backfill_id for run in runs), (
         "the sensor or automation started a run of the UI's render"
     )
-    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
 
     os.killpg(ui.process.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
     assert ui.process.wait(timeout=60) == 0, ui.log()
