@@ -37,7 +37,6 @@ from helios_pipeline_tests.helpers import (
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 FRAMES = 45
 ASSETS = ("render_plan", "chunk_video", "concat_video", "mixed_video")
 
