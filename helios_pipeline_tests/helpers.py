@@ -7,10 +7,16 @@ module can be run, moved or deleted on its own.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from helios_pipeline.dagster_defs.runner import stop_process_tree
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
+from helios_pipeline_tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT_MAX_CHUNKS = 3
@@ -262,3 +269,77 @@ def nearly_full_volume(folder: Path, size: int = 4 * 1024 * 1024, free: int = 16
     finally:
         subprocess.run(["umount", "--lazy", str(folder)], check=False)
         assert not os.path.ismount(folder), f"{folder} is still mounted"
+
+
+@dataclass
+class Ui:
+    """A running ``helios-pipeline ui`` (webserver + the project's daemon) with its own instance and folders."""
+
+    url: str
+    process: subprocess.Popen
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    root: Path
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.loads(response.read())
+        assert not payload.get("errors"), payload["errors"]
+        return payload["data"]
+
+    def log(self) -> str:
+        return (self.root / "ui.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+
+
+@contextlib.contextmanager
+def running_ui(root: Path, max_chunks: int) -> Iterator[Ui]:
+    """``helios-pipeline ui`` on a free port, with DAGSTER_HOME, storage and inbox under ``root``.
+
+    Killed with its whole process group afterwards (if the test has not stopped it), with any
+    process of the deployment that is still alive.
+    """
+    home, inbox = root / "home", root / "inbox"
+    inbox.mkdir(parents=True)
+    write_instance_config(home)
+    instance = open_instance(home)
+    env = {**deployment_env(home, root / "storage", inbox), "HELIOS_MAX_CHUNKS": str(max_chunks)}
+    port = free_port()
+    command = [sys.executable, "-m", "helios_pipeline.cli", "ui", "--port", str(port)]
+    with (root / "ui.log").open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield Ui(f"http://127.0.0.1:{port}", process, home, env, instance, root)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for leftover in deployment_processes(home):  # only if a test failed half-way
+            with contextlib.suppress(Exception):
+                leftover.kill()
+        instance.wipe_daemon_heartbeats()
+        instance.dispose()
+
+
+def wait_until_up(ui: Ui) -> dict[str, str]:
+    """The webserver answers with the code location loaded, and the daemon's backfill loop is beating."""
+
+    def repository() -> dict[str, str] | None:
+        assert ui.process.poll() is None, ui.log()
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+            data = ui.graphql(REPOSITORIES)
+            nodes = data["repositoriesOrError"].get("nodes") or []
+            if nodes:
+                return {"repositoryName": nodes[0]["name"], "repositoryLocationName": nodes[0]["location"]["name"]}
+        return None
+
+    selector = wait_for(repository, 120, "the UI to serve the code location", 0.5)
+    wait_for(lambda: "BACKFILL" in ui.instance.get_daemon_heartbeats(), 60, "the daemon's heartbeat", 0.5)
+    return selector
+
+
+REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"

@@ -146,6 +146,8 @@ def test_chunk_metadata_read_back_has_every_field(rendered: Rendered) -> None:
         assert metadata["encode_seconds"].value >= 0
         assert metadata["worker_host"].value == socket.gethostname()
         assert metadata["worker_pid"].value > 0
+        thumbnail = metadata["preview"].value  # the first frame, small enough for the UI to show it inline
+        assert thumbnail.startswith(f"![chunk_{chunk.id:04d}.mov](data:image/jpeg;base64,") and len(thumbnail) < 1000
 
 
 @pytest.mark.slow
@@ -155,6 +157,7 @@ def test_chunks_beyond_the_plan_materialise_as_skipped(rendered: Rendered) -> No
         metadata = latest_metadata(rendered.instance, chunk_video.key, chunk_key(rendered.key, chunk))
         assert metadata["skipped"].value is True
         assert metadata["frames"].value == 0
+        assert metadata["preview"].value == "**unused** — the plan of this render has 2 chunks"
     materialized = rendered.instance.get_materialized_partitions(chunk_video.key)
     assert {chunk_key(rendered.key, chunk) for chunk in CHUNK_KEYS} <= materialized
     assert latest_record(rendered.instance, concat_video.key, rendered.key) is not None
@@ -183,6 +186,8 @@ def test_concat_and_mixed_metadata_read_back(rendered: Rendered) -> None:
     assert_fields(mixed, {"audio_codec": dg.TextMetadataValue, "contact_sheet": dg.PathMetadataValue})
     sheet = Path(mixed["contact_sheet"].value)
     assert sheet.is_file() and sheet.read_bytes()[:8] == PNG_MAGIC
+    preview = mixed["preview"].value  # the sheet itself, embedded: the browser cannot load a server path
+    assert preview.startswith(f"![{sheet.name}](data:image/jpeg;base64,") and len(preview) <= 150_000
 
 
 @pytest.mark.slow

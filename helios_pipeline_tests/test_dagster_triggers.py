@@ -416,7 +416,38 @@ def test_partition_added_in_the_ui_plans_the_inbox_spec_of_that_name(
                             resources=resources, raise_on_error=False)  # fmt: skip
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure)
-    assert "no spec registered for render 'ghost'" in failure.step_failure_data.error.message
+    message = failure.step_failure_data.error.message
+    assert "render 'ghost' is not registered and no spec file ghost.yaml" in message
+    assert f"{inbox / 'ui'} (HELIOS_UI_SPECS)" in message and f"{inbox} (HELIOS_INBOX)" in message
+
+
+def plan_failure(instance: dg.DagsterInstance, resources: dict[str, object], key: str) -> str:
+    result = dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key=key, instance=instance,
+                            resources=resources, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    return next(event for event in result.all_events if event.is_step_failure).step_failure_data.error.message
+
+
+def test_a_spec_in_the_ui_folder_waits_for_its_partition_and_is_read_again_at_every_plan(
+    instance: dg.DagsterInstance, storage: RenderStorage, inbox: Path
+) -> None:
+    """The UI's folder is not the sensor's: adding the partition by hand never races a registration."""
+    ui_folder = inbox / "ui"
+    ui_folder.mkdir()
+    spec = write_spec(ui_folder, "clip.yaml", frame_count=20)
+    idle = tick(instance, storage, None)
+    assert added_keys(idle) == [] and not idle.run_requests and not storage.has_spec("clip")
+    resources = {"storage": storage, "inbox": Inbox(folder=str(inbox))}
+    instance.add_dynamic_partitions(renders.name, ["clip"])
+    for frames in (20, 30):  # the person edits the spec and launches again
+        write_spec(ui_folder, spec.name, frame_count=frames)
+        assert dg.materialize(RENDER_ASSETS, selection=[render_plan], partition_key="clip", instance=instance,
+                              resources=resources).success  # fmt: skip
+        assert storage.load_spec("clip").frame_count == frames
+    assert added_keys(tick(instance, storage, idle.cursor)) == [], "the sensor still ignores the UI's folder"
+    instance.add_dynamic_partitions(renders.name, ["My Clip"])
+    message = plan_failure(instance, resources, "My Clip")
+    assert "partition 'My Clip'" in message and "add a partition named 'my-clip'" in message
 
 
 def test_two_inbox_specs_with_the_same_name_do_not_overwrite_each_other(

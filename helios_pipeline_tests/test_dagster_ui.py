@@ -8,19 +8,10 @@ the project's daemon started by `helios-pipeline ui`; Ctrl-C then stops both and
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -31,98 +22,30 @@ from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     CHUNK,
+    Ui,
     backfill_runs,
     chunk_runs,
-    deployment_env,
     deployment_processes,
     describe,
     final_video,
-    open_instance,
     render_runs,
+    running_ui,
     wait_for,
-    write_instance_config,
+    wait_until_up,
     write_spec,
 )
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 FRAMES = 45
 ASSETS = ("render_plan", "chunk_video", "concat_video", "mixed_video")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Ui:
-    url: str
-    process: subprocess.Popen
-    home: Path
-    env: dict[str, str]
-    instance: dg.DagsterInstance
-    root: Path
-
-    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload = json.loads(response.read())
-        assert not payload.get("errors"), payload["errors"]
-        return payload["data"]
-
-
 @pytest.fixture
 def ui(tmp_path: Path) -> Iterator[Ui]:
-    home, inbox = tmp_path / "home", tmp_path / "inbox"
-    inbox.mkdir()
-    write_instance_config(home)
-    instance = open_instance(home)
-    env = {**deployment_env(home, tmp_path / "storage", inbox), "HELIOS_MAX_CHUNKS": "2"}
-    port = free_port()
-    command = [sys.executable, "-m", "helios_pipeline.cli", "ui", "--port", str(port)]
-    with (tmp_path / "ui.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield Ui(f"http://127.0.0.1:{port}", process, home, env, instance, tmp_path)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        for leftover in deployment_processes(home):  # only if a test failed half-way
-            with contextlib.suppress(Exception):
-                leftover.kill()
-        instance.wipe_daemon_heartbeats()
-        instance.dispose()
+    with running_ui(tmp_path, max_chunks=2) as started:
+        yield started
 
-
-def ui_log(ui: Ui) -> str:
-    return (ui.root / "ui.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-
-
-def wait_until_up(ui: Ui) -> dict[str, str]:
-    """The webserver answers with the code location loaded, and the daemon's backfill loop is beating."""
-
-    def repository() -> dict[str, str] | None:
-        assert ui.process.poll() is None, ui_log(ui)
-        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-            data = ui.graphql(REPOSITORIES)
-            nodes = data["repositoriesOrError"].get("nodes") or []
-            if nodes:
-                return {"repositoryName": nodes[0]["name"], "repositoryLocationName": nodes[0]["location"]["name"]}
-        return None
-
-    selector = wait_for(repository, 120, "the UI to serve the code location", 0.5)
-    wait_for(lambda: "BACKFILL" in ui.instance.get_daemon_heartbeats(), 60, "the daemon's heartbeat", 0.5)
-    return selector
-
-
-REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 
 ADD_PARTITION = """
 mutation($selector: RepositorySelector!, $key: String!) {
@@ -169,7 +92,7 @@ def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_ev
         status = ui.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]["status"]
         return status if status not in ("REQUESTED", "CANCELING") else None
 
-    assert wait_for(ended, 180, f"backfill {backfill_id}", 1.0) == "COMPLETED_SUCCESS", ui_log(ui)
+    assert wait_for(ended, 180, f"backfill {backfill_id}", 1.0) == "COMPLETED_SUCCESS", ui.log()
 
     # what the asset catalog shows: both chunk partitions green, the final video materialised
     stats = {name: ui.graphql(PARTITION_STATS, path=[name])["assetNodeOrError"]["partitionStats"] for name in ASSETS}
@@ -181,7 +104,7 @@ def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_ev
     assert frame_indices(final_video(ui.instance, key)) == list(range(FRAMES))
 
     os.killpg(ui.process.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
-    assert ui.process.wait(timeout=60) == 0, ui_log(ui)
+    assert ui.process.wait(timeout=60) == 0, ui.log()
     assert not deployment_processes(ui.home), describe(deployment_processes(ui.home))
 
 
@@ -192,7 +115,7 @@ def test_a_spec_dropped_into_the_inbox_is_rendered_to_the_final_video_with_no_cl
     spec.replace(inbox / spec.name)  # appears whole, as a user's save or move would make it
 
     def final_recorded() -> bool:
-        assert ui.process.poll() is None, ui_log(ui)
+        assert ui.process.poll() is None, ui.log()
         return "dropped" in ui.instance.get_materialized_partitions(dg.AssetKey("mixed_video"))
 
     wait_for(final_recorded, 180, "the dropped spec's final video", 1.0)

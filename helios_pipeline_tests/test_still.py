@@ -26,7 +26,7 @@ from helios_pipeline.cli import main
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan
 from helios_pipeline.dagster_defs.previews import embedded_image
 from helios_pipeline.dagster_defs.storage import RenderStorage
-from helios_pipeline.engine.errors import PageError
+from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
 from helios_pipeline.fingerprint import render_fingerprint
 from helios_pipeline.frame_ref import FrameError, parse_frame
@@ -403,8 +403,9 @@ def test_embedded_previews_shrink_until_they_fit(tmp_path: Path) -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         widths[budget] = int(probe_result.stdout.strip())
-    assert 160 <= widths[30_000] < widths[150_000] <= 960, widths
-    assert embedded_image(picture, max_bytes=100).value == "*noisy.png: no preview fits in 100 bytes*"
+    assert widths[30_000] < widths[150_000] <= 960, widths
+    with pytest.raises(RenderError, match=r"noisy\.png: no JPEG of it fits in"):
+        embedded_image(picture, max_bytes=100)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from helios_pipeline.dagster_defs.inbox import Inbox
+from helios_pipeline.dagster_defs.inbox import Inbox, spec_named
 from helios_pipeline.dagster_defs.names import (
     CHUNK_ASSET,
     CHUNK_POOL,
@@ -43,13 +43,18 @@ from helios_pipeline.engine.still import poster_path
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
-from helios_pipeline.spec import SpecError
+from helios_pipeline.spec import SpecError, sanitize_key
 from helios_pipeline.storage import ObjectInfo, StorageError
 from helios_pipeline.storage.s3 import download_from_uri, presigned_url, upload_to_uri
 
 CHUNK_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 PROGRESS_INTERVAL_S = 0.5
 REMOTE_PROGRESS_INTERVAL_S = 2.0  # one small PUT per chunk every 2 s
+CHUNK_PREVIEW_CHARS = 999
+"""A chunk's first-frame thumbnail: the UI shows Markdown under 1,000 characters inline in the partition's
+metadata table (longer text hides behind "[Show Markdown]"), and 128 chunks add only ~128 KB to the event log."""
+FINAL_PREVIEW_CHARS = 150_000
+"""The final video's contact sheet: behind "[Show Markdown]", small enough to keep the event log light."""
 
 
 def worker_id() -> str:
@@ -112,8 +117,7 @@ STAGE_CONDITION = (
 def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox: Inbox) -> dg.MaterializeResult:
     key = context.partition_key
     try:
-        if not storage.has_spec(key):
-            _register_from_inbox(key, storage, inbox.path)
+        _register_from_spec_folders(key, storage, inbox)
         plan = storage.plan_for(key)
     except (SpecError, ValueError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
@@ -148,13 +152,34 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
     )
 
 
-def _register_from_inbox(key: str, storage: RenderStorage, folder: Path) -> None:
-    """A partition added by hand in the UI: take the inbox spec of the same name, if there is one."""
-    for suffix in (".yaml", ".yml", ".json"):
-        candidate = folder / f"{key}{suffix}"
-        if candidate.is_file():
-            register_spec_file(storage, candidate, SETTINGS.max_chunks, key)
-            return
+def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) -> None:
+    """Register a partition added by hand in the UI from its spec file, named like the partition.
+
+    A spec in the UI's folder is read again at every plan, so a person who edits it and launches
+    again renders it as edited. Otherwise a registered render keeps its snapshot, and an inbox spec
+    the sensor has not registered yet is taken from the inbox.
+    """
+    if key != sanitize_key(key):
+        raise SpecError(
+            f"partition {key!r}",
+            [("", f"a render's name may hold only lower-case letters, digits, '-' and '_': add a partition "
+                  f"named {sanitize_key(key)!r} (and a spec file of that name) instead")],
+        )  # fmt: skip
+    ui_spec = spec_named(inbox.ui_path, key)
+    if ui_spec is not None:
+        register_spec_file(storage, ui_spec, SETTINGS.max_chunks, key)
+        return
+    if storage.has_spec(key):
+        return
+    inbox_spec = spec_named(inbox.path, key)
+    if inbox_spec is None:
+        raise SpecError(
+            str(inbox.ui_path / f"{key}.yaml"),
+            [("", f"render {key!r} is not registered and no spec file {key}.yaml (.yml, .json) is in "
+                  f"{inbox.ui_path} (HELIOS_UI_SPECS) or {inbox.path} (HELIOS_INBOX): save its spec there and "
+                  "launch again")],
+        )  # fmt: skip
+    register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key)
 
 
 def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
@@ -182,10 +207,30 @@ def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int
             dg.AssetMaterialization(
                 asset_key=CHUNK_ASSET,
                 partition=partition,
-                metadata={"skipped": True, "frames": 0, "reason": f"the plan has {used} chunks"},
+                description=unused_chunk_reason(used),
+                metadata=unused_chunk_metadata(used),
                 tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
             )
         )
+
+
+def unused_chunk_reason(used: int) -> str:
+    return f"unused: the plan of this render has {used} chunk{'s' if used != 1 else ''}"
+
+
+def unused_chunk_metadata(used: int) -> dict[str, object]:
+    """What an unused chunk partition records: empty, and saying so where a rendered chunk shows its picture.
+
+    Its status stays "materialised" (the concat waits for every chunk partition of its render, and a
+    backfill for every partition it targets), so the difference is in the metadata the partition shows.
+    """
+    reason = unused_chunk_reason(used)
+    return {
+        "preview": dg.MetadataValue.md(reason.replace("unused:", "**unused** —", 1)),
+        "skipped": True,
+        "frames": 0,
+        "reason": reason,
+    }
 
 
 @dg.asset(
@@ -196,8 +241,9 @@ def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
     automation_condition=STAGE_CONDITION,
-    description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file. "
-    "Chunk indices beyond the render's plan materialise as empty (skipped) partitions.",
+    description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file; "
+    "its preview is its first frame. Chunk indices beyond the render's plan materialise as empty partitions "
+    "whose preview reads 'unused'.",
 )
 def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
@@ -213,8 +259,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         raise _fail(exc, retryable=True) from None
     if index >= len(plan.chunks):
         return dg.MaterializeResult(
-            metadata={"skipped": True, "frames": 0, "reason": f"the plan has {len(plan.chunks)} chunks"},
-            data_version=dg.DataVersion(f"{fingerprint}-none"),
+            metadata=unused_chunk_metadata(len(plan.chunks)), data_version=dg.DataVersion(f"{fingerprint}-none")
         )
     chunk = plan.chunks[index]
     # who renders it, on the run itself: a chunk still rendering or failed has no metadata to say so
@@ -245,6 +290,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     if result.blocked_requests:
         context.log.warning(describe_refusals(result.blocked_requests, result.blocked_urls, result.blocked_rule))
     output = Path(result.output_file)
+    thumbnail = preview_or_note(context, output, CHUNK_PREVIEW_CHARS)
     upload_started = time.perf_counter()
     try:
         stored = storage.publish(render_key, output)
@@ -255,6 +301,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             output.unlink(missing_ok=True)
     return dg.MaterializeResult(
         metadata={
+            "preview": thumbnail,
             "frames": result.frame_count,
             "first_frame": result.start_frame,
             "last_frame": result.start_frame + result.frame_count - 1,
@@ -282,6 +329,15 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
     )
+
+
+def preview_or_note(context: dg.AssetExecutionContext, picture: Path, max_chars: int) -> dg.MarkdownMetadataValue:
+    """``picture`` embedded for the UI; a preview is for people, so one that cannot be made never fails the asset."""
+    try:
+        return embedded_image(picture, max_chars)
+    except RenderError as exc:
+        context.log.warning(f"no preview: {exc}")
+        return dg.MetadataValue.md(f"no preview: {exc}")
 
 
 CHUNKS_COMPLETE = "chunks_complete"
@@ -437,7 +493,7 @@ def _fetch_chunk(
     code_version=ENGINE_VERSION,
     automation_condition=STAGE_CONDITION,
     description="The finished video: the concat with every audio track mixed once; a contact sheet beside it, "
-    "and the spec's poster_frame as <stem>.poster.png.",
+    "shown as its preview, and the spec's poster_frame as <stem>.poster.png.",
 )
 def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg.MaterializeResult:
     render_key = context.partition_key
@@ -449,9 +505,10 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         finished = mix_with_preview(plan)
         mix, sheet = finished.mix, finished.contact_sheet
         info = probe(final)
+        preview = preview_or_note(context, sheet, FINAL_PREVIEW_CHARS)
         links = _publish_output(storage, plan.final_output_uri, final, sheet)
         if finished.poster is not None:
-            links |= _publish_poster(storage, plan.final_output_uri, finished.poster)
+            links |= _publish_poster(context, storage, plan.final_output_uri, finished.poster)
     except (RenderError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
     finally:
@@ -459,6 +516,7 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             plan.concat_output_file.unlink(missing_ok=True)
     return dg.MaterializeResult(
         metadata={
+            "preview": preview,
             "seconds": mix.seconds,
             "bytes": mix.bytes,
             "duration_seconds": info.duration,
@@ -480,7 +538,6 @@ def _publish_output(storage: RenderStorage, uri: str | None, final: Path, sheet:
         return {
             "path": dg.MetadataValue.path(str(final)),
             "contact_sheet": dg.MetadataValue.path(str(sheet)),
-            "preview": dg.MetadataValue.md(f"![contact sheet]({sheet.as_uri()})"),
         }
     client = storage.s3_client()
     sheet_uri = f"{uri.rpartition('.')[0] if '.' in uri.rpartition('/')[2] else uri}.contact{sheet.suffix}"
@@ -492,13 +549,14 @@ def _publish_output(storage: RenderStorage, uri: str | None, final: Path, sheet:
         "url": dg.MetadataValue.url(presigned_url(uri, client)),
         "contact_sheet": dg.MetadataValue.text(sheet_uri),
         "contact_sheet_url": dg.MetadataValue.url(sheet_url),
-        "preview": dg.MetadataValue.md(f"![contact sheet]({sheet_url})"),
     }
 
 
-def _publish_poster(storage: RenderStorage, uri: str | None, poster: Path) -> dict[str, object]:
+def _publish_poster(
+    context: dg.AssetExecutionContext, storage: RenderStorage, uri: str | None, poster: Path
+) -> dict[str, object]:
     """The poster beside the video (uploaded beside an s3:// output), and a preview of it that the UI shows."""
-    links: dict[str, object] = {"poster_preview": embedded_image(poster)}
+    links: dict[str, object] = {"poster_preview": preview_or_note(context, poster, FINAL_PREVIEW_CHARS)}
     if uri is None:
         return links | {"poster": dg.MetadataValue.path(str(poster))}
     client = storage.s3_client()

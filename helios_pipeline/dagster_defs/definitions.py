@@ -33,7 +33,7 @@ defs = dg.Definitions(
     schedules=build_schedules(SETTINGS.inbox),
     resources={
         "storage": RenderStorage(location=dg.EnvVar("HELIOS_STORAGE"), keep_days=dg.EnvVar("HELIOS_KEEP_DAYS")),
-        "inbox": Inbox(folder=dg.EnvVar("HELIOS_INBOX")),
+        "inbox": Inbox(folder=dg.EnvVar("HELIOS_INBOX"), ui_folder=dg.EnvVar("HELIOS_UI_SPECS")),
     },
     # one process per run: a chunk run is one step, and a step subprocess would only add start-up time
     executor=dg.in_process_executor,

@@ -1,46 +1,29 @@
-"""Images that show in Dagster's UI: a reduced-size JPEG embedded in Markdown metadata as a data URI.
+"""Pictures in the UI: a file's reduced JPEG embedded in Markdown metadata as a data URI.
 
-The UI runs in the user's browser, which cannot load a file path on the server (and a presigned
-link expires): the picture travels inside the event itself, kept small so the event log stays light.
-The full-size file stays beside the video.
+The webserver cannot serve files from the machine that rendered them (and a ``file://`` link
+shows a broken image in the browser), so the picture travels inside the event itself. Its size
+is bounded so that the event log, and every page that lists events, stays light.
 """
 
 from __future__ import annotations
 
 import base64
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 
-from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.thumbnail import jpeg_within
 
-PREVIEW_WIDTHS = (960, 640, 480, 320, 160)
-"""Widths tried in turn (never enlarging) until the embedded image fits ``max_bytes``."""
-JPEG_QSCALE = "4"
-"""FFmpeg's MJPEG quality scale (2 best .. 31 worst): a light preview that still reads well."""
-
-
-def _jpeg(path: Path, width: int, scratch: Path) -> bytes:
-    target = scratch / f"preview-{width}.jpg"
-    command = ffmpeg_command(
-        "-i", str(path),
-        "-vf", f"scale='min({width},iw)':-2:flags=area,format=yuvj420p",
-        "-frames:v", "1", "-update", "1", "-q:v", JPEG_QSCALE, str(target),
-    )  # fmt: skip
-    run_ffmpeg(command, f"preview of {path}")
-    return target.read_bytes()
+DATA_URI_PREFIX = "data:image/jpeg;base64,"
 
 
 def embedded_image(path: Path, max_bytes: int = 150_000) -> dg.MarkdownMetadataValue:
-    """``path`` (any image FFmpeg reads) as Markdown with the image inline, its data URI under ``max_bytes``.
+    """``path`` (an image, or a video's first frame) as a Markdown image of at most ``max_bytes`` characters.
 
-    The widest of ``PREVIEW_WIDTHS`` that fits is used; transparency is dropped (JPEG has none). A
-    preview is never worth failing a render: when none fits, the Markdown says so instead.
+    The budget is for the whole Markdown text, base64 included (what the event log stores); the
+    JPEG is scaled down until it fits. Raises ``RenderError`` naming the file when it cannot be read.
     """
-    with tempfile.TemporaryDirectory(prefix="helios-preview-") as scratch:
-        for width in PREVIEW_WIDTHS:
-            uri = "data:image/jpeg;base64," + base64.b64encode(_jpeg(Path(path), width, Path(scratch))).decode("ascii")
-            if len(uri) <= max_bytes:
-                return dg.MetadataValue.md(f"![{Path(path).name}]({uri})")
-    return dg.MetadataValue.md(f"*{Path(path).name}: no preview fits in {max_bytes} bytes*")
+    head = f"![{path.name}]({DATA_URI_PREFIX}"
+    jpeg_budget = (max_bytes - len(head) - 1) * 3 // 4  # base64: 4 characters per 3 bytes
+    encoded = base64.b64encode(jpeg_within(path, jpeg_budget)).decode("ascii")
+    return dg.MetadataValue.md(f"{head}{encoded})")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+UI_SUBFOLDER = "ui"
+"""The UI's spec folder inside the inbox when HELIOS_UI_SPECS is not set (the sensor reads only the top level)."""
 DEFAULT_MAX_CHUNKS = 4
 
 
@@ -17,16 +19,21 @@ class Settings:
     inbox: Path
     max_chunks: int
     keep_days: str = "0"
+    ui_specs: Path | None = None
+    """Specs started from the UI (HELIOS_UI_SPECS); default ``<inbox>/ui``, a folder the sensor does not watch."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """HELIOS_STORAGE (default .helios/), HELIOS_INBOX (default compositions/), HELIOS_MAX_CHUNKS (4),
-        HELIOS_KEEP_DAYS (0: a finished render's chunks go once its video passed its check)."""
+        HELIOS_KEEP_DAYS (0: a finished render's chunks go once its video passed its check),
+        HELIOS_UI_SPECS (<inbox>/ui)."""
         raw_storage = os.environ.get("HELIOS_STORAGE") or str(PROJECT_ROOT / ".helios")
+        inbox = Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve()
         return cls(
             storage=raw_storage if raw_storage.startswith("s3://") else str(Path(raw_storage).resolve()),
             keep_days=os.environ.get("HELIOS_KEEP_DAYS") or "0",
-            inbox=Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve(),
+            inbox=inbox,
+            ui_specs=Path(os.environ.get("HELIOS_UI_SPECS") or inbox / UI_SUBFOLDER).resolve(),
             max_chunks=int(env_number("HELIOS_MAX_CHUNKS", DEFAULT_MAX_CHUNKS, 1, 999, whole=True)),
         )
 
@@ -52,7 +59,7 @@ def chunk_keys(max_chunks: int) -> list[str]:
 def export_defaults() -> Settings:
     """Put the settings' defaults into this process's environment and return the settings.
 
-    The code location's resources read HELIOS_STORAGE, HELIOS_INBOX and HELIOS_KEEP_DAYS through
+    The code location's resources read HELIOS_STORAGE, HELIOS_INBOX, HELIOS_UI_SPECS and HELIOS_KEEP_DAYS through
     ``dg.EnvVar`` (so the UI shows where each value comes from); an unset variable gets the same
     default here that the CLI uses.
     """
@@ -60,6 +67,7 @@ def export_defaults() -> Settings:
     os.environ.setdefault("HELIOS_STORAGE", settings.storage)
     os.environ.setdefault("HELIOS_INBOX", str(settings.inbox))
     os.environ.setdefault("HELIOS_KEEP_DAYS", settings.keep_days)
+    os.environ.setdefault("HELIOS_UI_SPECS", str(settings.ui_specs))
     return settings
 
 

@@ -68,6 +68,17 @@ def run_ffmpeg(command: list[str], what: str) -> None:
         raise _failure(what, result.returncode, result.stderr, output_of(command))
 
 
+def ffmpeg_stdout(command: list[str], what: str) -> bytes:
+    """Run a finished FFmpeg command that writes to ``pipe:1`` and return what it wrote (no file is made).
+
+    On failure raises ``RenderError("<what> failed: <stderr>")``.
+    """
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise _failure(what, result.returncode, result.stderr)
+    return result.stdout
+
+
 def run_ffprobe(target: str | Path, *args: str, what: str | None = None) -> dict[str, Any]:
     """ffprobe's JSON about ``target`` (a file or URL) for ``args`` (``-show_entries``...).
 
