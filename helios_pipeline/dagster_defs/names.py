@@ -14,6 +14,8 @@ CHUNK_POOL = "helios_chunks"
 """The concurrency pool of chunk steps: Chromium renders at once, across the deployment."""
 RENDER_TAG = "helios/render"
 """Run and backfill tag naming the render key."""
+BACKFILL_PLAN_TAG = "helios/plan_for_backfill"
+"""Tag of a plan run made for a backfill (the CLI's): automation leaves what follows the plan to that backfill."""
 
 PLAN_ASSET = dg.AssetKey("render_plan")
 CHUNK_ASSET = dg.AssetKey("chunk_video")
