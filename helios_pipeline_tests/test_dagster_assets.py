@@ -29,7 +29,7 @@ from helios_pipeline.dagster_defs.assets import (
 )
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
-from helios_pipeline.fingerprint import render_fingerprint
+from helios_pipeline.fingerprint import picture_fingerprint, render_fingerprint
 from helios_pipeline.spec import SpecError
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
@@ -364,7 +364,7 @@ def test_a_page_that_throws_fails_its_chunk_without_retry(
 # --- data versions --------------------------------------------------------------------------------
 
 
-def test_plan_data_version_is_the_content_fingerprint(
+def test_plan_data_version_is_the_picture_fingerprint(
     tmp_path: Path, instance: dg.DagsterInstance, storage: RenderStorage
 ) -> None:
     composition = tmp_path / "composition"
@@ -374,8 +374,11 @@ def test_plan_data_version_is_the_content_fingerprint(
 
     run(instance, storage, [render_plan], key)
     first = plan_data_version(instance, key)
-    assert first == render_fingerprint(storage.load_spec(key))
-    assert latest_metadata(instance, render_plan.key, key)["fingerprint"].value == first
+    assert first == picture_fingerprint(storage.load_spec(key))
+    assert latest_metadata(instance, render_plan.key, key)["picture_fingerprint"].value == first
+    assert latest_metadata(instance, render_plan.key, key)["fingerprint"].value == render_fingerprint(
+        storage.load_spec(key)
+    )
 
     register(instance, storage, spec_file)
     run(instance, storage, [render_plan], key)  # an unchanged re-plan
@@ -387,7 +390,7 @@ def test_plan_data_version_is_the_content_fingerprint(
     run(instance, storage, [render_plan], key)
     changed = plan_data_version(instance, key)
     assert changed != first
-    assert changed == render_fingerprint(storage.load_spec(key))
+    assert changed == picture_fingerprint(storage.load_spec(key))
 
 
 @needs_three_chunks

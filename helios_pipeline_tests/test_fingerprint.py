@@ -1,4 +1,8 @@
-"""The render fingerprint (data version) follows pixels and samples only, and every spec field is classified."""
+"""The render fingerprint (data version) follows pixels and samples only, and every spec field is classified.
+
+The picture fingerprint (the chunks' and the concat's data version) leaves out what only the final mix
+reads, so an edit of the sound alone re-runs the mix and no chunk.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from helios_pipeline.fingerprint import DERIVED_FIELDS, HASHED_FIELDS, IGNORED_FIELDS, render_fingerprint
+from helios_pipeline.fingerprint import (
+    DERIVED_FIELDS,
+    HASHED_FIELDS,
+    IGNORED_FIELDS,
+    PICTURE_FIELDS,
+    SOUND_FIELDS,
+    picture_fingerprint,
+    render_fingerprint,
+)
 from helios_pipeline.spec import RenderSpec, validate_spec
 
 BASE = {
@@ -33,10 +45,20 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def fingerprint(project: Path, **changes: object) -> str:
-    """The fingerprint of BASE with ``changes`` (a None value removes the key)."""
+def spec_of(project: Path, **changes: object) -> RenderSpec:
+    """BASE with ``changes`` (a None value removes the key)."""
     data = {key: value for key, value in {**BASE, **changes}.items() if value is not None}
-    return render_fingerprint(validate_spec(data, base_dir=project, source="spec.yaml"))
+    return validate_spec(data, base_dir=project, source="spec.yaml")
+
+
+def fingerprint(project: Path, **changes: object) -> str:
+    """The fingerprint of BASE with ``changes``."""
+    return render_fingerprint(spec_of(project, **changes))
+
+
+def pictures(project: Path, **changes: object) -> str:
+    """The picture fingerprint of BASE with ``changes``."""
+    return picture_fingerprint(spec_of(project, **changes))
 
 
 def test_every_spec_field_is_classified_exactly_once() -> None:
@@ -46,6 +68,11 @@ def test_every_spec_field_is_classified_exactly_once() -> None:
     fields = set(RenderSpec.model_fields)
     assert fields - set(classified) == set(), "unclassified spec fields: add them to a set in fingerprint.py"
     assert set(classified) - fields == set(), "classified names that are not spec fields"
+
+
+def test_every_fingerprinted_field_is_read_by_the_pictures_or_by_the_mix() -> None:
+    assert PICTURE_FIELDS | SOUND_FIELDS == HASHED_FIELDS | DERIVED_FIELDS
+    assert not PICTURE_FIELDS & SOUND_FIELDS, "a field read by both stages"
 
 
 @pytest.mark.parametrize(
@@ -104,3 +131,47 @@ def test_a_moved_project_keeps_its_fingerprint(project: Path, tmp_path_factory: 
     moved = tmp_path_factory.mktemp("moved") / "project"
     shutil.copytree(project, moved)
     assert fingerprint(moved) == fingerprint(project)
+
+
+SOUND_EDITS = [
+    {"audio_tracks": [{"path": "music.wav", "volume": 0.6}]},
+    {"audio_tracks": [{"path": "music.wav", "volume": 0.5, "offset": 1.5}]},
+    {"audio_tracks": [{"path": "other.wav", "volume": 0.5}]},  # another file, other bytes
+    {"audio_tracks": []},
+    {"audio_codec": "libopus"},
+    {"audio_bitrate": "96k"},
+    {"output": "out/promo.mkv"},
+]
+
+
+@pytest.mark.parametrize("changes", SOUND_EDITS, ids=lambda changes: ",".join(f"{k}={v}" for k, v in changes.items()))
+def test_an_edit_of_the_sound_alone_keeps_the_pictures(project: Path, changes: dict) -> None:
+    """The chunks carry the page's own audio as PCM: the spec's tracks, audio codec and container are the mix's."""
+    (project / "other.wav").write_bytes(b"RIFF-other")
+    assert pictures(project, **changes) == pictures(project)
+    assert fingerprint(project, **changes) != fingerprint(project)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"width": 65}, {"fps": 25}, {"frame_count": 61}, {"crf": 30}, {"input_props": {"t": "Hi"}}, {"subtitles": None}],
+    ids=lambda changes: ",".join(changes),
+)
+def test_an_edit_of_the_pictures_changes_the_picture_fingerprint(project: Path, changes: dict) -> None:
+    assert pictures(project, **changes) != pictures(project)
+
+
+@pytest.mark.parametrize("file", ["site/index.html", "site/style.css", "captions.srt"])
+def test_an_edited_composition_or_subtitle_file_changes_the_pictures(project: Path, file: str) -> None:
+    """The page's own <audio>/<video> sources live in the composition folder: they count as pictures."""
+    before = pictures(project)
+    path = project / file
+    path.write_bytes(path.read_bytes().replace(b"one", b"two").replace(b"red", b"blue").replace(b"Hello", b"Bye"))
+    assert pictures(project) != before
+
+
+def test_an_edited_audio_track_file_keeps_the_pictures(project: Path) -> None:
+    before, whole = pictures(project), fingerprint(project)
+    (project / "music.wav").write_bytes(b"RIFF-two")
+    assert pictures(project) == before
+    assert fingerprint(project) != whole

@@ -222,8 +222,10 @@ def test_render_from_the_bundle_to_an_s3_output_is_frame_exact(
     with urllib.request.urlopen(final["poster_url"].value, timeout=10) as response:
         poster.write_bytes(response.read())
     assert frame_indices(poster) == [20]
-    # retention: the video passed its check, so chunks, concat and the bundle are gone; the snapshot stays
+    # retention: the video passed its check, so chunks and the bundle are gone; the snapshot stays, and
+    # the concat, which an edit of the sound alone re-mixes
     assert keys(s3_server, s3_env, f"renders-root/renders/{key}/") == [
+        f"renders-root/renders/{key}/concat.mov",
         f"renders-root/renders/{key}/registration.json",
         f"renders-root/renders/{key}/spec.json",
     ]

@@ -14,11 +14,13 @@ import dagster as dg
 
 from helios_pipeline.dagster_defs.inbox import Inbox, spec_named
 from helios_pipeline.dagster_defs.names import (
+    BACKFILL_PLAN_TAG,
     CHUNK_ASSET,
     CHUNK_POOL,
     CONCAT_ASSET,
     DATA_VERSION_TAG,
     GROUP,
+    PLAN_ASSET,
     WORKER_TAG,
 )
 from helios_pipeline.dagster_defs.partitions import (
@@ -91,28 +93,52 @@ def _terminated(render_key: str, index: int) -> dg.Failure:
 # A partition that a run or backfill is working on also resets the trigger: what a backfill leaves
 # undone (cancelled with Ctrl-C, or a chunk that failed) stays undone, instead of automation picking
 # it up once the backfill has ended.
-# Nothing starts while an input's latest run failed: a re-rendered render still has its previous
-# chunks, so without this a concat would start (and fail on the stale chunk) when one chunk of the
-# new version failed, and the user would see the concat's error instead of the chunk's.
-STAGE_CONDITION = (
-    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since(
-        dg.AutomationCondition.newly_requested()
-        | dg.AutomationCondition.newly_updated()
-        | dg.AutomationCondition.in_progress()
-    )
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed())
-    & ~dg.AutomationCondition.in_progress()
-).with_label("render when its inputs are ready")
+def _when_inputs_ready(trigger: dg.AutomationCondition) -> dg.AutomationCondition:
+    # Nothing starts while an input's latest run failed: a re-rendered render still has its previous
+    # chunks, so without this a concat would start (and fail on the stale chunk) when one chunk of the
+    # new version failed, and the user would see the concat's error instead of the chunk's.
+    return (
+        trigger.since(
+            dg.AutomationCondition.newly_requested()
+            | dg.AutomationCondition.newly_updated()
+            | dg.AutomationCondition.in_progress()
+        )
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed())
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("render when its inputs are ready")
+
+
+_PLAN = dg.AssetSelection.assets(PLAN_ASSET)
+# The plan's data version is the picture fingerprint: chunks follow its changes only, so a re-plan
+# after an edit of the sound alone (or of nothing that shows) renders no frame.
+PICTURES_CHANGED = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).allow(_PLAN)
+# ...and the mix takes it from there: a re-plan whose pictures stayed the same re-mixes the concat at
+# once; one whose pictures changed waits for the new concat. A plan the CLI made for its own backfill
+# (tagged BACKFILL_PLAN_TAG) is left to that backfill.
+SAME_PICTURES_REPLANNED = dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.newly_updated()
+    & ~dg.AutomationCondition.data_version_changed()
+    & ~dg.AutomationCondition.any_new_update_has_run_tags(tag_keys={BACKFILL_PLAN_TAG})
+).allow(_PLAN)
+
+CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED)
+STAGE_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
+MIX_CONDITION = _when_inputs_ready(
+    dg.AutomationCondition.newly_missing()
+    | dg.AutomationCondition.any_deps_updated().ignore(_PLAN)
+    | SAME_PICTURES_REPLANNED
+)
 
 
 @dg.asset(
     partitions_def=renders,
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    description="The render's plan: frame ranges per chunk, files, mix. Its data version is the content "
-    "fingerprint of spec + composition, so a changed composition marks the chunks stale.",
+    description="The render's plan: frame ranges per chunk, files, mix. Its data version is the picture "
+    "fingerprint (spec + composition + subtitles, not the spec's audio), so a changed composition marks the "
+    "chunks stale and an edit of the sound alone re-runs only the mix.",
 )
 def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox: Inbox) -> dg.MaterializeResult:
     key = context.partition_key
@@ -132,8 +158,9 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
         partial.write_text(plan.model_dump_json(indent=2), encoding="utf-8")
     storage.publish(key, plan_file)
     spec = plan.spec
-    fingerprint = storage.refresh_fingerprint(key, spec)
-    _report_unused_chunks(context, key, len(plan.chunks), fingerprint)
+    fingerprints = storage.refresh_fingerprint(key, spec)
+    picture = fingerprints["picture_fingerprint"]
+    _report_unused_chunks(context, key, len(plan.chunks), picture)
     return dg.MaterializeResult(
         metadata={
             "total_frames": plan.total_frames,
@@ -144,11 +171,12 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
             "height": spec.height,
             "duration_seconds": plan.total_frames / spec.fps,
             "composition": dg.MetadataValue.text(spec.composition),
-            "fingerprint": dg.MetadataValue.text(fingerprint),
+            "fingerprint": dg.MetadataValue.text(fingerprints["fingerprint"]),
+            "picture_fingerprint": dg.MetadataValue.text(picture),
             "plan": dg.MetadataValue.path(storage.uri_of(key, plan_file)),
             "output": dg.MetadataValue.path(spec.output_uri or str(plan.final_output_file)),
         },
-        data_version=dg.DataVersion(fingerprint),
+        data_version=dg.DataVersion(picture),
     )
 
 
@@ -240,7 +268,7 @@ def unused_chunk_metadata(used: int) -> dict[str, object]:
     code_version=ENGINE_VERSION,
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
-    automation_condition=STAGE_CONDITION,
+    automation_condition=CHUNK_CONDITION,
     description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file; "
     "its preview is its first frame. Chunk indices beyond the render's plan materialise as empty partitions "
     "whose preview reads 'unused'.",
@@ -252,7 +280,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         raise _terminated(render_key, index)
     try:
         plan = storage.plan_for(render_key)
-        fingerprint = storage.fingerprint(render_key, plan.spec)
+        fingerprint = storage.picture_fingerprint(render_key, plan.spec)
     except (SpecError, ValueError) as exc:
         raise _fail(exc, retryable=False) from None
     except StorageError as exc:  # storage unreachable, or the bundle missing or corrupt: a retry may help
@@ -356,7 +384,7 @@ CHUNKS_COMPLETE = "chunks_complete"
 def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
     render_key = context.partition_key
     plan = storage.plan_for(render_key)
-    fingerprint = storage.fingerprint(render_key, plan.spec)
+    fingerprint = storage.picture_fingerprint(render_key, plan.spec)
     problems: dict[str, str] = {}
     facts: list[ChunkFacts] = []
     fetch_started = time.perf_counter()
@@ -420,6 +448,7 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
                 metadata={"frames": frames, "expected_frames": plan.total_frames},
             )
         ],
+        data_version=dg.DataVersion(fingerprint),  # the pictures it holds: a sound edit re-mixes this concat
     )
 
 
@@ -488,10 +517,10 @@ def _fetch_chunk(
 
 @dg.asset(
     partitions_def=renders,
-    deps=[concat_video],
+    deps=[concat_video, render_plan],  # the plan: an edit of the sound alone re-mixes (MIX_CONDITION)
     group_name=GROUP,
     code_version=ENGINE_VERSION,
-    automation_condition=STAGE_CONDITION,
+    automation_condition=MIX_CONDITION,
     description="The finished video: the concat with every audio track mixed once; a contact sheet beside it, "
     "shown as its preview, and the spec's poster_frame as <stem>.poster.png.",
 )

@@ -8,13 +8,21 @@ there. The Dagster internals this needs are in ``private_api``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
 
 from helios_pipeline.dagster_defs import private_api
-from helios_pipeline.dagster_defs.names import BACKFILL_ASSETS, CHUNK_ASSET, RENDER_TAG, RENDERS
+from helios_pipeline.dagster_defs.names import (
+    BACKFILL_ASSETS,
+    CHUNK_ASSET,
+    CONCAT_ASSET,
+    MIXED_ASSET,
+    RENDER_TAG,
+    RENDERS,
+)
 
 POLL_SECONDS = 0.5
 
@@ -39,6 +47,8 @@ def launch_backfill(
     tags: dict[str, str] | None = None,
     with_plan: bool = True,
     chunk_count: int | None = None,
+    chunks: Sequence[int] | None = None,
+    with_concat: bool = True,
 ) -> str:
     """Submit an asset backfill of one registered render and return its id.
 
@@ -48,6 +58,9 @@ def launch_backfill(
     leaves the plan out (chunks read the registered spec, not the plan asset), which saves a run
     and a daemon loop before the chunks start; ``chunk_count`` then limits the backfill to the
     chunks the render's plan uses (the concat waits only for parents inside the backfill).
+    ``chunks`` names the chunks instead (those not yet made for the render's pictures); with none,
+    the backfill holds the concat and the mix, or the mix alone when ``with_concat`` is False (an
+    edit of the sound alone re-mixes the concat that is there).
 
     ``asset_graph`` must be the deployment's (for example ``WorkspaceRequestContext.asset_graph``
     of a workspace loaded with the deployment's environment); by default it is this process's
@@ -58,12 +71,15 @@ def launch_backfill(
     graph = _asset_graph(asset_graph)
     if with_plan:  # the plan partition is the backfill's root; everything below it follows
         assets, partitions = BACKFILL_ASSETS, [render_key]
+    elif chunks is not None and not chunks:  # every chunk is there: the render's partition is the root
+        assets, partitions = ((CONCAT_ASSET, MIXED_ASSET) if with_concat else (MIXED_ASSET,)), [render_key]
     else:  # the render's chunk partitions are the root
         chunk_dimension = graph.get(CHUNK_ASSET).partitions_def.get_partitions_def_for_dimension("chunk")
+        chunk_keys = chunk_dimension.get_partition_keys()
         assets = BACKFILL_ASSETS[1:]
         partitions = [
             str(dg.MultiPartitionKey({"render": render_key, "chunk": chunk}))
-            for chunk in chunk_dimension.get_partition_keys()[:chunk_count]
+            for chunk in (chunk_keys[:chunk_count] if chunks is None else [chunk_keys[index] for index in chunks])
         ]
     return private_api.add_asset_backfill(
         instance,

@@ -18,6 +18,8 @@ WORKER_TAG = "helios/worker"
 """Run tag a chunk run adds when it starts: the worker rendering it (shown by ``status`` before it is done)."""
 PLAN_JOB = "plan_render"
 """The job that plans a render registered by a schedule (its runs are a render's plan runs)."""
+BACKFILL_PLAN_TAG = "helios/plan_for_backfill"
+"""Tag of a plan run made for a backfill (the CLI's): automation leaves what follows the plan to that backfill."""
 
 PLAN_ASSET = dg.AssetKey("render_plan")
 CHUNK_ASSET = dg.AssetKey("chunk_video")

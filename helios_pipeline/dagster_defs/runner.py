@@ -36,6 +36,7 @@ from helios_pipeline.dagster_defs.instance import (
     stop_process_tree,
 )
 from helios_pipeline.dagster_defs.names import (
+    BACKFILL_PLAN_TAG,
     CHUNK_ASSET,
     CHUNK_PARTITION_TAG,
     MIXED_ASSET,
@@ -45,6 +46,7 @@ from helios_pipeline.dagster_defs.names import (
     RENDER_TAG,
     RENDERS,
 )
+from helios_pipeline.dagster_defs.pending import pending_work
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
@@ -89,20 +91,28 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
     video, so the render shows in the UI's backfills with its progress and can be re-executed from
     failure like one launched there. It is created before the plan is materialised: automation
     leaves assets alone while a backfill targets them, so the chunks are never requested twice.
+    A render submitted again leaves out what is already made for its pictures (``pending_work``):
+    after an edit of its sound alone the backfill holds only the mix.
     """
     settings = Settings.from_env()
     storage = storage_resource(settings)
     storage.store.check()  # a missing bucket or bad credentials fail here, before anything is registered
     key, prepared = register_spec(storage, spec, settings.max_chunks, render_key, source)
-    chunk_count = len(make_plan(prepared).chunks)
+    pending = pending_work(instance, storage, key, make_plan(prepared, work_dir=storage.render_dir(key)))
     if not instance.has_dynamic_partition(RENDERS, key):
         instance.add_dynamic_partitions(RENDERS, [key])
     # container sizes for run launchers that honour them (ECS, Kubernetes); other launchers ignore the tags
     backfill_id = launch_backfill(
-        instance, key, with_plan=False, chunk_count=chunk_count, tags=worker_run_tags(prepared)
+        instance,
+        key,
+        with_plan=False,
+        chunks=pending.chunks,
+        with_concat=pending.concat,
+        tags=worker_run_tags(prepared),
     )
     # the plan asset, in this process (a run in the instance, without a run worker's start-up): its data
-    # version (the content fingerprint) is what marks a re-submitted render's old chunks stale
+    # version (the picture fingerprint) is what marks a re-submitted render's old chunks stale; its tag
+    # tells automation that what follows the plan is this backfill's
     from helios_pipeline.dagster_defs.definitions import defs
 
     plan_job = defs.resolve_implicit_global_asset_job_def()
@@ -110,7 +120,7 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
         instance=instance,
         partition_key=key,
         asset_selection=[PLAN_ASSET],
-        tags={RENDER_TAG: key},
+        tags={RENDER_TAG: key, BACKFILL_PLAN_TAG: backfill_id},
         raise_on_error=False,
         # the run's events go to the instance (and the UI) as always; the terminal shows the CLI's progress
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},

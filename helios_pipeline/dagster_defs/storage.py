@@ -1,7 +1,7 @@
 """The storage resource: a render's files in a local folder or under an S3 prefix (``HELIOS_STORAGE``).
 
 Layout under the root (local folder, or ``s3://bucket/prefix``): ``renders/<key>/spec.json`` (the
-spec snapshot taken at registration), ``registration.json`` (the content fingerprint and, for S3,
+spec snapshot taken at registration), ``registration.json`` (the content fingerprints and, for S3,
 the composition bundle), ``chunk_0000.mov``…, ``concat.mov``, ``progress/<chunk>.json``;
 ``bundles/<fingerprint>.tar.gz``; ``retention/<key>.json``. Every object is written whole or not
 at all. A run works in a local folder (``render_dir``): the storage folder itself when local, this
@@ -20,7 +20,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from helios_pipeline.fingerprint import render_fingerprint
+from helios_pipeline.fingerprint import combined_fingerprint, picture_fingerprint, sound_fingerprint
 from helios_pipeline.plan import RenderPlan, plan
 from helios_pipeline.spec import RenderSpec, SpecError
 from helios_pipeline.storage import ObjectInfo, StorageError, Store, open_store
@@ -39,13 +39,25 @@ def _s3_client() -> Any:
     return S3Resource().get_client()
 
 
+def _kept(name: str) -> bool:
+    """Files of a finished render that retention leaves: the spec snapshot, its registration, the concat."""
+    return name in ("spec.json", "registration.json") or name.startswith("concat.")
+
+
+def _fingerprints(spec: RenderSpec) -> dict[str, str]:
+    """The finished video's fingerprint and the one of its pictures (what the chunks and the concat follow)."""
+    picture = picture_fingerprint(spec)
+    return {"fingerprint": combined_fingerprint(picture, sound_fingerprint(spec)), "picture_fingerprint": picture}
+
+
 class RenderStorage(dg.ConfigurableResource):
     """Render files laid out per render and chunk under ``location`` (a folder or ``s3://bucket/prefix``)."""
 
     location: str
     keep_days: str = "0"
-    """How long a finished render's chunks, concat and bundle are kept: 0 = removed once the final video has
-    passed its check, N = N days, ``forever`` = never removed by the pipeline."""
+    """How long a finished render's chunks and bundle are kept: 0 = removed once the final video has
+    passed its check, N = N days, ``forever`` = never removed by the pipeline. The concat stays (see
+    ``remove_render_files``)."""
 
     _store: Store | None = PrivateAttr(default=None)
 
@@ -96,9 +108,10 @@ class RenderStorage(dg.ConfigurableResource):
         always complete.
         """
         data = spec.to_json_dict()
-        fingerprint = render_fingerprint(spec)
+        registration: dict[str, Any] = _fingerprints(spec)
+        fingerprint = registration["fingerprint"]
         bundle = self._bundle(render_key, data, fingerprint) if self.is_remote and spec.is_local else None
-        registration = {"fingerprint": fingerprint, "bundle": bundle.to_dict() if bundle else None}
+        registration["bundle"] = bundle.to_dict() if bundle else None
         self.store.write_bytes(f"renders/{render_key}/registration.json", json.dumps(registration).encode())
         self.store.write_bytes(f"renders/{render_key}/spec.json", json.dumps(data, indent=2, sort_keys=True).encode())
         return self.spec_file(render_key)
@@ -151,20 +164,33 @@ class RenderStorage(dg.ConfigurableResource):
         return RenderSpec.model_validate_json(json.dumps(data))
 
     def fingerprint(self, render_key: str, spec: RenderSpec | None = None) -> str:
-        """The content fingerprint recorded at registration (computed when an older registration lacks it)."""
-        recorded = self.registration(render_key).get("fingerprint")
-        return recorded or render_fingerprint(spec or self.load_spec(render_key))
+        """The finished video's content fingerprint, recorded at registration (computed for an older one)."""
+        return self._recorded(render_key, spec)["fingerprint"]
 
-    def refresh_fingerprint(self, render_key: str, spec: RenderSpec) -> str:
-        """Re-hash an unbundled local composition (its files may have changed since registration)."""
+    def picture_fingerprint(self, render_key: str, spec: RenderSpec | None = None) -> str:
+        """What the render's chunks and concat are made from, recorded at registration: see ``PICTURE_FIELDS``."""
+        return self._recorded(render_key, spec)["picture_fingerprint"]
+
+    def _recorded(self, render_key: str, spec: RenderSpec | None) -> dict[str, str]:
+        registration = self.registration(render_key)
+        if registration.get("fingerprint") and registration.get("picture_fingerprint"):
+            return registration
+        return _fingerprints(spec or self.load_spec(render_key))  # registered before the picture fingerprint
+
+    def refresh_fingerprint(self, render_key: str, spec: RenderSpec) -> dict[str, str]:
+        """Re-hash an unbundled local composition (its files may have changed since registration).
+
+        Returns the fingerprints as recorded now: ``fingerprint`` (the finished video's) and
+        ``picture_fingerprint`` (the chunks' and the concat's).
+        """
         registration = self.registration(render_key)
         if registration.get("bundle"):
-            return registration["fingerprint"]
-        fingerprint = render_fingerprint(spec)
-        if registration.get("fingerprint") != fingerprint:
-            registration["fingerprint"] = fingerprint
+            return self._recorded(render_key, spec)
+        fingerprints = _fingerprints(spec)
+        if any(registration.get(name) != value for name, value in fingerprints.items()):
+            registration.update(fingerprints)
             self.store.write_bytes(f"renders/{render_key}/registration.json", json.dumps(registration).encode())
-        return fingerprint
+        return fingerprints
 
     def plan_for(self, render_key: str) -> RenderPlan:
         """The render's plan, with chunk and concat files in this machine's folder for the render."""
@@ -173,6 +199,10 @@ class RenderStorage(dg.ConfigurableResource):
     # --- files -----------------------------------------------------------------------------------------------
     def publish(self, render_key: str, local: Path) -> ObjectInfo:
         return self.store.publish(local, self.key_of(render_key, local))
+
+    def has_file(self, render_key: str, local: Path) -> bool:
+        """Whether the storage holds the render's file ``local`` (retention or a lifecycle rule may have removed it)."""
+        return self.store.exists(self.key_of(render_key, local))
 
     def fetch(self, render_key: str, local: Path, expected: ObjectInfo | None = None) -> ObjectInfo:
         return self.store.fetch(self.key_of(render_key, local), local, expected)
@@ -227,13 +257,15 @@ class RenderStorage(dg.ConfigurableResource):
         return cleaned
 
     def remove_render_files(self, render_key: str) -> None:
-        """Remove what only served the render (chunks, concat, progress, its bundle once no render uses it).
+        """Remove what only served the render (chunks, progress, its bundle once no render uses it).
 
         The spec snapshot and the registration stay: the render can still be re-run from its snapshot.
+        So does the concat (one file the size of the video): an edit of the render's sound re-mixes
+        from it without rendering a frame, and a new concat replaces it when the pictures change.
         """
         base = f"renders/{render_key}/"
         for key in self.store.list(base):
-            if Path(key).name not in ("spec.json", "registration.json"):
+            if not _kept(Path(key).name):
                 self.store.delete_prefix(key)
         bundle = self.registration(render_key).get("bundle")
         if bundle:
