@@ -21,7 +21,15 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import BaseModel
 
-from helios_pipeline.dagster_defs.names import CHUNK_ASSET, MIXED_ASSET, PLAN_ASSET, PLAN_JOB, RENDERS, WORKER_TAG
+from helios_pipeline.dagster_defs.names import (
+    CHUNK_ASSET,
+    DATA_VERSION_TAG,
+    MIXED_ASSET,
+    PLAN_ASSET,
+    PLAN_JOB,
+    RENDERS,
+    WORKER_TAG,
+)
 from helios_pipeline.dagster_defs.partitions import chunk_partition
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import frames_for_duration
@@ -279,18 +287,24 @@ def _chunk_statuses(
     attempt: list[dg.RunRecord],
     files: StorageFiles,
 ) -> list[ChunkSummary]:
-    """One row per chunk of the plan: done when materialised since the plan, else what its newest run says."""
+    """One row per chunk of the plan: done when materialised for the plan's pictures (since the plan, or
+    before it when only the sound changed: its data version says so), else what its newest run says."""
     if plan is None or count == 0:
         return []
     partitions = [str(chunk_partition(name, index)) for index in range(count)]
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=partitions, after_timestamp=plan.timestamp),
-        limit=RECORDS_LIMIT,
+        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=partitions), limit=RECORDS_LIMIT
     ).records
+    pictures = _data_version(plan)
     materialised: dict[str, dg.EventLogRecord] = {}
     for record in records:  # newest first
         materialization = record.asset_materialization
         if materialization is None or materialization.metadata.get("skipped") is not None:
+            continue
+        current = record.timestamp >= plan.timestamp or (
+            pictures is not None and (_data_version(record) or "").startswith(f"{pictures}-")
+        )
+        if not current:
             continue
         partition = str(materialization.partition)
         if partition not in materialised:
@@ -430,3 +444,9 @@ def as_json(statuses: RenderSummary | Iterable[RenderSummary]) -> str:
 
 
 __all__ = ["RenderState", "RenderSummary", "UnknownRender", "all_statuses", "status_of"]
+
+
+def _data_version(record: dg.EventLogRecord) -> str | None:
+    """The data version an asset event recorded (the plan's is the picture fingerprint, a chunk's starts with it)."""
+    materialization = record.asset_materialization
+    return (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization is not None else None
