@@ -154,7 +154,7 @@ def test_an_edit_of_the_sound_alone_keeps_the_pictures(project: Path, changes: d
 
 @pytest.mark.parametrize(
     "changes",
-    [{"width": 65}, {"fps": 25}, {"frame_count": 61}, {"crf": 30}, {"input_props": {"t": "Hi"}}, {"subtitles": None}],
+    [{"width": 66}, {"fps": 25}, {"frame_count": 61}, {"crf": 30}, {"input_props": {"t": "Hi"}}, {"subtitles": None}],
     ids=lambda changes: ",".join(changes),
 )
 def test_an_edit_of_the_pictures_changes_the_picture_fingerprint(project: Path, changes: dict) -> None:
