@@ -18,7 +18,10 @@ from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
 from helios_pipeline.processes import start_group, stop_group
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
-DAEMON_FRESH_SECONDS = 60  # Dagster's daemons beat every 30 s: two beats missed means the daemon is gone
+DAEMON_FRESH_SECONDS = 90
+"""Dagster's daemons beat every 30 s: three beats missed means the daemon process is gone. Two were too few on
+an overloaded machine (a load test saw a live daemon pass 60 s, and CLIs started second daemons that launched
+the same runs twice)."""
 REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 DAEMON_STOP_SECONDS = 20
 DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
@@ -46,11 +49,13 @@ def get_instance() -> dg.DagsterInstance:
 
 
 def daemon_heartbeat_age(instance: dg.DagsterInstance) -> float | None:
-    """Seconds since the stalest of the required daemons last beat; None when one of them never did."""
+    """Seconds since the daemon process last showed life: the *freshest* of the required daemons' beats (they
+    are threads of one process, so one late thread on a busy machine is not a dead daemon; taking over from a
+    live one would run a second daemon launching the same runs); None when one of them never beat."""
     heartbeats = instance.get_daemon_heartbeats()
     if not set(heartbeats) >= REQUIRED_DAEMONS:
         return None
-    return time.time() - min(heartbeats[kind].timestamp for kind in REQUIRED_DAEMONS)
+    return time.time() - max(heartbeats[kind].timestamp for kind in REQUIRED_DAEMONS)
 
 
 def daemon_running(instance: dg.DagsterInstance) -> bool:
