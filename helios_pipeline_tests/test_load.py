@@ -75,10 +75,10 @@ class Render:
     spec: Path
     way: str  # "render", "submit" or "inbox"
     process: subprocess.Popen | None = None
+    output: Path = field(init=False)
 
-    @property
-    def output(self) -> Path:
-        return self.spec.parent / "out" / f"{self.name}.mp4"
+    def __post_init__(self) -> None:
+        self.output = self.spec.parent / "out" / f"{self.name}.mp4"  # the spec's output, kept when the spec moves
 
 
 @dataclass
