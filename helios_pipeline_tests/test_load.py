@@ -345,6 +345,12 @@ def test_ten_renders_at_once_finish_frame_exact_within_the_limits_without_storag
         problems = [problem for r in records for problem in event_problems(instance, r.dagster_run.run_id)]
         assert problems == []
         assert storage_errors_in_files(tmp_path) == []
+        # one daemon throughout: a CLI render takes over when the deployment's heartbeats look stale
+        # (DAEMON_FRESH_SECONDS); on an overcommitted machine a slow daemon looks dead, a second and
+        # third daemon start, and their duplicate runs fail the render (see the README's *Load*)
+        took_over = [r.name for r in clis if "stopped heart-beating" in (tmp_path / f"{r.name}.log").read_text()]
+        assert took_over == [], f"CLI renders started a daemon of their own beside the deployment's: {took_over}"
+        assert "is still sending heartbeats" not in (tmp_path / "daemon.log").read_text(errors="replace")
         assert heartbeat_errors == {}
         failed_ticks = [
             f"{state.instigator_name}: {tick.error.message if tick.error else ''}"
