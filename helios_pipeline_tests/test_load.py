@@ -54,7 +54,7 @@ from helios_pipeline_tests.helpers import (
     write_spec,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.load]  # 5-6 minutes: run on demand, `pytest -m load -s`
 
 # What the product promises (the repo's dagster.yaml), checked against what the deployment did.
 REPO_CONFIG = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
