@@ -27,7 +27,7 @@ from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
-from helios_pipeline.engine.watchdog import Watchdog, frame_limit, load_limit, watched_browser
+from helios_pipeline.engine.watchdog import Watchdog, browser_call_failure, frame_limit, load_limit, watched_browser
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import RenderSpec
 
@@ -178,16 +178,12 @@ def render_chunk(
             size = partial.stat().st_size
             blocked = network.summary()
     except (PlaywrightError, RenderError) as exc:
-        if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
-            raise watchdog.stall.error(current_frame) from None
-        if isinstance(exc, PageError):
-            raise exc if gate is None else gate.explain(exc) from None
-        if not isinstance(exc, PlaywrightError):
+        failure = browser_call_failure(
+            exc, watchdog=watchdog, gate=gate, page_errors=page_errors, frame=current_frame, what=f"chunk {chunk.id}"
+        )
+        if failure is exc:
             raise
-        if page_errors:
-            error = PageError(page_errors[0], current_frame)
-            raise error if gate is None else gate.explain(error) from None
-        raise RenderError(f"chunk {chunk.id}: browser failed: {exc.message.splitlines()[0]}") from None
+        raise failure from None
     except OSError as exc:
         if is_no_space(exc):  # a file the chunk writes itself (subtitles, page audio): its name, else its folder
             raise NoSpaceError(

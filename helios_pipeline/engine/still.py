@@ -28,7 +28,7 @@ from helios_pipeline.engine.page import frame_time_ms, load_composition, new_ren
 from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt, subtitles_filter
-from helios_pipeline.engine.watchdog import Watchdog, frame_limit, load_limit, watched_browser
+from helios_pipeline.engine.watchdog import Watchdog, browser_call_failure, frame_limit, load_limit, watched_browser
 from helios_pipeline.spec import RenderSpec
 
 ImageFormat = Literal["png", "jpeg"]
@@ -158,16 +158,13 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
             else:
                 _burn_subtitles(picture, subtitles, partial)
     except (PlaywrightError, RenderError) as exc:
-        if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
-            raise watchdog.stall.error(composition_frame) from None
-        if isinstance(exc, PageError):
-            raise exc if gate is None else gate.explain(exc) from None
-        if not isinstance(exc, PlaywrightError):
+        failure = browser_call_failure(
+            exc, watchdog=watchdog, gate=gate, page_errors=page_errors, frame=composition_frame,
+            what=f"still of frame {frame}",
+        )  # fmt: skip
+        if failure is exc:
             raise
-        if page_errors:
-            error = PageError(page_errors[0], composition_frame)
-            raise error if gate is None else gate.explain(error) from None
-        raise RenderError(f"still of frame {frame}: browser failed: {exc.message.splitlines()[0]}") from None
+        raise failure from None
     finally:
         watchdog.close()
     return StillResult(

@@ -22,15 +22,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 from playwright.sync_api import Browser, Playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.engine.browser import browser_process, launch_browser
 from helios_pipeline.engine.errors import PageError, RenderError, StuckError
 from helios_pipeline.engine.page import LOAD_TIMEOUT_MS
 from helios_pipeline.processes import kill_tree
 from helios_pipeline.spec import RenderSpec
+
+if TYPE_CHECKING:  # page_network imports the engine's page set-up; only the type is needed here
+    from helios_pipeline.engine.page_network import PageNetwork
 
 WATCHDOG_MARGIN_S = 15.0
 """Seconds beyond the page's own bound (``stability_timeout``, the load time-out) before the watchdog fires."""
@@ -214,3 +219,26 @@ def watched_browser(playwright: Playwright, watchdog: Watchdog) -> Iterator[Brow
                 watchdog.guard_close(load_limit())
     finally:
         watchdog.disarm()
+
+
+def browser_call_failure(
+    exc: PlaywrightError | RenderError,
+    *,
+    watchdog: Watchdog,
+    gate: PageNetwork | None,
+    page_errors: list[str],
+    frame: int | None,
+    what: str,
+) -> BaseException:
+    """What a chunk or a still raises when a browser call failed: the watchdog's reason when it killed the
+    browser, the page's own error (with the network refusal behind it), else the browser's failure."""
+    if watchdog.stall is not None:  # the watchdog killed the browser: say why, not how the call broke
+        return watchdog.stall.error(frame)
+    if isinstance(exc, PageError):
+        return exc if gate is None else gate.explain(exc)
+    if not isinstance(exc, PlaywrightError):
+        return exc
+    if page_errors:
+        error = PageError(page_errors[0], frame)
+        return error if gate is None else gate.explain(error)
+    return RenderError(f"{what}: browser failed: {exc.message.splitlines()[0]}")
