@@ -271,6 +271,16 @@ def nearly_full_volume(folder: Path, size: int = 4 * 1024 * 1024, free: int = 16
         assert not os.path.ismount(folder), f"{folder} is still mounted"
 
 
+def graphql(url: str, query: str, **variables: Any) -> dict[str, Any]:
+    """One query to a Dagster webserver's GraphQL endpoint; any error it reports fails the test."""
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    assert not payload.get("errors"), payload["errors"]
+    return payload["data"]
+
+
 @dataclass
 class Ui:
     """A running ``helios-pipeline ui`` (webserver + the project's daemon) with its own instance and folders."""
@@ -283,12 +293,7 @@ class Ui:
     root: Path
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload = json.loads(response.read())
-        assert not payload.get("errors"), payload["errors"]
-        return payload["data"]
+        return graphql(self.url, query, **variables)
 
     def log(self) -> str:
         return (self.root / "ui.log").read_text(encoding="utf-8", errors="replace")[-3000:]

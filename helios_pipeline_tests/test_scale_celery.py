@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from helios_pipeline_tests.helpers import (
     busy_composition,
     chunk_runs,
     describe,
+    graphql,
     render_runs,
     wait_for,
     write_spec,
@@ -236,15 +236,6 @@ def webserver(cluster: Cluster) -> Iterator[str]:
         from helios_pipeline.dagster_defs.runner import stop_process_tree
 
         stop_process_tree(process)
-
-
-def graphql(url: str, query: str, **variables: Any) -> dict[str, Any]:
-    body = json.dumps({"query": query, "variables": variables}).encode()
-    request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        payload = json.loads(response.read())
-    assert not payload.get("errors"), payload["errors"]
-    return payload["data"]
 
 
 def test_a_run_terminated_over_graphql_ends_canceled_and_its_chromium_is_gone(cluster: Cluster, tmp_path: Path) -> None:
