@@ -6,8 +6,9 @@ It runs ``dagster-celery worker start`` with what chunk runs need (deploy/celery
   Chromium and FFmpeg; ``--pool=threads`` cannot terminate a run;
 - ``--max-tasks-per-child=1``: every run gets a fresh process, so the code location is loaded anew
   (a long-lived process would keep old definitions) and nothing leaks from one render to the next;
-- ``--prefetch-multiplier=1``: Celery's default (4) lets one worker reserve four chunk runs while
-  another sits idle; with 1 it holds at most one run beyond what it is rendering;
+- ``--disable-prefetch`` (Celery >= 5.6, Redis broker): a worker takes a run from the queue only when
+  it has a free process for it. Celery's default lets a busy worker reserve four runs (with
+  ``--prefetch-multiplier=1`` still one) that then wait for it while another worker sits idle;
 - the worker config nested under ``execution: config:`` (a flat file is silently ignored and the
   worker waits on amqp://localhost forever);
 - ``-n NAME``: the Celery node name; it is exported as ``HELIOS_WORKER_ID`` to the runs, so every
@@ -82,6 +83,7 @@ def worker_command(options: WorkerOptions) -> list[str]:
         f"--concurrency={options.concurrency}",
         "--max-tasks-per-child=1",
         "--prefetch-multiplier=1",
+        "--disable-prefetch",
     ]
 
 
