@@ -26,7 +26,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._daemon.types import DaemonHeartbeat
 
 from helios_pipeline.dagster_defs.instance import DAEMON_FRESH_SECONDS, REQUIRED_DAEMONS, daemon_running
-from helios_pipeline.dagster_defs.names import CONCAT_ASSET
+from helios_pipeline.dagster_defs.names import CHUNK_PARTITION_TAG, CONCAT_ASSET
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -189,7 +189,17 @@ def sigterm_and_time(process: subprocess.Popen) -> tuple[int, float]:
     return code, time.monotonic() - signalled
 
 
-def test_sigterm_while_chunks_render_cancels_within_the_grace_period(deployment: Deployment) -> None:
+def code_servers(deployment: Deployment) -> list[psutil.Process]:
+    """The code servers of the deployment's daemon (``dagster api grpc``): where run terminations are sent."""
+    return [p for p in deployment.left() if "api" in p.cmdline() and "grpc" in p.cmdline()]
+
+
+def test_sigterm_while_chunks_render_cancels_within_the_grace_period_even_with_a_code_server_that_does_not_answer(
+    deployment: Deployment,
+) -> None:
+    """A run's termination is a gRPC request to its code server, answered only when the server has a thread
+    free: right after a daemon takeover the server was busy launching a burst of queued runs (launches timed
+    out after 60 s), and the SIGTERMed CLI waited 60 s per running chunk. A stopped server stands in for it."""
     instance = deployment.instance
     process, video = render(deployment, "term-busy", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
 
@@ -198,7 +208,11 @@ def test_sigterm_while_chunks_render_cancels_within_the_grace_period(deployment:
         runs = chunk_runs(render_runs(instance, "term-busy")).values()
         return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for records in runs for r in records)
 
-    wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+    wait_for(chunk_started, 240, "a chunk run to start", 0.2)  # a daemon start on a loaded machine
+    servers = code_servers(deployment)
+    assert servers, describe(deployment.left())
+    for server in servers:
+        server.suspend()  # SIGSTOP: it takes requests on its socket and answers none
     code, seconds = sigterm_and_time(process)
 
     assert code == 130, deployment.log("term-busy")
@@ -207,9 +221,39 @@ def test_sigterm_while_chunks_render_cancels_within_the_grace_period(deployment:
     assert_nothing_left(deployment, within=1)
     assert not video.exists()
     runs = [record.dagster_run for record in render_runs(instance, "term-busy")]
-    assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
+    chunks = [run for run in runs if CHUNK_PARTITION_TAG in run.tags]
+    assert chunks and all(run.status == dg.DagsterRunStatus.CANCELED for run in chunks), [
+        (run.run_id, run.status) for run in runs
+    ]
+    assert all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
     backfills = instance.get_backfills()
     assert [b.status for b in backfills] == [BulkActionStatus.CANCELED]
+
+
+def test_sigterm_while_the_cli_plans_the_render_cancels_it(deployment: Deployment) -> None:
+    """The plan runs in the CLI's process (``execute_in_process``), where Dagster holds SIGTERM back until its
+    next checkpoint and drops it when there is none: the render failed ("planning failed", exit 1) or, worse,
+    went on to the end as if no signal had come."""
+    instance = deployment.instance
+    seed_heartbeats(instance, age=0)  # a live-looking daemon: the CLI starts none, nothing but the plan runs
+    process, video = render(deployment, "term-plan", COMPOSITIONS / "frame_raf", frame_count=30)
+
+    def planning() -> bool:
+        assert process.poll() is None, deployment.log("term-plan")
+        return any(not record.dagster_run.is_finished for record in render_runs(instance, "term-plan"))
+
+    wait_for(planning, 60, "the plan run to start", 0.05)
+    code, seconds = sigterm_and_time(process)
+
+    assert code == 130, deployment.log("term-plan")
+    assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
+    assert "cancelled" in deployment.log("term-plan") and "failed" not in deployment.log("term-plan")
+    runs = [record.dagster_run for record in render_runs(instance, "term-plan")]
+    assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
+    (backfill,) = instance.get_backfills()
+    assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+    assert_nothing_left(deployment, within=1)
+    assert not video.exists()
 
 
 def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_grace_period(

@@ -53,9 +53,10 @@ from helios_pipeline.dagster_defs.settings import Settings, storage_resource
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
 from helios_pipeline.engine.page_network import REPORTED_URLS
+from helios_pipeline.interruptible import call_interruptibly, start_in_background
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import plan as make_plan
-from helios_pipeline.spec import RenderSpec
+from helios_pipeline.spec import RenderSpec, sanitize_key
 from helios_pipeline.storage import StorageError
 
 __all__ = [  # what the CLI, the benchmarks and the tests use from here
@@ -80,8 +81,9 @@ RETRY_DECISION_SECONDS = 5.0  # how long a FAILURE may go without Dagster's will
 CANCEL_WAIT_SECONDS = 30
 BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is already there
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
-INTERRUPT_RUNS_SECONDS = 4  # terminated runs get this long to end on their own, then are marked canceled
-INTERRUPT_DAEMON_SECONDS = 3  # then our daemon's group (code server, run workers, FFmpeg) is stopped
+INTERRUPT_RUNS_SECONDS = 4  # the deployment's terminated runs get this long to end, then are marked canceled
+INTERRUPT_DAEMON_SECONDS = 4  # our daemon's group (code server, run workers, Chromium, FFmpeg) gets this long
+PLAN_FINISH_SECONDS = 2  # an interrupted plan run gets this long to record its end before the render is cancelled
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
@@ -116,14 +118,19 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
     from helios_pipeline.dagster_defs.definitions import defs
 
     plan_job = defs.resolve_implicit_global_asset_job_def()
-    result = plan_job.execute_in_process(
-        instance=instance,
-        partition_key=key,
-        asset_selection=[PLAN_ASSET],
-        tags={RENDER_TAG: key, BACKFILL_PLAN_TAG: backfill_id},
-        raise_on_error=False,
-        # the run's events go to the instance (and the UI) as always; the terminal shows the CLI's progress
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    # off the main thread: on it, Dagster would hold back (or drop) a SIGTERM that arrives meanwhile
+    result = call_interruptibly(
+        lambda: plan_job.execute_in_process(
+            instance=instance,
+            partition_key=key,
+            asset_selection=[PLAN_ASSET],
+            tags={RENDER_TAG: key, BACKFILL_PLAN_TAG: backfill_id},
+            raise_on_error=False,
+            # the run's events go to the instance (and the UI) as always; the terminal shows the CLI's progress
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        ),
+        PLAN_FINISH_SECONDS,
+        name=f"plan {key}",
     )
     if not result.success:
         cancel_backfill(instance, backfill_id, daemon_alive=daemon_running(instance))
@@ -285,6 +292,11 @@ def cancel_render(
     retry of a worker terminated while starting) are canceled as well. A run that has still not
     ended after ``timeout`` (a worker that is stuck or already gone) is marked canceled, so no run
     of the render is left looking alive. Returns the render's runs as they ended.
+
+    A termination request goes to the run's code server over gRPC, which answers only when it has a
+    thread free: a server busy launching a burst of queued runs (or stopped) held each request for
+    Dagster's 60 s gRPC timeout, and a SIGTERMed CLI waited minutes. So requests are sent from
+    background threads and only ``timeout`` bounds the wait (the run is marked CANCELING at once).
     """
     terminated: set[str] = set()
     deadline = time.monotonic() + timeout
@@ -301,12 +313,31 @@ def cancel_render(
                     instance.report_run_canceled(run, message="canceled: the render was cancelled")
                 elif run.run_id not in terminated:
                     terminated.add(run.run_id)
-                    instance.run_launcher.terminate(run.run_id)
+                    _request_termination(instance, run.run_id)
         time.sleep(POLL_SECONDS)
     for run in pending:
         with contextlib.suppress(Exception):
             instance.report_run_canceled(run, message=f"did not end within {timeout:.0f} s of its termination")
     return _render_runs(instance, key, since)
+
+
+def mark_render_canceling(instance: dg.DagsterInstance, key: str, since: float) -> None:
+    """Cancel the render's queued runs and mark its started ones CANCELING, asking no code server.
+
+    For runs of our own daemon, whose process group is stopped right after: a run worker interrupted
+    (SIGTERM) while its run is CANCELING ends the run CANCELED, with its step's own clean-up.
+    """
+    for run in _render_runs(instance, key, since):
+        with contextlib.suppress(Exception):
+            if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+                instance.report_run_canceled(run, message="canceled: the render was cancelled")
+            elif not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
+                instance.report_run_canceling(run, message="the render was cancelled: its daemon is being stopped")
+
+
+def _request_termination(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Ask the run launcher to terminate ``run_id`` without waiting for its code server to answer."""
+    start_in_background(lambda: instance.run_launcher.terminate(run_id), name=f"terminate {run_id[:8]}")
 
 
 def render_through_dagster(
@@ -331,40 +362,44 @@ def render_through_dagster(
     since = time.time()
     failure: RenderError | None = None
     daemon = RenderDaemon(instance, on_note)
-    key: str | None = None
+    key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
     interrupted = False
     try:
-        daemon.start_unless_alive()
-        key = submit(spec, instance, source=source)
         try:
-            status = follow(
-                instance, key, since, on_status, timeout, total_frames=spec.total_frames, watch=daemon.check
-            )
-            if daemon.ours:  # let our daemon record the backfill as done before it stops
+            daemon.start_unless_alive()
+            key = submit(spec, instance, source=source)
+            try:
+                status = follow(
+                    instance, key, since, on_status, timeout, total_frames=spec.total_frames, watch=daemon.check
+                )
+                if daemon.ours:  # let our daemon record the backfill as done before it stops
+                    wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
+                return status
+            except RenderError as exc:
+                if not daemon.ours:
+                    raise  # the deployment's daemon finishes the backfill (as failed) on its own
+                failure = exc  # ours stops with us: end the render's backfill and runs first
+                cancel_render_backfill(instance, key, since, daemon_alive=True)
+                cancel_render(instance, key, since)
                 wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
-            return status
-        except RenderError as exc:
-            if not daemon.ours:
-                raise  # the deployment's daemon finishes the backfill (as failed) on its own
-            failure = exc  # ours stops with us: end the render's backfill and runs first
-            cancel_render_backfill(instance, key, since, daemon_alive=True)
-            cancel_render(instance, key, since)
-            wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # while submitting, following, or ending a failed render
             interrupted = True
             # no launches from here on; runs get a few seconds to end, then count as canceled
             cancel_render_backfill(instance, key, since, daemon_alive=not daemon.ours)
-            cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
+            if daemon.ours:  # its run workers end with its process group, stopped below: no code server asked
+                mark_render_canceling(instance, key, since)
+            else:
+                cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
     finally:
         daemon.stop(INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
-    if key is not None and daemon.ours:
+    if daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled
         cancel_render_backfill(instance, key, since, daemon_alive=False)
         cancel_render(instance, key, since, timeout=0)
-    if failure is not None:
+    if failure is not None and not interrupted:
         raise failure
-    raise RenderCancelled(f"render {key or spec.name} cancelled")
+    raise RenderCancelled(f"render {key} cancelled")
 
 
 def _frames_done(storage: RenderStorage, key: str) -> int:

@@ -1,0 +1,63 @@
+"""Calls that a signal must still interrupt, and calls the CLI must not wait on for long.
+
+Dagster's in-process execution (``execute_in_process``) takes SIGINT and SIGTERM away from the main
+thread while it runs: it records them and raises only at its next checkpoint, and forgets one that
+arrives after the last checkpoint. A SIGTERM to the CLI while it planned a render was lost that way
+(the render went on to the end) or failed the plan (exit 1 instead of "cancelled"). Run in a worker
+thread, the execution leaves the handlers alone (Dagster only replaces them on the main thread),
+and the main thread's wait is what the signal interrupts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+JOIN_SECONDS = 0.2
+
+
+def call_interruptibly(function: Callable[[], T], finish_seconds: float, name: str = "interruptible") -> T:
+    """``function()`` in a worker thread, waited on here so that ``KeyboardInterrupt`` reaches this thread.
+
+    On an interrupt the call gets ``finish_seconds`` to end (a run it records ends as such), then
+    the interrupt propagates; a call still going after that is abandoned (a daemon thread).
+    """
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # handed to the waiting thread, whatever it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True, name=name)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(JOIN_SECONDS)
+    except KeyboardInterrupt:
+        worker.join(finish_seconds)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def start_in_background(function: Callable[[], object], name: str) -> threading.Thread:
+    """``function()`` in a daemon thread whose errors are ignored: a request whose answer nobody waits for.
+
+    Used for requests that can block far longer than a stop may take (a gRPC call to a code server
+    that is busy or stopped waits up to Dagster's 60 s timeout); the process may exit before it ends.
+    """
+
+    def call() -> None:
+        try:
+            function()
+        except Exception:  # nobody waits for the answer; the caller checks the outcome itself
+            return
+
+    thread = threading.Thread(target=call, daemon=True, name=name)
+    thread.start()
+    return thread
