@@ -199,8 +199,8 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
 
         try:
             status = render_through_dagster(spec, on_status, source=str(args.source), on_note=on_note)
-        except RenderCancelled:
-            _report("cancelled", "yellow", "the render's runs were terminated; no output written")
+        except RenderCancelled as exc:  # the message says what the render was waiting on, if it had stopped moving
+            _report("cancelled", "yellow", f"{exc}; the render's runs were terminated; no output written")
             return EXIT_CANCELLED
     seconds = time.monotonic() - started
     err.print(

@@ -15,7 +15,7 @@ import dagster as dg
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
-from helios_pipeline.processes import start_group, stop_group
+from helios_pipeline.processes import start_group, stop_group, stop_groups
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DAEMON_FRESH_SECONDS = 90
@@ -25,6 +25,8 @@ the same runs twice)."""
 REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 DAEMON_STOP_SECONDS = 20
 DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
+BEAT_OVERDUE_SECONDS = 45
+"""Dagster's daemons beat every 30 s: a beat this old is late, and worth naming when a render stops moving."""
 
 
 def dagster_home() -> Path:
@@ -58,6 +60,12 @@ def daemon_heartbeat_age(instance: dg.DagsterInstance) -> float | None:
     return time.time() - max(heartbeats[kind].timestamp for kind in REQUIRED_DAEMONS)
 
 
+def newest_daemon_id(instance: dg.DagsterInstance) -> str | None:
+    """The id of the daemon process that beat last (each ``dagster-daemon run`` has one), to name it."""
+    heartbeats = list(instance.get_daemon_heartbeats().values())
+    return max(heartbeats, key=lambda beat: beat.timestamp).daemon_id if heartbeats else None
+
+
 def daemon_running(instance: dg.DagsterInstance) -> bool:
     """Every daemon a render needs beat within ``DAEMON_FRESH_SECONDS`` (a stopped one stops beating)."""
     age = daemon_heartbeat_age(instance)
@@ -88,6 +96,7 @@ class RenderDaemon:
         self.instance = instance
         self.on_note = on_note or (lambda _message: None)
         self.process: subprocess.Popen | None = None
+        self._exited: list[subprocess.Popen] = []
         self._next_check = 0.0
 
     @property
@@ -99,8 +108,18 @@ class RenderDaemon:
             self.process = _start_daemon()
 
     def check(self) -> None:
-        """Called while following: take over from a deployment daemon whose heartbeats went stale."""
-        if self.process is not None or time.monotonic() < self._next_check:
+        """Called while following: take over from a deployment daemon whose heartbeats went stale, and start
+        our daemon again if it exited (killed, out of memory): the render's backfill is picked up where it stands."""
+        if self.process is not None:
+            if self.process.poll() is not None:
+                self.on_note(
+                    f"this render's Dagster daemon (pid {self.process.pid}) exited with code "
+                    f"{self.process.returncode}; starting another (it picks the render's backfill up where it stands)"
+                )
+                self._exited.append(self.process)  # its code server and run workers are stopped with ours
+                self.process = _start_daemon()
+            return
+        if time.monotonic() < self._next_check:
             return
         self._next_check = time.monotonic() + DAEMON_CHECK_SECONDS
         age = daemon_heartbeat_age(self.instance)
@@ -113,11 +132,31 @@ class RenderDaemon:
         )
         self.process = _start_daemon()
 
+    def problem(self) -> str | None:
+        """What is wrong with the daemon this render relies on, said when the render stops moving (None: it beats)."""
+        if self.process is not None:
+            code = self.process.poll()
+            return None if code is None else f"this render's Dagster daemon (pid {self.process.pid}) exited ({code})"
+        age = daemon_heartbeat_age(self.instance)
+        home = os.environ.get("DAGSTER_HOME", "")
+        if age is None:
+            return (
+                f"no Dagster daemon heart-beats on this instance (DAGSTER_HOME={home}): nothing launches the render's "
+                "runs; start `helios-pipeline ui` (or the deployment's daemon) to resume it"
+            )
+        if age < BEAT_OVERDUE_SECONDS:
+            return None
+        return (
+            f"the Dagster daemon this render relies on ({newest_daemon_id(self.instance)}) has not heart-beaten "
+            f"for {age:.0f} s (it beats every 30 s): it looks stopped; this render starts its own once the beat is "
+            f"{DAEMON_FRESH_SECONDS} s old, or start `helios-pipeline ui` (or the deployment's daemon) to resume it"
+        )
+
     def stop(self, grace: float = DAEMON_STOP_SECONDS) -> None:
         """Stop our daemon (if any) with everything it started, and wipe its heartbeats."""
         if self.process is None:
             return
-        stop_process_tree(self.process, grace)
+        stop_groups([*self._exited, self.process], grace)
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 

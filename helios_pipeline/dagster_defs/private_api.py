@@ -118,3 +118,21 @@ def add_backfill_of_remaining(instance: dg.DagsterInstance, backfill: Any, asset
     )
     instance.add_backfill(new_backfill)
     return new_backfill.backfill_id
+
+
+def run_queue_limits(instance: dg.DagsterInstance) -> tuple[int | None, list[dict[str, Any]]]:
+    """The run queue's ``max_concurrent_runs`` (-1: none) and tag limits, as the instance's ``concurrency:``
+    settings give them (the coordinator's own config holds only defaults); (None, []) without a run queue."""
+    config = instance.get_concurrency_config().run_queue_config
+    if config is None:
+        return None, []
+    return config.max_concurrent_runs, [dict(limit) for limit in config.tag_concurrency_limits]
+
+
+def pool_usage(instance: dg.DagsterInstance, pool: str) -> tuple[int, list[tuple[str, str]], list[tuple[str, str]]]:
+    """A concurrency pool: (its slots, (run id, step) of the holders, (run id, step) of steps waiting for one)."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    slots = info.limit if info.limit is not None else info.slot_count
+    holders = [(claim.run_id, claim.step_key) for claim in info.claimed_slots]
+    waiting = [(step.run_id, step.step_key) for step in info.pending_steps if step.assigned_timestamp is None]
+    return slots, holders, waiting

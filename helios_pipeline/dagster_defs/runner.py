@@ -50,6 +50,7 @@ from helios_pipeline.dagster_defs.pending import pending_work
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
+from helios_pipeline.dagster_defs.stall import Stall, StallWatch
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
 from helios_pipeline.engine.page_network import REPORTED_URLS
@@ -148,6 +149,8 @@ class RenderStatus:
     output: str | None = None
     blocked_note: str | None = None
     """A finished render whose pages the network policy refused requests: what and why (one line)."""
+    waiting_for: Stall | None = None
+    """A render that has not moved for a while: what it waits on (``stall``)."""
 
 
 RETRY_WRAPPER = "RetryRequestedFromPolicy"  # "Exceeded max_retries of N": the step's own error is its cause
@@ -191,11 +194,15 @@ def follow(
     timeout: float | None = None,
     total_frames: int | None = None,
     watch: Callable[[], None] | None = None,
+    stall: StallWatch | None = None,
 ) -> RenderStatus:
     """Wait for render ``key`` to finish (mixed_video materialised after ``since``); raise on a failed run.
 
-    ``watch`` is called on every poll (the daemon check of ``render_through_dagster``).
+    ``watch`` is called on every poll (the daemon check of ``render_through_dagster``). ``stall`` says why
+    the render waits once it has not moved for a while (in the status, and in the error on ``timeout``);
+    the caller reads its ``reason`` when it gives up for another cause (an interrupt).
     """
+    stall = stall or StallWatch(instance)
     storage = storage_resource(Settings.from_env())
     total = total_frames or storage.load_spec(key).total_frames
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -232,12 +239,23 @@ def follow(
             raise RenderError(f"render {key}: its backfill {backfill.backfill_id} ended {backfill.status.value}")
         active = [run for run in runs if not run.is_finished]
         stage = "rendering chunks" if any(RENDER_PARTITION_TAG in r.tags for r in active) else "waiting"
-        on_status(RenderStatus(min(_frames_done(storage, key), total), total, stage))
+        frames = min(_frames_done(storage, key), total)
+        waiting_for = stall.observe(frames, runs)
+        if waiting_for is not None:
+            stage = f"waiting: {waiting_for.text}"
+        on_status(RenderStatus(frames, total, stage, waiting_for=waiting_for))
         if watch is not None:
             watch()
         if deadline is not None and time.monotonic() > deadline:
-            raise RenderError(f"render {key} did not finish within {timeout:.0f} s")
+            raise RenderError(f"render {key} did not finish within {timeout:.0f} s{waiting_clause(stall)}")
         time.sleep(POLL_SECONDS)
+
+
+def waiting_clause(stall: StallWatch) -> str:
+    """``; it was waiting N s: <why>`` for a message on exit, or nothing when the render was moving."""
+    if stall.reason is None:
+        return ""
+    return f"; it had not moved for {stall.stalled_seconds:.0f} s: {stall.reason.text}"
 
 
 def blocked_note(instance: dg.DagsterInstance, storage: RenderStorage, key: str) -> str | None:
@@ -362,6 +380,7 @@ def render_through_dagster(
     since = time.time()
     failure: RenderError | None = None
     daemon = RenderDaemon(instance, on_note)
+    stall = StallWatch(instance, daemon.problem)
     key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
     interrupted = False
     try:
@@ -370,7 +389,14 @@ def render_through_dagster(
             key = submit(spec, instance, source=source)
             try:
                 status = follow(
-                    instance, key, since, on_status, timeout, total_frames=spec.total_frames, watch=daemon.check
+                    instance,
+                    key,
+                    since,
+                    _noting_stalls(on_status, on_note),
+                    timeout,
+                    total_frames=spec.total_frames,
+                    watch=daemon.check,
+                    stall=stall,
                 )
                 if daemon.ours:  # let our daemon record the backfill as done before it stops
                     wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
@@ -399,7 +425,23 @@ def render_through_dagster(
         cancel_render(instance, key, since, timeout=0)
     if failure is not None and not interrupted:
         raise failure
-    raise RenderCancelled(f"render {key} cancelled")
+    raise RenderCancelled(f"render {key} cancelled{waiting_clause(stall)}")
+
+
+def _noting_stalls(
+    on_status: Callable[[RenderStatus], None], on_note: Callable[[str], None] | None
+) -> Callable[[RenderStatus], None]:
+    """``on_status`` that also notes each new kind of wait once (a log or a quiet terminal has no progress line)."""
+    noted: list[str | None] = [None]
+
+    def report(status: RenderStatus) -> None:
+        kind = status.waiting_for.kind if status.waiting_for else None
+        if kind not in (None, "launch", noted[0]) and on_note is not None:  # launching is no news
+            on_note(f"the render is waiting: {status.waiting_for.text}")
+        noted[0] = kind
+        on_status(status)
+
+    return report
 
 
 def _frames_done(storage: RenderStorage, key: str) -> int:
