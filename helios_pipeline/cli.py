@@ -7,7 +7,9 @@ or SIGHUP).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -33,6 +35,11 @@ from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 err = Console(stderr=True)
+
+# The interpreter's last garbage collection at exit walks every object Dagster's definitions left: 2-6 s on a
+# busy 2-core machine, after all was done, eating most of a SIGTERM's 10 s grace. Nothing left at exit needs
+# collecting (files are closed, processes stopped), so it is skipped: ``gc.freeze`` exempts what exists.
+atexit.register(gc.freeze)
 
 
 def _report(label: str, style: str, message: object) -> None:

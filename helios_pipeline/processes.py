@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -77,21 +78,41 @@ def stop_groups(processes: Sequence[subprocess.Popen], grace: float) -> None:
     Stopped one after the other, a webserver and a daemon would take up to twice ``grace``, more
     than a service manager waits between SIGTERM and SIGKILL.
     """
+    begin_stop(processes, grace).finish()
+
+
+@dataclass
+class Stopping:
+    """Groups that were sent SIGTERM (see :func:`begin_stop`); ``finish`` waits out their grace, then kills."""
+
+    processes: Sequence[subprocess.Popen]
+    trees: list[list[psutil.Process]]
+    deadline: float
+
+    def finish(self) -> None:
+        while time.monotonic() < self.deadline and any(
+            process.poll() is None or alive(tree) for process, tree in zip(self.processes, self.trees, strict=True)
+        ):
+            time.sleep(POLL_SECONDS)
+        for process, tree in zip(self.processes, self.trees, strict=True):
+            for leftover in alive(tree):
+                with contextlib.suppress(psutil.Error):
+                    leftover.kill()
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def begin_stop(processes: Sequence[subprocess.Popen], grace: float) -> Stopping:
+    """Send the groups of ``processes`` SIGTERM now and return at once; their ``grace`` runs from now.
+
+    Lets a caller do other clean-up (bookkeeping in a database) while the processes shut down, so both
+    fit in one grace period.
+    """
     trees = [process_tree(process.pid) if process.poll() is None else [] for process in processes]
     for process in processes:
         _signal_group(process.pid, signal.SIGTERM)
         _signal_group(process.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(
-        process.poll() is None or alive(tree) for process, tree in zip(processes, trees, strict=True)
-    ):
-        time.sleep(POLL_SECONDS)
-    for process, tree in zip(processes, trees, strict=True):
-        for leftover in alive(tree):
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
+    return Stopping(processes, trees, time.monotonic() + grace)
 
 
 def stop_group_on(event: threading.Event, process: subprocess.Popen, grace: float, name: str) -> threading.Thread:

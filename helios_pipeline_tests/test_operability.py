@@ -8,6 +8,7 @@ with SIGTERM and SIGKILLs it ~10 s later, so every stop here must be complete we
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -23,10 +24,11 @@ import dagster as dg
 import psutil
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._daemon.types import DaemonHeartbeat
 
 from helios_pipeline.dagster_defs.instance import DAEMON_FRESH_SECONDS, REQUIRED_DAEMONS, daemon_running
-from helios_pipeline.dagster_defs.names import CHUNK_PARTITION_TAG, CONCAT_ASSET
+from helios_pipeline.dagster_defs.names import CHUNK_PARTITION_TAG, CHUNK_POOL, CONCAT_ASSET
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -186,20 +188,28 @@ def sigterm_and_time(process: subprocess.Popen) -> tuple[int, float]:
     signalled = time.monotonic()
     os.kill(process.pid, signal.SIGTERM)
     code = wait_ended(process, 3 * GRACE_SECONDS)
-    return code, time.monotonic() - signalled
+    seconds = time.monotonic() - signalled
+    print(f"exit {code} {seconds:.1f} s after SIGTERM")  # the margin, shown with -s
+    return code, seconds
 
 
-def code_servers(deployment: Deployment) -> list[psutil.Process]:
-    """The code servers of the deployment's daemon (``dagster api grpc``): where run terminations are sent."""
-    return [p for p in deployment.left() if "api" in p.cmdline() and "grpc" in p.cmdline()]
+@contextlib.contextmanager
+def silent_code_server(folder: Path) -> Iterator[str]:
+    """A Unix socket that takes gRPC connections and never answers: a code server too busy to reply."""
+    path = folder / "silent.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(64)  # connections wait in the backlog; no request is ever read
+        yield str(path)
 
 
 def test_sigterm_while_chunks_render_cancels_within_the_grace_period_even_with_a_code_server_that_does_not_answer(
     deployment: Deployment,
 ) -> None:
-    """A run's termination is a gRPC request to its code server, answered only when the server has a thread
-    free: right after a daemon takeover the server was busy launching a burst of queued runs (launches timed
-    out after 60 s), and the SIGTERMed CLI waited 60 s per running chunk. A stopped server stands in for it."""
+    """A run's termination is a gRPC request to its code server, answered when the server has a thread free:
+    right after a daemon takeover the server was busy launching a burst of queued runs (launches timed out
+    after 60 s), and the SIGTERMed CLI waited up to 60 s per running chunk. The runs' code server here is a
+    socket that never answers (stopping the real one could freeze it holding the sqlite lock)."""
     instance = deployment.instance
     process, video = render(deployment, "term-busy", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
 
@@ -209,11 +219,10 @@ def test_sigterm_while_chunks_render_cancels_within_the_grace_period_even_with_a
         return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for records in runs for r in records)
 
     wait_for(chunk_started, 240, "a chunk run to start", 0.2)  # a daemon start on a loaded machine
-    servers = code_servers(deployment)
-    assert servers, describe(deployment.left())
-    for server in servers:
-        server.suspend()  # SIGSTOP: it takes requests on its socket and answers none
-    code, seconds = sigterm_and_time(process)
+    with silent_code_server(deployment.root) as silent:
+        for record in render_runs(instance, "term-busy"):
+            instance.add_run_tags(record.dagster_run.run_id, {GRPC_INFO_TAG: json.dumps({"socket": silent})})
+        code, seconds = sigterm_and_time(process)
 
     assert code == 130, deployment.log("term-busy")
     assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
@@ -273,6 +282,41 @@ def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_g
     assert not video.exists()
     (backfill,) = deployment.instance.get_backfills()
     assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+
+
+def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deployment: Deployment) -> None:
+    """No chunk slot: the render's chunk runs wait in the run queue. Within a bounded time the CLI says why
+    (the pool and its size, as a note and on exit), and SIGTERM in that state cancels the queued runs."""
+    instance = deployment.instance
+    instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 0)
+    process, video = render(deployment, "term-queue", COMPOSITIONS / "frame_raf", frame_count=30)
+
+    def explained() -> bool:
+        assert process.poll() is None, deployment.log("term-queue")
+        return "has 0 slots" in " ".join(deployment.log("term-queue").split())
+
+    wait_for(explained, 240, "the CLI to say why the render waits", 0.5)  # a daemon start, then STALL_SECONDS
+    statuses = {record.dagster_run.status for record in chunk_runs_of(instance, "term-queue")}
+    assert statuses == {dg.DagsterRunStatus.QUEUED}, statuses
+    code, seconds = sigterm_and_time(process)
+
+    log = " ".join(deployment.log("term-queue").split())  # the terminal wraps long lines
+    assert code == 130, log
+    assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
+    assert re.search(r"cancelled: render term-queue cancelled; it had not moved for \d+ s: chunk .*has 0 slots", log), (
+        log
+    )
+    runs = chunk_runs_of(instance, "term-queue")
+    assert runs and all(r.dagster_run.status == dg.DagsterRunStatus.CANCELED for r in runs), [
+        (r.dagster_run.run_id, r.dagster_run.status) for r in runs
+    ]
+    assert [b.status for b in instance.get_backfills()] == [BulkActionStatus.CANCELED]
+    assert_nothing_left(deployment, within=1)
+    assert not video.exists()
+
+
+def chunk_runs_of(instance: dg.DagsterInstance, key: str) -> list[dg.RunRecord]:
+    return [record for records in chunk_runs(render_runs(instance, key)).values() for record in records]
 
 
 # --- 4. a full disk ---

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._daemon.types import DaemonHeartbeat
 
+from helios_pipeline.dagster_defs.instance import BEAT_OVERDUE_SECONDS, REQUIRED_DAEMONS, RenderDaemon
 from helios_pipeline.dagster_defs.names import CHUNK_ASSET, CHUNK_POOL
 from helios_pipeline.dagster_defs.stall import StallWatch, explain
 from helios_pipeline_tests.helpers import chunk_key, open_instance, write_instance_config
@@ -140,3 +142,20 @@ def test_the_watch_explains_only_a_render_that_stopped_moving(instance: dg.Dagst
     assert watch.observe(0, [mine]) is not None, "no move for longer than the bound: explained"
     assert watch.observe(5, [mine]) is None, "a new frame is progress"
     assert watch.reason is None
+
+
+def test_a_daemon_that_stopped_beating_is_named_with_how_to_resume(instance: dg.DagsterInstance) -> None:
+    daemon = RenderDaemon(instance)  # relies on the deployment's daemon: it starts none of its own here
+
+    def beat(age: float) -> None:
+        for kind in (*REQUIRED_DAEMONS, "BACKFILL"):
+            instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - age, kind, "killed-daemon-7", errors=[]))
+
+    beat(5)
+    assert daemon.problem() is None, "a daemon that beat 5 s ago is fine"
+    beat(BEAT_OVERDUE_SECONDS + 10)
+    problem = daemon.problem()
+    assert problem is not None and "killed-daemon-7" in problem and "helios-pipeline ui" in problem, problem
+    instance.wipe_daemon_heartbeats()
+    problem = daemon.problem()
+    assert problem is not None and "no Dagster daemon heart-beats" in problem, problem

@@ -15,7 +15,7 @@ import dagster as dg
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
-from helios_pipeline.processes import start_group, stop_group, stop_groups
+from helios_pipeline.processes import Stopping, begin_stop, start_group, stop_group
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DAEMON_FRESH_SECONDS = 90
@@ -97,6 +97,7 @@ class RenderDaemon:
         self.on_note = on_note or (lambda _message: None)
         self.process: subprocess.Popen | None = None
         self._exited: list[subprocess.Popen] = []
+        self._stopping: Stopping | None = None
         self._next_check = 0.0
 
     @property
@@ -152,11 +153,18 @@ class RenderDaemon:
             f"{DAEMON_FRESH_SECONDS} s old, or start `helios-pipeline ui` (or the deployment's daemon) to resume it"
         )
 
+    def begin_stop(self, grace: float) -> None:
+        """Send our daemon's group (code server, run workers, Chromium, FFmpeg) SIGTERM; ``stop`` completes it."""
+        if self.process is not None and self._stopping is None:
+            self._stopping = begin_stop([*self._exited, self.process], grace)
+
     def stop(self, grace: float = DAEMON_STOP_SECONDS) -> None:
         """Stop our daemon (if any) with everything it started, and wipe its heartbeats."""
         if self.process is None:
             return
-        stop_groups([*self._exited, self.process], grace)
+        self.begin_stop(grace)
+        assert self._stopping is not None
+        self._stopping.finish()
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 

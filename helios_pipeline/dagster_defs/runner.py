@@ -340,16 +340,18 @@ def cancel_render(
 
 
 def mark_render_canceling(instance: dg.DagsterInstance, key: str, since: float) -> None:
-    """Cancel the render's queued runs and mark its started ones CANCELING, asking no code server.
+    """Mark the render's started runs CANCELING and cancel its queued ones, asking no code server.
 
     For runs of our own daemon, whose process group is stopped right after: a run worker interrupted
-    (SIGTERM) while its run is CANCELING ends the run CANCELED, with its step's own clean-up.
+    (SIGTERM) while its run is CANCELING ends the run CANCELED, after its step's own clean-up.
     """
-    for run in _render_runs(instance, key, since):
+    runs = [run for run in _render_runs(instance, key, since) if not run.is_finished]
+    waiting = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+    for run in sorted(runs, key=lambda run: run.status in waiting):  # started runs first: their workers are next
         with contextlib.suppress(Exception):
-            if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+            if run.status in waiting:
                 instance.report_run_canceled(run, message="canceled: the render was cancelled")
-            elif not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
+            elif run.status != dg.DagsterRunStatus.CANCELING:
                 instance.report_run_canceling(run, message="the render was cancelled: its daemon is being stopped")
 
 
@@ -411,10 +413,12 @@ def render_through_dagster(
         except KeyboardInterrupt:  # while submitting, following, or ending a failed render
             interrupted = True
             # no launches from here on; runs get a few seconds to end, then count as canceled
-            cancel_render_backfill(instance, key, since, daemon_alive=not daemon.ours)
-            if daemon.ours:  # its run workers end with its process group, stopped below: no code server asked
-                mark_render_canceling(instance, key, since)
+            if daemon.ours:  # its run workers end with its process group: no code server is asked
+                mark_render_canceling(instance, key, since)  # first, so an interrupted run ends CANCELED
+                daemon.begin_stop(INTERRUPT_DAEMON_SECONDS)  # the group shuts down while the instance is updated
+                cancel_render_backfill(instance, key, since, daemon_alive=False)
             else:
+                cancel_render_backfill(instance, key, since, daemon_alive=True)
                 cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
     finally:
         daemon.stop(INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
