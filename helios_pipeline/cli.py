@@ -246,12 +246,19 @@ def cmd_still(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Hand a render to a running deployment (its daemon renders it); print the render key."""
-    from helios_pipeline.dagster_defs.runner import daemon_running, get_instance, submit
+    from helios_pipeline.dagster_defs.runner import cancel_submission, daemon_running, get_instance, submit
+    from helios_pipeline.spec import sanitize_key
 
     spec = _spec_from_args(args)
     check_inputs(spec, source_label(args.source))
     instance = get_instance()
-    key = submit(spec, instance, render_key=args.key, source=str(args.source))
+    since, key = time.time(), sanitize_key(args.key or spec.name)  # the key submit registers
+    try:
+        key = submit(spec, instance, render_key=args.key, source=str(args.source))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while submitting: nothing of it may go on rendering
+        cancel_submission(instance, key, since)
+        _report("cancelled", "yellow", f"render {key} was not submitted; its backfill was cancelled")
+        return EXIT_CANCELLED
     print(key)
     if not daemon_running(instance):
         _report("note", "yellow", "no Dagster daemon is running on this instance; start `helios-pipeline ui`")

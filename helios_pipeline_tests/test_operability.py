@@ -239,13 +239,15 @@ def test_sigterm_while_chunks_render_cancels_within_the_grace_period_even_with_a
     assert [b.status for b in backfills] == [BulkActionStatus.CANCELED]
 
 
-def test_sigterm_while_the_cli_plans_the_render_cancels_it(deployment: Deployment) -> None:
+@pytest.mark.parametrize("command", ["render", "submit"])
+def test_sigterm_while_the_cli_plans_the_render_cancels_it(deployment: Deployment, command: str) -> None:
     """The plan runs in the CLI's process (``execute_in_process``), where Dagster holds SIGTERM back until its
-    next checkpoint and drops it when there is none: the render failed ("planning failed", exit 1) or, worse,
-    went on to the end as if no signal had come."""
+    next checkpoint and drops it when there is none: the render failed ("planning failed", exit 1), went on
+    as if no signal had come, or the CLI exited and left its backfill REQUESTED (a daemon would render it)."""
     instance = deployment.instance
     seed_heartbeats(instance, age=0)  # a live-looking daemon: the CLI starts none, nothing but the plan runs
-    process, video = render(deployment, "term-plan", COMPOSITIONS / "frame_raf", frame_count=30)
+    spec = write_spec(deployment.root / "specs", "term-plan", COMPOSITIONS / "frame_raf", frame_count=30)
+    process = deployment.start("term-plan", command, str(spec), *(["-q"] if command == "render" else []))
 
     def planning() -> bool:
         assert process.poll() is None, deployment.log("term-plan")
@@ -256,32 +258,13 @@ def test_sigterm_while_the_cli_plans_the_render_cancels_it(deployment: Deploymen
 
     assert code == 130, deployment.log("term-plan")
     assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
-    assert "cancelled" in deployment.log("term-plan") and "failed" not in deployment.log("term-plan")
     runs = [record.dagster_run for record in render_runs(instance, "term-plan")]
     assert runs and all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
     (backfill,) = instance.get_backfills()
     assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+    assert "cancelled" in deployment.log("term-plan") and "failed" not in deployment.log("term-plan")
     assert_nothing_left(deployment, within=1)
-    assert not video.exists()
-
-
-def test_sigterm_while_waiting_on_a_daemon_that_does_not_come_exits_within_the_grace_period(
-    deployment: Deployment,
-) -> None:
-    seed_heartbeats(deployment.instance, age=0)  # a daemon that was just killed: the render waits on it
-    process, video = render(deployment, "term-wait", COMPOSITIONS / "frame_raf", frame_count=30)
-    wait_for(lambda: deployment.instance.get_backfills(), 60, "the render's backfill", 0.2)
-    time.sleep(2)  # following, waiting for runs that nothing launches
-    assert process.poll() is None, deployment.log("term-wait")
-    code, seconds = sigterm_and_time(process)
-
-    assert code == 130, deployment.log("term-wait")
-    assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
-    assert "cancelled" in deployment.log("term-wait")
-    assert_nothing_left(deployment, within=1)
-    assert not video.exists()
-    (backfill,) = deployment.instance.get_backfills()
-    assert backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED)
+    assert not (spec.parent / "out" / "term-plan.mp4").exists()
 
 
 def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deployment: Deployment) -> None:

@@ -64,6 +64,7 @@ __all__ = [  # what the CLI, the benchmarks and the tests use from here
     "RenderDaemon",
     "RenderStatus",
     "cancel_render",
+    "cancel_submission",
     "daemon_running",
     "dagster_home",
     "ensure_daemon",
@@ -327,7 +328,7 @@ def cancel_render(
             break
         for run in pending:
             with contextlib.suppress(Exception):
-                if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+                if _nothing_else_ends(run):
                     instance.report_run_canceled(run, message="canceled: the render was cancelled")
                 elif run.run_id not in terminated:
                     terminated.add(run.run_id)
@@ -353,6 +354,19 @@ def mark_render_canceling(instance: dg.DagsterInstance, key: str, since: float) 
                 instance.report_run_canceled(run, message="canceled: the render was cancelled")
             elif run.status != dg.DagsterRunStatus.CANCELING:
                 instance.report_run_canceling(run, message="the render was cancelled: its daemon is being stopped")
+
+
+def _nothing_else_ends(run: dg.DagsterRun) -> bool:
+    """A run no worker will end: queued, or the plan run a CLI executes in its own process (``submit``), which
+    an interrupted CLI stops waiting for."""
+    waiting = run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+    return waiting or BACKFILL_PLAN_TAG in run.tags
+
+
+def cancel_submission(instance: dg.DagsterInstance, key: str, since: float) -> None:
+    """A ``submit`` interrupted half-way: its backfill launches nothing, and no run of it is left looking alive."""
+    cancel_render_backfill(instance, key, since, daemon_alive=daemon_running(instance))
+    cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
 
 
 def _request_termination(instance: dg.DagsterInstance, run_id: str) -> None:
