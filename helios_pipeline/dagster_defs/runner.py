@@ -85,7 +85,7 @@ BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is alrea
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
 INTERRUPT_RUNS_SECONDS = 4  # the deployment's terminated runs get this long to end, then are marked canceled
 INTERRUPT_DAEMON_SECONDS = 4  # our daemon's group (code server, run workers, Chromium, FFmpeg) gets this long
-PLAN_FINISH_SECONDS = 2  # an interrupted plan run gets this long to record its end before the render is cancelled
+PLAN_FINISH_SECONDS = 1  # an interrupted plan run gets this long to record its end before the render is cancelled
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
