@@ -15,6 +15,7 @@ import dagster as dg
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
+from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.processes import Stopping, begin_stop, start_group, stop_group
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
@@ -25,6 +26,7 @@ the same runs twice)."""
 REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
 DAEMON_STOP_SECONDS = 20
 DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
+DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails
 BEAT_OVERDUE_SECONDS = 45
 """Dagster's daemons beat every 30 s: a beat this old is late, and worth naming when a render stops moving."""
 
@@ -113,6 +115,12 @@ class RenderDaemon:
         our daemon again if it exited (killed, out of memory): the render's backfill is picked up where it stands."""
         if self.process is not None:
             if self.process.poll() is not None:
+                if len(self._exited) >= DAEMON_RESTARTS:  # it exits for a reason of its own (config, workspace)
+                    log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
+                    raise RenderError(
+                        f"this render's Dagster daemon exited {len(self._exited) + 1} times (last with code "
+                        f"{self.process.returncode}); see {log}. Run the render again to resume it"
+                    )
                 self.on_note(
                     f"this render's Dagster daemon (pid {self.process.pid}) exited with code "
                     f"{self.process.returncode}; starting another (it picks the render's backfill up where it stands)"
