@@ -27,8 +27,15 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._daemon.types import DaemonHeartbeat
 
-from helios_pipeline.dagster_defs.instance import DAEMON_FRESH_SECONDS, REQUIRED_DAEMONS, daemon_running
+from helios_pipeline.dagster_defs.instance import (
+    DAEMON_FRESH_SECONDS,
+    DAEMON_RESTARTS,
+    REQUIRED_DAEMONS,
+    RenderDaemon,
+    daemon_running,
+)
 from helios_pipeline.dagster_defs.names import CHUNK_PARTITION_TAG, CHUNK_POOL, CONCAT_ASSET
+from helios_pipeline.engine.errors import RenderError
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -351,3 +358,31 @@ def test_one_late_daemon_thread_is_not_a_dead_daemon(tmp_path: Path) -> None:
         assert not daemon_running(instance), "a daemon none of whose threads beat within the bound is gone"
     finally:
         instance.dispose()
+
+
+def test_a_daemon_of_the_cli_that_exits_is_started_again_then_the_render_fails(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon a render started for itself, killed (OOM, a stray kill -9): the render used to wait forever."""
+    for name, value in deployment.env.items():
+        monkeypatch.setenv(name, value)
+    notes: list[str] = []
+    daemon = RenderDaemon(deployment.instance, notes.append)
+    daemon.start_unless_alive()
+    try:
+        assert daemon.ours
+        for restart in range(DAEMON_RESTARTS):
+            killed = daemon.process
+            assert killed is not None
+            killed.kill()
+            killed.wait()
+            daemon.check()
+            assert daemon.process is not None and daemon.process is not killed and daemon.process.poll() is None
+            assert len(notes) == restart + 1 and f"(pid {killed.pid}) exited" in notes[-1], notes
+        daemon.process.kill()
+        daemon.process.wait()
+        with pytest.raises(RenderError, match=r"helios-daemon\.log"):
+            daemon.check()
+    finally:
+        daemon.stop(GRACE_SECONDS / 2)
+    assert_nothing_left(deployment)
