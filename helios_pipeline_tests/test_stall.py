@@ -106,6 +106,21 @@ def test_a_chunk_waiting_for_a_pool_slot_names_the_slot_holders(instance: dg.Dag
     assert all(f"run {run.run_id[:8]}" in stall.text for run in holders), stall.text
 
 
+def test_a_queued_chunk_behind_launched_chunk_runs_names_them(instance: dg.DagsterInstance) -> None:
+    """The run queue keeps a chunk run queued while launched chunk runs will take every slot, claimed or not yet."""
+    instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 2)
+    started = chunk_run(instance, "other", "000", STARTED)
+    assert instance.event_log_storage.claim_concurrency_slot(CHUNK_POOL, started.run_id, "chunk_video").is_claimed
+    starting = chunk_run(instance, "mine", "001", STARTING)
+    mine = chunk_run(instance, "mine", "002", QUEUED)
+
+    stall = explain(instance, [starting, mine], daemon_problem=None)
+
+    assert stall is not None and stall.kind == "pool", stall
+    assert "chunk 002" in stall.text and "chunk 001" not in stall.text.split(" wait")[0], stall.text
+    assert f"run {started.run_id[:8]}" in stall.text and f"run {starting.run_id[:8]}" in stall.text, stall.text
+
+
 def test_a_pool_of_no_slots_is_named_with_how_to_raise_it(instance: dg.DagsterInstance) -> None:
     instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 0)
     mine = chunk_run(instance, "mine", "000", QUEUED)

@@ -449,14 +449,20 @@ def render_through_dagster(
 def _noting_stalls(
     on_status: Callable[[RenderStatus], None], on_note: Callable[[str], None] | None
 ) -> Callable[[RenderStatus], None]:
-    """``on_status`` that also notes each new kind of wait once (a log or a quiet terminal has no progress line)."""
-    noted: list[str | None] = [None]
+    """``on_status`` that also notes why the render waits (a log or a quiet terminal has no progress line):
+    once per kind of wait while it lasts, and not again for the same words after the render moved a bit."""
+    kind_noted: list[str | None] = [None]
+    last_text: list[str | None] = [None]
 
     def report(status: RenderStatus) -> None:
-        kind = status.waiting_for.kind if status.waiting_for else None
-        if kind not in (None, "launch", noted[0]) and on_note is not None:  # launching is no news
-            on_note(f"the render is waiting: {status.waiting_for.text}")
-        noted[0] = kind
+        waiting = status.waiting_for
+        if waiting is None or waiting.kind == "launch":  # moving, or launching: no news
+            kind_noted[0] = None
+        elif waiting.kind != kind_noted[0]:
+            kind_noted[0] = waiting.kind
+            if waiting.text != last_text[0] and on_note is not None:
+                on_note(f"the render is waiting: {waiting.text}")
+            last_text[0] = waiting.text
         on_status(status)
 
     return report

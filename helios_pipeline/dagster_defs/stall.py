@@ -71,7 +71,8 @@ def explain(
     active = [run for run in runs if not run.is_finished]
     if daemon_problem is not None:
         return Stall("daemon", daemon_problem)
-    pool_wait = _pool_wait(instance, active)
+    started_chunks = [run for run in active if run.status == dg.DagsterRunStatus.STARTED]
+    pool_wait = _pool_wait(instance, started_chunks, queued=False)
     if pool_wait is not None:
         return pool_wait
     queued = [run for run in active if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)]
@@ -85,17 +86,24 @@ def explain(
     return None
 
 
-def _pool_wait(instance: dg.DagsterInstance, active: Sequence[dg.DagsterRun]) -> Stall | None:
-    """Chunk runs (queued, or started with their step pending) while the chunk pool has no free slot."""
-    chunk_runs = {run.run_id: run for run in active if CHUNK_PARTITION_TAG in run.tags}
+def _pool_wait(instance: dg.DagsterInstance, runs: Sequence[dg.DagsterRun], queued: bool) -> Stall | None:
+    """Chunk runs waiting on the chunk pool: started ones whose step waits for a slot, or (``queued``) queued
+    ones while every slot is held or promised (the queue counts a launched chunk run as holding one)."""
+    chunk_runs = {run.run_id: run for run in runs if CHUNK_PARTITION_TAG in run.tags}
     if not chunk_runs:
         return None
     slots, holders, waiting = private_api.pool_usage(instance, CHUNK_POOL)
-    ours_waiting = [chunk_runs[run_id] for run_id, _step in waiting if run_id in chunk_runs]
-    queued = [run for run in chunk_runs.values() if run.status == dg.DagsterRunStatus.QUEUED]
-    if not ours_waiting and not (queued and len(holders) >= slots):
-        return None
-    blocked = ours_waiting or queued
+    users = {run_id: None for run_id, _step in holders}
+    if queued:
+        launched = instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS)))
+        users.update({run.run_id: None for run in launched if CHUNK_PARTITION_TAG in run.tags})
+        if len(users) < slots:
+            return None
+        blocked = list(chunk_runs.values())
+    else:
+        blocked = [chunk_runs[run_id] for run_id, _step in waiting if run_id in chunk_runs]
+        if not blocked:
+            return None
     chunks = ", ".join(sorted(_chunk_label(run) for run in blocked))
     if slots <= 0:
         return Stall(
@@ -103,8 +111,8 @@ def _pool_wait(instance: dg.DagsterInstance, active: Sequence[dg.DagsterRun]) ->
             f"{chunks} wait for a {CHUNK_POOL} pool slot, and the pool has {slots} slots "
             f"(raise it: `dagster instance concurrency set {CHUNK_POOL} 2`)",
         )
-    holder_runs = [run for run in (instance.get_run_by_id(run_id) for run_id, _step in holders) if run is not None]
-    held_by = _name_runs(holder_runs) if holder_runs else f"{len(holders)} steps"
+    holder_runs = [run for run in (instance.get_run_by_id(run_id) for run_id in users) if run is not None]
+    held_by = _name_runs(holder_runs) if holder_runs else f"{len(users)} steps"
     return Stall("pool", f"{chunks} wait for a {CHUNK_POOL} pool slot: its {slots} slots are held by {held_by}")
 
 
@@ -131,6 +139,9 @@ def _queue_wait(instance: dg.DagsterInstance, queued: Sequence[dg.DagsterRun]) -
                     "queue",
                     f"{count} behind the limit of {allowed} runs per {key} tag: in progress are {_name_runs(holders)}",
                 )
+    pool_wait = _pool_wait(instance, queued, queued=True)
+    if pool_wait is not None:
+        return pool_wait
     return Stall("queue", f"{count}: waiting for the run queue to launch them (it dequeues when the daemon ticks)")
 
 
