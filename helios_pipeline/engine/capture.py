@@ -32,6 +32,11 @@ most this longer than its slowest frame (the per-frame watchdog stays meaningful
 DEFAULT_CANDIDATES = ("avc1.4d002a", "vp09.00.10.08", "av01.0.08M.08", "vp8")
 CODEC_ALIASES = {"h264": "avc1.4d002a", "avc": "avc1.4d002a", "vp9": "vp09.00.10.08", "av1": "av01.0.08M.08"}
 IVF_FOURCC = {"vp8": b"VP80", "vp09": b"VP90", "av01": b"AV01"}
+WEBCODECS_PROBE = ["-probesize", "32"]
+"""FFmpeg probes 5 MB of input before it decodes any: a WebCodecs stream of simple frames (a few
+bytes to a few KB each) is then buffered whole and re-encoded only after the last capture. The
+stream's first frame already says all FFmpeg needs, so it starts at once and encodes beside the
+capture (same frames, same output; bench_canvas.py)."""
 
 
 class FrameCapture(Protocol):
@@ -133,6 +138,14 @@ def ivf_header(fourcc: bytes, spec: RenderSpec, frame_count: int) -> bytes:
     )
 
 
+def webcodecs_input(spec: RenderSpec, codec: str) -> list[str]:
+    """FFmpeg's input options for the in-page encoder's stream: raw H.264 (Annex B) or IVF."""
+    if codec.startswith("avc1"):
+        # raw H.264 has no timestamps: FFmpeg takes the frame rate from here
+        return [*WEBCODECS_PROBE, "-f", "h264", "-framerate", str(fps_fraction(spec.fps))]
+    return [*WEBCODECS_PROBE, "-f", "ivf"]
+
+
 @dataclass
 class CanvasCapture:
     """Canvas mode: WebCodecs in the page when possible, else the canvas as images."""
@@ -184,10 +197,7 @@ class CanvasCapture:
     def ffmpeg_input(self) -> list[str]:
         if self.codec is None:
             return _image_input(self.spec)
-        if self._ivf_fourcc is None:
-            # raw H.264 has no timestamps: FFmpeg takes the frame rate from here
-            return ["-f", "h264", "-framerate", str(fps_fraction(self.spec.fps))]
-        return ["-f", "ivf"]
+        return webcodecs_input(self.spec, self.codec)
 
     def preamble(self) -> bytes:
         fourcc = self._ivf_fourcc
