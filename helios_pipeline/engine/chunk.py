@@ -19,6 +19,7 @@ from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
+from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
@@ -104,6 +105,7 @@ def render_chunk(
     gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = Watchdog()
     current_frame: int | None = None
+    enable_node_compile_cache()  # the chunk's Playwright driver starts faster
     try:
         with (
             atomic_output(output) as partial,
