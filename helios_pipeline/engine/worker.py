@@ -6,7 +6,8 @@ Running each chunk in its own process (and process group) lets the orchestrator 
 by killing the group: Chromium, its helpers and FFmpeg go with it.
 
 Start-up is on every chunk's path: Playwright's driver (a Node process) starts while another
-thread imports the engine (pydantic, the capture and audio code), instead of one after the other.
+thread imports the engine (the capture and audio code) and asks FFmpeg its version, instead of
+one after the other.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _emit(message: dict[str, Any]) -> None:
 def _import_engine() -> None:
     for name in ENGINE_MODULES:
         importlib.import_module(name)
+    from helios_pipeline.engine.errors import RenderError
+    from helios_pipeline.engine.tools import ffmpeg_version
+
+    with contextlib.suppress(RenderError):  # asked once per process, recorded with the chunk; a failure
+        ffmpeg_version()  # shows again when the chunk asks
 
 
 def _start_playwright_while_importing() -> Playwright:
