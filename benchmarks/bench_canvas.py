@@ -5,8 +5,9 @@ paints its frame index) at 1280x720, 30 fps, 300 frames, with our library orches
 Helios's own ``RenderOrchestrator`` (``@helios-project/renderer`` 1.78.3, installed from the npm
 registry into a temporary folder, run on the system Chromium), at concurrency 1 and 3, alternating
 per round. Both encode libx264 with the same ``--preset`` (Helios's default, ultrafast) and CRF 23.
-Prints wall seconds (medians), the ratio Helios/ours (> 1: ours is faster) and, for each tool,
-how many output frames show the right frame index.
+Prints wall seconds and CPU seconds (medians; CPU of every process of the render, so a loaded
+machine still shows what each tool costs), the ratios Helios/ours (> 1: ours is faster) and, for
+each tool, how many output frames show the right frame index.
 
 ``--against dom``: the same canvas composition (benchmarks/compositions/canvas_1080p) three ways
 in one chunk: DOM mode, canvas mode re-encoded with the same libx264 settings, and canvas mode with
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,8 +56,14 @@ def install_helios(folder: Path) -> None:
     )  # fmt: skip
 
 
-def render_helios(modules: Path, output: Path, args: argparse.Namespace, concurrency: int) -> float:
-    """Wall seconds of Helios's RenderOrchestrator.render (measured inside node, after its imports)."""
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def render_helios(modules: Path, output: Path, args: argparse.Namespace, concurrency: int) -> tuple[float, float]:
+    """Wall seconds of Helios's RenderOrchestrator.render (measured inside node, after its imports)
+    and CPU seconds of the render (node, Chromium, FFmpeg; without node's start-up and imports)."""
     from helios_pipeline.engine.tools import chromium_path, ffmpeg_path
 
     options = {
@@ -66,21 +74,27 @@ def render_helios(modules: Path, output: Path, args: argparse.Namespace, concurr
     }  # fmt: skip
     job = {"modules": str(modules), "url": (FRAME_CANVAS / "index.html").as_uri(), "output": str(output),
            "options": options}  # fmt: skip
+    cpu_before = cpu_seconds(resource.RUSAGE_CHILDREN)
     done = subprocess.run(["node", str(HELIOS_RUNNER), json.dumps(job)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"Helios's renderer failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before - float(report["setupCpuSeconds"])
+    return float(report["seconds"]), cpu
 
 
-def render_ours(output: Path, args: argparse.Namespace, concurrency: int) -> float:
+def render_ours(output: Path, args: argparse.Namespace, concurrency: int) -> tuple[float, float]:
+    """Wall and CPU seconds (this process and every process it started) of one library render."""
     from helios_pipeline.orchestrator import RenderOrchestrator
 
+    cpu_before = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     RenderOrchestrator.render(
         str(FRAME_CANVAS), output, width=args.width, height=args.height, fps=args.fps, frame_count=args.frames,
         concurrency=concurrency, mode="canvas", canvas_selector="#stage", preset=args.preset, crf=23,
     )  # fmt: skip
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    return wall, cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
 
 
 def right_frames(video: Path, expected: int) -> int:
@@ -92,6 +106,7 @@ def right_frames(video: Path, expected: int) -> int:
 
 def against_helios(args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     right: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="helios-bench-canvas-") as scratch:
         modules = Path(scratch) / "npm"
@@ -103,10 +118,11 @@ def against_helios(args: argparse.Namespace) -> dict[str, Any]:
                     output = Path(scratch) / f"{key}.mp4"
                     output.unlink(missing_ok=True)
                     if tool == "ours":
-                        wall = render_ours(output, args, concurrency)
+                        wall, used = render_ours(output, args, concurrency)
                     else:
-                        wall = render_helios(modules, output, args, concurrency)
+                        wall, used = render_helios(modules, output, args, concurrency)
                     seconds.setdefault(key, []).append(wall)
+                    cpu.setdefault(key, []).append(used)
                     right[key] = min(right.get(key, args.frames), right_frames(output, args.frames))
     results: dict[str, Any] = {"against": "helios", "repeat": args.repeat, "frames": args.frames,
                                "size": f"{args.width}x{args.height}", "preset": args.preset,
@@ -114,17 +130,23 @@ def against_helios(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{args.width}x{args.height}, {args.frames} frames, libx264 {args.preset} crf 23, medians of {args.repeat}")
     for concurrency in args.concurrency:
         ours, helios = (statistics.median(seconds[f"{tool}_c{concurrency}"]) for tool in ("ours", "helios"))
+        ours_cpu, helios_cpu = (statistics.median(cpu[f"{tool}_c{concurrency}"]) for tool in ("ours", "helios"))
         results[f"ours_c{concurrency}_seconds"] = ours
         results[f"helios_c{concurrency}_seconds"] = helios
         results[f"ratio_c{concurrency}"] = helios / ours
+        results[f"ours_c{concurrency}_cpu_seconds"] = ours_cpu
+        results[f"helios_c{concurrency}_cpu_seconds"] = helios_cpu
         results[f"ours_c{concurrency}_right_frames"] = right[f"ours_c{concurrency}"]
         results[f"helios_c{concurrency}_right_frames"] = right[f"helios_c{concurrency}"]
+        ours_right, helios_right = right[f"ours_c{concurrency}"], right[f"helios_c{concurrency}"]
         print(
-            f"  c{concurrency}: ours {ours:5.2f} s ({right[f'ours_c{concurrency}']}/{args.frames} frames right)  "
-            f"Helios {helios:5.2f} s ({right[f'helios_c{concurrency}']}/{args.frames} right)  "
-            f"Helios/ours {helios / ours:.2f}x"
+            f"  c{concurrency}: ours {ours:5.2f} s, {ours_cpu:5.2f} CPU-s ({ours_right}/{args.frames} frames right)  "
+            f"Helios {helios:5.2f} s, {helios_cpu:5.2f} CPU-s ({helios_right}/{args.frames} right)  "
+            f"Helios/ours {helios / ours:.2f}x wall, {helios_cpu / ours_cpu:.2f}x CPU"
         )
-    print(f"  rounds: {json.dumps({key: [round(s, 2) for s in values] for key, values in seconds.items()})}")
+    for name, table in (("wall", seconds), ("cpu", cpu)):
+        rounds = {key: [round(value, 2) for value in values] for key, values in table.items()}
+        print(f"  {name} per round: {json.dumps(rounds)}")
     return results
 
 
