@@ -3,15 +3,23 @@ every frame is still the right frame at every chunk seam."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import CDPSession
 
+from helios_pipeline.engine import capture
+from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.probe import probe
-from helios_pipeline.orchestrator import RenderOrchestrator
+from helios_pipeline.engine.tools import ffmpeg_path
+from helios_pipeline.orchestrator import InProcessExecutor, RenderOrchestrator
+from helios_pipeline.spec import resolve_spec
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
+from helios_pipeline_tests.helpers import assert_nothing_left
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +71,74 @@ def test_missing_canvas_names_the_selector(tmp_path: Path) -> None:
     with pytest.raises(PageError, match=r'no <canvas> matches "#nope"'):
         _render(tmp_path / "out.mp4", frame_count=10, concurrency=1, canvas_selector="#nope")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("budget_ms", "round_trips"), [(60_000, 3), (0, 45)])
+def test_webcodecs_frames_are_seeked_in_batches_per_round_trip(
+    budget_ms: int, round_trips: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to CANVAS_BATCH_FRAMES frames per CDP call (16 + 16 + 13 of 45), fewer when a call has used
+    its time budget (none left: one frame per call); the frames are the same either way."""
+    seek_calls: list[str] = []
+    send = CDPSession.send
+
+    def counting_send(self: CDPSession, method: str, params: dict | None = None) -> dict:
+        if method == "Runtime.evaluate" and "encodeFrames" in params["expression"]:
+            seek_calls.append(params["expression"])
+        return send(self, method, params)
+
+    monkeypatch.setattr(CDPSession, "send", counting_send)
+    monkeypatch.setattr(capture, "CANVAS_BATCH_BUDGET_MS", budget_ms)
+    result = _render(tmp_path / "out.mp4", frame_count=45, concurrency=1, executor=InProcessExecutor())
+    assert len(seek_calls) == round_trips
+    assert frame_indices(result.output) == list(range(45))
+
+
+THROWS_AT_20 = """<!doctype html><html><body style="margin:0"><canvas id="stage"></canvas><script>
+  function tick() {
+    if (performance.now() >= 20 * 1000 / 30) throw new Error("boom at the twentieth frame");
+    document.getElementById("stage").getContext("2d").fillRect(0, 0, 8, 8);
+    requestAnimationFrame(tick);
+  }
+  requestAnimationFrame(tick);
+</script></body></html>"""
+
+
+def test_a_throw_inside_a_batch_names_its_own_frame(tmp_path: Path) -> None:
+    page = tmp_path / "throws" / "index.html"
+    page.parent.mkdir()
+    page.write_text(THROWS_AT_20)
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    with pytest.raises(PageError, match=r"frame 20: the page threw: Error: boom at the twentieth frame"):
+        RenderOrchestrator.render(str(page.parent), output, **{**BASE, "frame_count": 30, "concurrency": 1})
+    assert_nothing_left(output)
+
+
+def test_the_chunk_encoder_starts_on_the_first_webcodecs_frames(tmp_path: Path) -> None:
+    """FFmpeg encodes an in-page H.264 stream while it still arrives (it does not first buffer
+    5 MB of it): half a stream in, encoded frames are already in the chunk file."""
+    stream = tmp_path / "stream.h264"
+    subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-frames:v", "120",
+         "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-f", "h264", str(stream)],
+        check=True,
+    )  # fmt: skip
+    data = stream.read_bytes()
+    assert len(data) < 5_000_000  # under FFmpeg's default probe size: it would wait for the end
+    size = {"width": 640, "height": 360, "frame_count": 120, "preset": "ultrafast"}
+    spec = resolve_spec(str(CANVAS), tmp_path / "out.mp4", {**BASE, **size})
+    output = tmp_path / "chunk.mov"
+    input_args = capture.webcodecs_input(spec, "avc1.4d002a")
+    encoder = ChunkEncoder(chunk_encode_command(spec, 120, output, input_args=input_args))
+    try:
+        encoder.write(data[: len(data) // 2])
+        deadline = time.monotonic() + 30
+        while not (output.is_file() and output.stat().st_size > 32 * 1024) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert output.is_file() and output.stat().st_size > 32 * 1024, "FFmpeg wrote nothing before the stream ended"
+        encoder.write(data[len(data) // 2 :])
+        encoder.finish()
+    finally:
+        encoder.kill()
+    assert probe(output).video_frames == 120

@@ -2,8 +2,8 @@
 
 - DOM mode: a CDP screenshot (JPEG or PNG) of the viewport.
 - Canvas mode: the page's ``<canvas>`` encoded in the page with WebCodecs (H.264 as Annex B, or
-  VP8/VP9/AV1 wrapped in IVF here), one CDP round trip per frame; or, when WebCodecs is disabled
-  or has no usable codec, the canvas as an image.
+  VP8/VP9/AV1 wrapped in IVF here), several frames seeked and encoded per CDP round trip; or,
+  when WebCodecs is disabled or has no usable codec, the canvas as an image, one frame per trip.
 """
 
 from __future__ import annotations
@@ -17,13 +17,26 @@ from playwright.sync_api import CDPSession, Page
 
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.engine.page import frame_time_ms
 from helios_pipeline.engine.page_scripts import page_script
 from helios_pipeline.spec import RenderSpec
 
 CANVAS_WAIT_MS = 5000
+CANVAS_BATCH_FRAMES = 16
+"""WebCodecs canvas mode seeks and encodes up to this many frames per CDP round trip: a round trip
+(Python -> Playwright's driver -> Chromium and back) costs more CPU than seeking and encoding a
+simple frame, and the CPU is shared with the encoder (benchmarks/README.md, bench_canvas.py)."""
+CANVAS_BATCH_BUDGET_MS = 250
+"""... and starts no further frame in that call after this much real time, so one call lasts at
+most this longer than its slowest frame (the per-frame watchdog stays meaningful)."""
 DEFAULT_CANDIDATES = ("avc1.4d002a", "vp09.00.10.08", "av01.0.08M.08", "vp8")
 CODEC_ALIASES = {"h264": "avc1.4d002a", "avc": "avc1.4d002a", "vp9": "vp09.00.10.08", "av1": "av01.0.08M.08"}
 IVF_FOURCC = {"vp8": b"VP80", "vp09": b"VP90", "av01": b"AV01"}
+WEBCODECS_PROBE = ["-probesize", "32"]
+"""FFmpeg probes 5 MB of input before it decodes any: a WebCodecs stream of simple frames (a few
+bytes to a few KB each) is then buffered whole and re-encoded only after the last capture. The
+stream's first frame already says all FFmpeg needs, so it starts at once and encodes beside the
+capture (same frames, same output; bench_canvas.py)."""
 
 
 class FrameCapture(Protocol):
@@ -125,6 +138,14 @@ def ivf_header(fourcc: bytes, spec: RenderSpec, frame_count: int) -> bytes:
     )
 
 
+def webcodecs_input(spec: RenderSpec, codec: str) -> list[str]:
+    """FFmpeg's input options for the in-page encoder's stream: raw H.264 (Annex B) or IVF."""
+    if codec.startswith("avc1"):
+        # raw H.264 has no timestamps: FFmpeg takes the frame rate from here
+        return [*WEBCODECS_PROBE, "-f", "h264", "-framerate", str(fps_fraction(spec.fps))]
+    return [*WEBCODECS_PROBE, "-f", "ivf"]
+
+
 @dataclass
 class CanvasCapture:
     """Canvas mode: WebCodecs in the page when possible, else the canvas as images."""
@@ -136,6 +157,8 @@ class CanvasCapture:
     description: str = "canvas"
     codec: str | None = None
     _index: int = 0
+    _encoded: int = 0
+    """Chunk-local frames already seeked and encoded (a call may encode several)."""
 
     def __post_init__(self) -> None:
         self.page.evaluate(page_script("canvas_capture.js"))
@@ -174,27 +197,32 @@ class CanvasCapture:
     def ffmpeg_input(self) -> list[str]:
         if self.codec is None:
             return _image_input(self.spec)
-        if self._ivf_fourcc is None:
-            # raw H.264 has no timestamps: FFmpeg takes the frame rate from here
-            return ["-f", "h264", "-framerate", str(fps_fraction(self.spec.fps))]
-        return ["-f", "ivf"]
+        return webcodecs_input(self.spec, self.codec)
 
     def preamble(self) -> bytes:
         fourcc = self._ivf_fourcc
         return ivf_header(fourcc, self.spec, self.frame_count) if fourcc else b""
 
     def capture(self, index: int, frame: int, time_ms: float) -> bytes:
-        seek = seek_expression(frame, time_ms)
+        """The bytes for chunk-local frame ``index``; with WebCodecs, the call for the first frame of
+        a batch seeks and encodes the next frames too, and their own calls return nothing."""
         if self.codec is None:
+            seek = seek_expression(frame, time_ms)
             return base64.b64decode(
                 evaluate(self.cdp, f"(async () => {{ await {seek}; return window.__helios_canvas.image(); }})()", frame)
             )
+        if index < self._encoded:
+            return b""
+        batch = [
+            [local, frame + offset, frame_time_ms(frame + offset, self.spec.fps)]
+            for offset, local in enumerate(range(index, min(self.frame_count, index + CANVAS_BATCH_FRAMES)))
+        ]
         taken = evaluate(
-            self.cdp,
-            f"(async () => {{ await {seek}; window.__helios_canvas.encode({index}); "
-            "return await window.__helios_canvas.take(); })()",
-            frame,
+            self.cdp, f"window.__helios_canvas.encodeFrames({_js(batch)}, {CANVAS_BATCH_BUDGET_MS})", frame
         )
+        if failure := taken.get("failure"):
+            raise PageError(seek_failure({"exception": {"description": failure["text"]}}), failure["frame"])
+        self._encoded = index + int(taken["count"])
         return self._packets(taken)
 
     def finish(self) -> bytes:

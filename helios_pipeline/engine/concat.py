@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ def _manifest_line(path: Path) -> str:
 
 
 def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected_frames: int) -> ConcatResult:
-    """Concatenate ``chunk_files`` in order into ``output`` without re-encoding.
+    """Concatenate ``chunk_files`` in order into ``output`` without re-encoding (one chunk: no
+    FFmpeg run, see ``_same_file``).
 
     Fails (and writes nothing) when a chunk is missing or the result does not hold exactly
     ``expected_frames`` frames.
@@ -42,17 +44,10 @@ def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected
     if missing:
         raise RenderError(f"cannot concatenate: missing chunk files: {', '.join(missing)}")
     with atomic_output(output) as partial:
-        manifest = partial.with_suffix(".txt")
-        manifest.write_text("ffconcat version 1.0\n" + "".join(_manifest_line(Path(p)) for p in chunk_files))
-        try:
-            command = ffmpeg_command(
-                "-f", "concat", "-safe", "0", "-r", str(fps_fraction(fps)), "-i", str(manifest),
-                "-map", "0", "-c", "copy", *timescale_args(fps, output),
-                "-map_metadata", "-1", str(partial),
-            )  # fmt: skip
-            run_ffmpeg(command, f"concat into {output}")
-        finally:
-            manifest.unlink(missing_ok=True)
+        if len(chunk_files) == 1 and Path(chunk_files[0]).suffix == output.suffix:
+            _same_file(Path(chunk_files[0]), partial)
+        else:
+            _concat_demux(chunk_files, partial, fps, output)
         frames = count_video_frames(partial)
         if frames != expected_frames:
             raise RenderError(f"concat into {output} holds {frames} frames, the plan has {expected_frames}")
@@ -64,3 +59,24 @@ def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected
         frames=frames,
         chunks=len(chunk_files),
     )
+
+
+def _concat_demux(chunk_files: list[Path], partial: Path, fps: float, output: Path) -> None:
+    manifest = partial.with_suffix(".txt")
+    manifest.write_text("ffconcat version 1.0\n" + "".join(_manifest_line(Path(p)) for p in chunk_files))
+    try:
+        command = ffmpeg_command(
+            "-f", "concat", "-safe", "0", "-r", str(fps_fraction(fps)), "-i", str(manifest),
+            "-map", "0", "-c", "copy", *timescale_args(fps, output),
+            "-map_metadata", "-1", str(partial),
+        )  # fmt: skip
+        run_ffmpeg(command, f"concat into {output}")
+    finally:
+        manifest.unlink(missing_ok=True)
+
+
+def _same_file(chunk: Path, partial: Path) -> None:
+    """A one-chunk render: the chunk already is the joined stream (same container, timescale and
+    settings as the concat would write), so it is copied (a copy, not a link: chunk files may be
+    the storage's own) instead of remuxed by a second FFmpeg."""
+    shutil.copyfile(chunk, partial)

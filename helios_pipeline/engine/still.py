@@ -20,6 +20,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine.chunk import make_capture
+from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
@@ -132,6 +133,7 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     page_errors: list[str] = []
     gate: PageNetwork | None = None  # the page's network policy, as for a chunk
     watchdog = Watchdog()
+    enable_node_compile_cache()  # the Playwright driver starts faster
     try:
         with (
             atomic_output(output) as partial,

@@ -89,6 +89,26 @@
       }
     },
 
+    // Seek and encode consecutive frames ([[index, frame, ms], ...]) in one call, so a frame
+    // costs no CDP round trip of its own. Stops after `budgetMs` of real time (the next call goes
+    // on), so a call takes at most that longer than its slowest frame. Returns what the encoder
+    // produced so far, how many frames were encoded, and the frame whose seek failed, if any.
+    async encodeFrames(frames, budgetMs) {
+      const started = realNow();
+      let count = 0;
+      for (const [index, frame, ms] of frames) {
+        try {
+          await window.__helios_seek(frame, ms); // timeline.js
+        } catch (error) {
+          return { ...(await this.take()), count, failure: { frame, text: describe(error) } };
+        }
+        this.encode(index);
+        count += 1;
+        if (realNow() - started >= budgetMs) break;
+      }
+      return { ...(await this.take()), count };
+    },
+
     // Hand over what the encoder has produced so far: base64 payload plus each chunk's size.
     async take() {
       if (encoderError) throw encoderError;
@@ -110,6 +130,17 @@
       return url.slice(url.indexOf(",") + 1);
     },
   };
+
+  // the page's performance.now() is the virtual clock (timeline.js): the prototype's is the real one
+  function realNow() {
+    return Performance.prototype.now.call(performance);
+  }
+
+  // the first line a page error shows (as CDP describes a thrown value)
+  function describe(error) {
+    if (error instanceof Error) return `${error.name}: ${error.message}`;
+    return String(error);
+  }
 
   function toBase64(parts) {
     if (!parts.length) return Promise.resolve("");

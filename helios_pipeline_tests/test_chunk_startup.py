@@ -1,0 +1,41 @@
+"""Chunk start-up: Playwright's driver (Node) keeps its compiled JavaScript in the user's cache
+folder, and a chunk can use a Playwright its worker started while importing the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from helios_pipeline.engine.chunk import render_chunk
+from helios_pipeline.engine.driver_cache import NODE_COMPILE_CACHE
+from helios_pipeline.orchestrator import InProcessExecutor, RenderOrchestrator
+from helios_pipeline_tests.conftest import COMPOSITIONS
+from helios_pipeline_tests.framecode import frame_indices
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_playwright_driver_fills_the_node_compile_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(NODE_COMPILE_CACHE, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    RenderOrchestrator.render(
+        str(COMPOSITIONS / "frame_canvas"), tmp_path / "out.mp4", width=64, height=64, fps=30, frame_count=2,
+        concurrency=1, mode="canvas", canvas_selector="#stage", executor=InProcessExecutor(),
+    )  # fmt: skip
+    cache = tmp_path / "cache" / "helios_pipeline" / "node-compile-cache"
+    assert [path for path in cache.rglob("*") if path.is_file()], f"nothing compiled into {cache}"
+
+
+def test_chunks_render_with_a_playwright_started_by_the_caller(tmp_path: Path) -> None:
+    """The worker starts Playwright itself (beside its imports); the chunk uses it and leaves it running."""
+    plan = RenderOrchestrator.plan(
+        str(COMPOSITIONS / "frame_canvas"), tmp_path / "out.mp4", width=64, height=64, fps=30, frame_count=6,
+        concurrency=2, mode="canvas", canvas_selector="#stage",
+    )  # fmt: skip
+    plan.work_dir.mkdir(parents=True)
+    with sync_playwright() as playwright:
+        for chunk in plan.chunks:  # the second chunk proves the first left Playwright usable
+            render_chunk(plan.spec, chunk, playwright=playwright)
+    assert [frame_indices(chunk.output_file) for chunk in plan.chunks] == [[0, 1, 2], [3, 4, 5]]
