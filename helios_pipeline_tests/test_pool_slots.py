@@ -99,7 +99,7 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
         def slots_free() -> bool:
             return not instance.event_log_storage.get_concurrency_info(CHUNK_POOL).claimed_slots
 
-        wait_for(slots_free, 60, "run monitoring to free the killed run's slot", 1)
+        wait_for(slots_free, 60, "run monitoring to free the killed run's slot")
 
         second = write_spec(tmp_path / "specs", "after", page, **SIZE, frame_count=60, concurrency=2)
         key, since = submit(env, second)
