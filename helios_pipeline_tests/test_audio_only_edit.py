@@ -243,7 +243,7 @@ def backfill_ids(instance: dg.DagsterInstance) -> set[str]:
 
 def automation_ticks_since(instance: dg.DagsterInstance, since: float) -> int:
     """Evaluations of the automation sensor that began after ``since`` and have ended (requested or skipped)."""
-    ended = (TickStatus.SUCCESS, TickStatus.SKIPPED)
+    ended = [TickStatus.SUCCESS, TickStatus.SKIPPED]
     return sum(
         len(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, statuses=ended))
         for state in instance.all_instigator_state()
