@@ -1,9 +1,11 @@
 """The Celery + Postgres deployment (deploy/celery/) end to end, on real servers on 127.0.0.1.
 
-Each cluster test gets its own instance database in the session's Postgres, the session's Redis as
+A cluster is an instance database in the session's Postgres, the session's Redis as
 Celery broker and result backend, the project's daemon, and two Celery workers started the
 documented way (`helios-pipeline worker`), each with its own working folder, HOME and DAGSTER_HOME
 holding deploy/celery/dagster.yaml. Renders are small (320x180, 2-3 s at 30 fps) frame-index pages.
+The frame-exact render and the killed pool process share one cluster (each leaves it idle, in either
+order); the terminated run leaves a render that automation may request again, so it has its own.
 """
 
 from __future__ import annotations
@@ -61,16 +63,47 @@ MAX_CHUNKS = 3
 # --- the cluster ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def two_workers(
+    root: Path, postgres: services.PostgresServer, redis: services.RedisServer, s3: services.S3Server
+) -> Iterator[Cluster]:
+    """Two workers, one chunk at a time across both (so the pool limit is what keeps chunks apart)."""
+    with celery_cluster(root, postgres, redis, s3, pool_slots=1, max_chunks=MAX_CHUNKS) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: services.PostgresServer,
+    redis_server: services.RedisServer,
+    s3_server: services.S3Server,
+) -> Iterator[Cluster]:
+    """One cluster for the tests that leave it as they found it: every run of theirs ended, the pool slot
+    free, both workers up and idle (a worker whose pool process was killed forks a new one)."""
+    with two_workers(tmp_path_factory.mktemp("cluster"), postgres_server, redis_server, s3_server) as started:
+        yield started
+
+
 @pytest.fixture
-def cluster(
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The shared cluster, idle: no run of an earlier test is still going."""
+    instance = shared_cluster.instance
+    wait_for(lambda: all(run.is_finished for run in instance.get_runs()), 60, "the earlier test's runs to end")
+    return shared_cluster
+
+
+@pytest.fixture
+def own_cluster(
     tmp_path: Path,
     postgres_server: services.PostgresServer,
     redis_server: services.RedisServer,
     s3_server: services.S3Server,
 ) -> Iterator[Cluster]:
-    """Two workers, one chunk at a time across both (so the pool limit is what keeps chunks apart)."""
-    with celery_cluster(tmp_path, postgres_server, redis_server, s3_server, pool_slots=1, max_chunks=MAX_CHUNKS) as c:
-        yield c
+    """A cluster of the test's own, for a test that leaves work behind (a terminated render that
+    automation may request again)."""
+    with two_workers(tmp_path / "cluster", postgres_server, redis_server, s3_server) as started:
+        yield started
 
 
 def step_spans(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
@@ -238,7 +271,10 @@ def webserver(cluster: Cluster) -> Iterator[str]:
         stop_process_tree(process)
 
 
-def test_a_run_terminated_over_graphql_ends_canceled_and_its_chromium_is_gone(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_run_terminated_over_graphql_ends_canceled_and_its_chromium_is_gone(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = own_cluster
     spec = write_spec(
         tmp_path / "specs", "celery-stop", REPO / "helios_pipeline_tests/compositions/slow", **SIZE, frame_count=90
     )
