@@ -113,15 +113,24 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: s
 CHUNK = dg.AssetKey("chunk_video")
 
 
-def write_instance_config(home: Path) -> None:
-    """The repo's dagster.yaml (run queue, pools, run retries) with a 1 s dequeue interval.
+RUN_MONITORING_POLL_S = 2
+"""How often the test deployments' run monitoring looks at ended runs (the repo's dagster.yaml: 10 s).
 
-    Dequeued runs are launched from threads: a launch waits until the run process has loaded the
-    code (seconds, more on a loaded machine), and launched one after another short chunk runs
-    would not overlap even though the queue and the chunk pool let them.
+It frees a killed run's pool slot ``free_slots_after_run_end_seconds`` after the run ended, on its
+next poll: tests that wait for that wait for the setting, not for a slow poll.
+"""
+
+
+def write_instance_config(home: Path) -> None:
+    """The repo's dagster.yaml (run queue, pools, run retries, run monitoring) with faster polls for tests.
+
+    Dequeued runs are launched from threads (1 s dequeue interval): a launch waits until the run
+    process has loaded the code (seconds, more on a loaded machine), and launched one after another
+    short chunk runs would not overlap even though the queue and the chunk pool let them.
     """
     config = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
     config.setdefault("run_queue", {}).update(dequeue_interval_seconds=1, dequeue_use_threads=True)
+    config.setdefault("run_monitoring", {}).update(poll_interval_seconds=RUN_MONITORING_POLL_S)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
@@ -160,7 +169,8 @@ def describe(processes: list[psutil.Process]) -> list[str]:
     return described
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """``condition()``'s first truthy value, polled every ``interval`` s; fails the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

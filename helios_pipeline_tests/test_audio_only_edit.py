@@ -23,11 +23,12 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
+from dagster._core.scheduler.instigation import TickStatus
 
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
 from helios_pipeline.dagster_defs.names import BACKFILL_PLAN_TAG, DATA_VERSION_TAG
-from helios_pipeline.dagster_defs.sensors import AUTOMATION_INTERVAL_S, INBOX_INTERVAL_S
+from helios_pipeline.dagster_defs.sensors import INBOX_INTERVAL_S, render_automation
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.helpers import (
     CHUNK_KEYS,
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 FRAMES = 15  # 0.5 s at 30 fps, two chunks
 RATE = 48000
 RENDER_TIMEOUT_S = 300
-QUIET_S = 2 * AUTOMATION_INTERVAL_S + 3  # long enough for automation to start anything it would start
+QUIET_TICKS = 2  # automation ticks after a render's runs ended, for it to start anything it would start
 
 
 # --- the automation conditions, tick by tick (no Chromium) ------------------------------------------
@@ -138,10 +139,10 @@ def test_automation_leaves_the_mix_after_a_plan_made_for_a_backfill_to_that_back
 
 @dataclass
 class Deployment:
+    """One daemon and instance for the module's renders: each test renders its own key from its own folder."""
+
     env: dict[str, str]
     instance: dg.DagsterInstance
-    root: Path
-    composition: Path
     tone: Path
 
     @property
@@ -149,48 +150,71 @@ class Deployment:
         return Path(self.env["HELIOS_INBOX"])
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    """A running daemon (backfills, the inbox sensor, automation) on a fresh instance, default retention."""
-    home, inbox = tmp_path / "home", tmp_path / "inbox"
+@dataclass
+class Render:
+    """A test's own folder (its composition, specs and output) on the shared deployment."""
+
+    deployment: Deployment
+    root: Path
+    composition: Path
+
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        return self.deployment.instance
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A running daemon (backfills, the inbox sensor, automation) on a fresh instance, default retention.
+
+    Shared by the module's tests: none stops the daemon or touches another's render key, composition,
+    spec or output, and each judges only its own render's runs, materialisations and backfills.
+    """
+    root = tmp_path_factory.mktemp("deployment")
+    home, inbox = root / "home", root / "inbox"
     inbox.mkdir()
     write_instance_config(home)
     instance = open_instance(home)
-    env = deployment_env(home, tmp_path / "storage", inbox)
+    env = deployment_env(home, root / "storage", inbox)
     assert "HELIOS_KEEP_DAYS" not in env, "the default retention removes a finished render's chunks"
-    composition = tmp_path / "composition"
-    shutil.copytree(COMPOSITIONS / "frame_raf", composition)
-    tone = tmp_path / "tone.wav"
+    tone = root / "tone.wav"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
          str(tone)],
         check=True,
     )  # fmt: skip
     try:
-        with running_daemon(env, tmp_path / "daemon.log"):
+        with running_daemon(env, root / "daemon.log"):
             wait_for(lambda: "BACKFILL" in instance.get_daemon_heartbeats(), 120, "the daemon's heartbeat")
-            yield Deployment(env, instance, tmp_path, composition, tone)
+            yield Deployment(env, instance, tone)
     finally:
         instance.wipe_daemon_heartbeats()
         instance.dispose()
 
 
-def spec_file(deployment: Deployment, name: str, **track: object) -> Path:
+@pytest.fixture
+def render(deployment: Deployment, tmp_path: Path) -> Render:
+    composition = tmp_path / "composition"
+    shutil.copytree(COMPOSITIONS / "frame_raf", composition)
+    return Render(deployment, tmp_path, composition)
+
+
+def spec_file(render: Render, name: str, **track: object) -> Path:
     return write_spec(
-        deployment.root / "specs",
+        render.root / "specs",
         name,
-        deployment.composition,
+        render.composition,
         frame_count=FRAMES,
         concurrency=2,
-        audio_tracks=[{"path": str(deployment.tone), **track}],
+        audio_tracks=[{"path": str(render.deployment.tone), **track}],
     )
 
 
-def cli_render(deployment: Deployment, spec: Path) -> None:
+def cli_render(render: Render, spec: Path) -> None:
     """``helios-pipeline render SPEC`` on the running deployment; it must succeed."""
     command = [sys.executable, "-m", "helios_pipeline.cli", "render", str(spec), "-q"]
     done = subprocess.run(
-        command, cwd=REPO, env=deployment.env, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S
+        command, cwd=REPO, env=render.deployment.env, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
@@ -207,16 +231,41 @@ def stages(instance: dg.DagsterInstance, key: str) -> Counter[str]:
     return counts
 
 
-def materializations(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> int:
-    return len(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=1000).records)
+def materializations(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, key: str) -> int:
+    """How many times ``asset`` was materialised for render ``key`` (any of its chunk partitions)."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=1000).records
+    return sum(1 for record in records if key in (record.partition_key or "").split("|"))
+
+
+def backfill_ids(instance: dg.DagsterInstance) -> set[str]:
+    return {backfill.backfill_id for backfill in instance.get_backfills()}
+
+
+def automation_ticks_since(instance: dg.DagsterInstance, since: float) -> int:
+    """Evaluations of the automation sensor that began after ``since`` and have ended (requested or skipped)."""
+    ended = [TickStatus.SUCCESS, TickStatus.SKIPPED]
+    return sum(
+        len(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, statuses=ended))
+        for state in instance.all_instigator_state()
+        if state.instigator_name == render_automation.name
+    )
 
 
 def settled(instance: dg.DagsterInstance, key: str, quiet: bool = False) -> Counter[str]:
-    """The render's runs once every one has ended (``quiet``: and automation has had its chance to start more)."""
-    wait_for(lambda: all(r.dagster_run.is_finished for r in render_runs(instance, key)), 120, "the runs to end")
+    """The render's runs once every one has ended (``quiet``: and automation has had its chance to start more).
+
+    Quiet means ``QUIET_TICKS`` whole automation ticks after the runs ended: anything automation would
+    start for the render it has requested by then, and its runs are waited for too.
+    """
+
+    def ended() -> bool:
+        return all(r.dagster_run.is_finished for r in render_runs(instance, key))
+
+    wait_for(ended, 120, "the runs to end")
     if quiet:
-        time.sleep(QUIET_S)
-        wait_for(lambda: all(r.dagster_run.is_finished for r in render_runs(instance, key)), 120, "the runs to end")
+        since = time.time()
+        wait_for(lambda: automation_ticks_since(instance, since) >= QUIET_TICKS, 120, "automation to tick twice")
+        wait_for(ended, 120, "the runs to end")
     return stages(instance, key)
 
 
@@ -249,31 +298,32 @@ def onset(samples: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_a_volume_edit_through_the_cli_re_mixes_only_and_a_composition_edit_re_renders(
-    deployment: Deployment,
-) -> None:
-    instance, key = deployment.instance, "voiced"
-    spec = spec_file(deployment, key, volume=1.0)
+def test_a_volume_edit_through_the_cli_re_mixes_only_and_a_composition_edit_re_renders(render: Render) -> None:
+    instance, key = render.instance, "voiced"
+    spec = spec_file(render, key, volume=1.0)
     video = spec.parent / "out" / f"{key}.mp4"
-    cli_render(deployment, spec)
+    cli_render(render, spec)
     first = settled(instance, key)
     assert first == RENDERED
     pictures, loud = video_md5(video), rms(sound(video), 0.1, 0.4)
-    chunks, concats = materializations(instance, chunk_video), materializations(instance, concat_video)
+    chunks, concats = materializations(instance, chunk_video, key), materializations(instance, concat_video, key)
 
-    spec_file(deployment, key, volume=0.5)
-    cli_render(deployment, spec)
+    spec_file(render, key, volume=0.5)
+    cli_render(render, spec)
     assert settled(instance, key, quiet=True) - first == {"render_plan": 1, "mixed_video": 1}, "only the mix ran again"
-    assert (materializations(instance, chunk_video), materializations(instance, concat_video)) == (chunks, concats)
+    assert (materializations(instance, chunk_video, key), materializations(instance, concat_video, key)) == (
+        chunks,
+        concats,
+    )
     newest = instance.get_backfills()[0]
     assert newest.tags["helios/render"] == key and newest.asset_selection == [mixed_video.key]
     assert video_md5(video) == pictures, "the video stream is bit-identical"
     assert rms(sound(video), 0.1, 0.4) == pytest.approx(loud / 2, rel=0.08), "the sound is half as loud"
 
-    page = deployment.composition / "index.html"
+    page = render.composition / "index.html"
     page.write_text(page.read_text(encoding="utf-8").replace("#000", "#101010"), encoding="utf-8")
     before = settled(instance, key)
-    cli_render(deployment, spec)
+    cli_render(render, spec)
     rerendered = settled(instance, key) - before
     # new pictures make automation re-run the unused chunk partition too (a run that records it as empty
     # again): it was not the backfill's, and a re-plan with new pictures updates all of the render's chunks
@@ -284,15 +334,17 @@ def test_a_volume_edit_through_the_cli_re_mixes_only_and_a_composition_edit_re_r
 
 
 @pytest.mark.slow
-def test_an_edit_of_the_track_through_the_inbox_re_mixes_only(deployment: Deployment) -> None:
-    instance, key = deployment.instance, "dropped"
+def test_an_edit_of_the_track_through_the_inbox_re_mixes_only(render: Render) -> None:
+    instance, key = render.instance, "dropped"
+    backfills_before = backfill_ids(instance)
+    video = render.root / "out" / f"{key}.mp4"
 
     def drop(**track: object) -> Path:
-        spec = spec_file(deployment, key, **track)
+        spec = spec_file(render, key, **track)
         data = yaml.safe_load(spec.read_text(encoding="utf-8"))
-        data["output"] = str(deployment.root / "out" / f"{key}.mp4")
+        data["output"] = str(video)
         spec.write_text(yaml.safe_dump(data), encoding="utf-8")
-        return spec.replace(deployment.inbox / spec.name)  # appears whole, as a user's save would make it
+        return spec.replace(render.deployment.inbox / spec.name)  # appears whole, as a user's save would make it
 
     def mixes() -> int:
         filter_ = dg.AssetRecordsFilter(asset_key=mixed_video.key, asset_partitions=[key])
@@ -302,7 +354,6 @@ def test_an_edit_of_the_track_through_the_inbox_re_mixes_only(deployment: Deploy
     wait_for(lambda: mixes() == 1, RENDER_TIMEOUT_S, "the dropped spec's final video")
     first = settled(instance, key)
     assert first == RENDERED
-    video = deployment.root / "out" / f"{key}.mp4"
     pictures, samples = video_md5(video), sound(video)
     assert onset(samples) < 0.05
 
@@ -310,7 +361,7 @@ def test_an_edit_of_the_track_through_the_inbox_re_mixes_only(deployment: Deploy
     drop(volume=0.5, offset=0.2)
     wait_for(lambda: mixes() == 2, RENDER_TIMEOUT_S, "the re-mixed final video")
     assert settled(instance, key, quiet=True) - first == {"render_plan": 1, "mixed_video": 1}, "only the mix ran"
-    assert not instance.get_backfills(), "the inbox path needs no backfill"
+    assert backfill_ids(instance) == backfills_before, "the inbox path needs no backfill"
     assert video_md5(video) == pictures, "the video stream is bit-identical"
     edited = sound(video)
     assert onset(edited) == pytest.approx(0.2, abs=0.03), "the track starts at its new offset"

@@ -92,7 +92,7 @@ def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_ev
         status = ui.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]["status"]
         return status if status not in ("REQUESTED", "CANCELING") else None
 
-    assert wait_for(ended, 180, f"backfill {backfill_id}", 1.0) == "COMPLETED_SUCCESS", ui.log()
+    assert wait_for(ended, 180, f"backfill {backfill_id}", 0.5) == "COMPLETED_SUCCESS", ui.log()
 
     # what the asset catalog shows: both chunk partitions green, the final video materialised
     stats = {name: ui.graphql(PARTITION_STATS, path=[name])["assetNodeOrError"]["partitionStats"] for name in ASSETS}
@@ -118,7 +118,7 @@ def test_a_spec_dropped_into_the_inbox_is_rendered_to_the_final_video_with_no_cl
         assert ui.process.poll() is None, ui.log()
         return "dropped" in ui.instance.get_materialized_partitions(dg.AssetKey("mixed_video"))
 
-    wait_for(final_recorded, 180, "the dropped spec's final video", 1.0)
+    wait_for(final_recorded, 180, "the dropped spec's final video")
 
     def runs_ended() -> list[dg.DagsterRun] | None:
         runs = [record.dagster_run for record in render_runs(ui.instance, "dropped")]

@@ -53,12 +53,15 @@ def submit(env: dict[str, str], spec: Path) -> tuple[str, float]:
 def rendering_run_process(home: Path) -> psutil.Process | None:
     """A chunk run's worker process (the code server's spawned run process) whose Chromium is running.
 
-    It is the parent of Playwright's driver (node), which started Chromium.
+    It is the parent of Playwright's driver (``node … cli.js run-driver``), which started Chromium.
+    The driver's own child, Chromium, has "playwright" in its command line too (its profile folder):
+    matching that would pick the driver, whose death fails only the step (a step retry, no run retry),
+    whenever process ids have wrapped and the driver's is the lower one.
     """
     for process in deployment_processes(home):
         with contextlib.suppress(psutil.Error):
             children = process.children()
-            if any("playwright" in " ".join(child.cmdline()) for child in children):
+            if any("run-driver" in child.cmdline() for child in children):
                 below = {child.name().lower() for child in process.children(recursive=True)}
                 if any("chrom" in name for name in below):
                     return process
@@ -99,7 +102,7 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
         def slots_free() -> bool:
             return not instance.event_log_storage.get_concurrency_info(CHUNK_POOL).claimed_slots
 
-        wait_for(slots_free, 60, "run monitoring to free the killed run's slot", 1)
+        wait_for(slots_free, 60, "run monitoring to free the killed run's slot")
 
         second = write_spec(tmp_path / "specs", "after", page, **SIZE, frame_count=60, concurrency=2)
         key, since = submit(env, second)

@@ -1,9 +1,11 @@
 """The Celery + Postgres deployment (deploy/celery/) end to end, on real servers on 127.0.0.1.
 
-Each cluster test gets its own instance database in the session's Postgres, the session's Redis as
+A cluster is an instance database in the session's Postgres, the session's Redis as
 Celery broker and result backend, the project's daemon, and two Celery workers started the
 documented way (`helios-pipeline worker`), each with its own working folder, HOME and DAGSTER_HOME
 holding deploy/celery/dagster.yaml. Renders are small (320x180, 2-3 s at 30 fps) frame-index pages.
+The frame-exact render and the killed pool process share one cluster (each leaves it idle, in either
+order); the terminated run leaves a render that automation may request again, so it has its own.
 """
 
 from __future__ import annotations
@@ -61,16 +63,47 @@ MAX_CHUNKS = 3
 # --- the cluster ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def two_workers(
+    root: Path, postgres: services.PostgresServer, redis: services.RedisServer, s3: services.S3Server
+) -> Iterator[Cluster]:
+    """Two workers, one chunk at a time across both (so the pool limit is what keeps chunks apart)."""
+    with celery_cluster(root, postgres, redis, s3, pool_slots=1, max_chunks=MAX_CHUNKS) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: services.PostgresServer,
+    redis_server: services.RedisServer,
+    s3_server: services.S3Server,
+) -> Iterator[Cluster]:
+    """One cluster for the tests that leave it as they found it: every run of theirs ended, the pool slot
+    free, both workers up and idle (a worker whose pool process was killed forks a new one)."""
+    with two_workers(tmp_path_factory.mktemp("cluster"), postgres_server, redis_server, s3_server) as started:
+        yield started
+
+
 @pytest.fixture
-def cluster(
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The shared cluster, idle: no run of an earlier test is still going."""
+    instance = shared_cluster.instance
+    wait_for(lambda: all(run.is_finished for run in instance.get_runs()), 60, "the earlier test's runs to end")
+    return shared_cluster
+
+
+@pytest.fixture
+def own_cluster(
     tmp_path: Path,
     postgres_server: services.PostgresServer,
     redis_server: services.RedisServer,
     s3_server: services.S3Server,
 ) -> Iterator[Cluster]:
-    """Two workers, one chunk at a time across both (so the pool limit is what keeps chunks apart)."""
-    with celery_cluster(tmp_path, postgres_server, redis_server, s3_server, pool_slots=1, max_chunks=MAX_CHUNKS) as c:
-        yield c
+    """A cluster of the test's own, for a test that leaves work behind (a terminated render that
+    automation may request again)."""
+    with two_workers(tmp_path / "cluster", postgres_server, redis_server, s3_server) as started:
+        yield started
 
 
 def step_spans(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, float]]:
@@ -98,100 +131,6 @@ def chunk_metadata(instance: dg.DagsterInstance, key: str) -> dict[str, dict[str
         if records and records[0].asset_materialization:
             found[chunk] = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
     return found
-
-
-# --- renders on two workers -----------------------------------------------------------------------
-
-
-def test_render_on_two_celery_workers_is_frame_exact_and_the_pool_holds_across_them(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    frames = 75  # 2.5 s at 30 fps, three chunks of 25
-    page = busy_composition(tmp_path / "busy")  # chunks that last a few seconds, so they could overlap
-    bucket = cluster.env["HELIOS_STORAGE"].removeprefix("s3://").split("/")[0]
-    output = f"s3://{bucket}/videos/celery-exact.mp4"
-    spec = write_spec(
-        tmp_path / "specs", "celery-exact", page, **SIZE, frame_count=frames, concurrency=MAX_CHUNKS, output=output
-    )
-
-    key, since = submit(cluster, spec)
-    page.rename(tmp_path / "moved-away")  # registered: from now on only the bundle in S3 has the composition
-    assert follow_render(cluster, key, since) == output
-
-    video = tmp_path / "downloaded.mp4"
-    cluster.s3.client().download_file(bucket, "videos/celery-exact.mp4", str(video))
-    assert frame_indices(video) == list(range(frames))
-    records = render_runs(cluster.instance, key)
-    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records), cluster.logs()
-    chunks = chunk_runs(records)
-    assert sorted(chunks) == ["000", "001", "002"] and all(len(runs) == 1 for runs in chunks.values())
-    runs = {chunk: runs[0].dagster_run for chunk, runs in chunks.items()}
-    # every run went through Celery: a task id, received by exactly one of the two workers
-    workers = {chunk: cluster.worker_of(run) for chunk, run in runs.items()}
-    assert set(workers.values()) == {w.node for w in cluster.workers.values()}, workers
-    metadata = chunk_metadata(cluster.instance, key)
-    assert sorted(metadata) == ["000", "001", "002"]
-    # recorded by the chunk asset from HELIOS_WORKER_ID: two distinct workers, the ones Celery gave the tasks to
-    assert {chunk: m["worker_id"] for chunk, m in metadata.items()} == workers
-    assert all(m["path"].startswith(cluster.env["HELIOS_STORAGE"]) for m in metadata.values())
-    # the pool (1 slot, in Postgres) held across both workers: no two chunk renders overlapped
-    spans = sorted(span for run in runs.values() for span in step_spans(cluster.instance, run.run_id))
-    assert len(spans) == 3
-    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans)), spans
-
-
-def pool_process(worker: Worker) -> psutil.Process | None:
-    """The Celery pool process rendering a chunk right now: a fork of the Celery main process (same command
-    line) with Chromium's driver or FFmpeg below it. Killing the main process instead would not stop the run:
-    its pool process finishes the task on its own."""
-    rendering = {}
-    for process in worker.processes():
-        with contextlib.suppress(psutil.Error):
-            below = {process_name(child) for child in process.children(recursive=True)}
-            if "celery" in " ".join(process.cmdline()) and below & {"node", "ffmpeg"}:
-                rendering[process.pid] = process
-    parents = set()
-    for process in rendering.values():
-        with contextlib.suppress(psutil.Error):
-            parents.add(process.ppid())
-    # the lowest of the chain dagster-celery wrapper -> Celery main process -> pool process
-    pool = [process for pid, process in rendering.items() if pid not in parents and process.ppid() in rendering]
-    return pool[0] if pool else None
-
-
-def test_a_worker_process_killed_mid_chunk_is_detected_and_its_run_retried(cluster: Cluster, tmp_path: Path) -> None:
-    frames = 90
-    page = busy_composition(tmp_path / "busy")
-    spec = write_spec(tmp_path / "specs", "celery-kill", page, **SIZE, frame_count=frames, concurrency=MAX_CHUNKS)
-    key, since = submit(cluster, spec)
-
-    def rendering() -> tuple[Worker, psutil.Process] | None:
-        for worker in cluster.workers.values():
-            process = pool_process(worker)
-            if process is not None and worker.chromium():
-                return worker, process
-        return None
-
-    worker, victim = wait_for(rendering, 120, "a chunk to be rendering on a worker", 0.2)
-    victim_pid = victim.pid
-    victim.kill()  # SIGKILL: no Python handler runs, nothing is reported by the run itself
-
-    video = Path(follow_render(cluster, key, since))
-
-    assert frame_indices(video) == list(range(frames))
-    chunks = chunk_runs(render_runs(cluster.instance, key))
-    retried = {chunk: runs for chunk, runs in chunks.items() if len(runs) > 1}
-    assert len(retried) == 1, {c: [r.dagster_run.status for r in runs] for c, runs in chunks.items()}
-    (runs,) = retried.values()
-    runs.sort(key=lambda r: r.create_timestamp)
-    killed, retry = runs[0].dagster_run, runs[1].dagster_run
-    assert killed.status == dg.DagsterRunStatus.FAILURE
-    assert cluster.worker_of(killed) == worker.node
-    failure = [e.message for e in cluster.instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)]
-    assert any("Detected run worker status" in message for message in failure), failure  # run monitoring
-    assert retry.status == dg.DagsterRunStatus.SUCCESS
-    assert retry.tags.get("dagster/parent_run_id") == killed.run_id  # run_retries
-    assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == "zombie"
 
 
 # --- terminate over GraphQL -----------------------------------------------------------------------
@@ -238,7 +177,10 @@ def webserver(cluster: Cluster) -> Iterator[str]:
         stop_process_tree(process)
 
 
-def test_a_run_terminated_over_graphql_ends_canceled_and_its_chromium_is_gone(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_run_terminated_over_graphql_ends_canceled_and_its_chromium_is_gone(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = own_cluster
     spec = write_spec(
         tmp_path / "specs", "celery-stop", REPO / "helios_pipeline_tests/compositions/slow", **SIZE, frame_count=90
     )
@@ -362,3 +304,97 @@ def test_the_worker_refuses_an_instance_without_the_celery_launcher_and_a_flat_w
     result = run_worker_cli(env, make_home(tmp_path / "celery_home"), "-y", str(flat))
     assert result.returncode == 2
     assert "no `execution: config:` section (found a flat file" in result.stderr
+
+
+# --- renders on two workers (last: the shared cluster is up only for them) -------------------------
+
+
+def test_render_on_two_celery_workers_is_frame_exact_and_the_pool_holds_across_them(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    frames = 75  # 2.5 s at 30 fps, three chunks of 25
+    page = busy_composition(tmp_path / "busy")  # chunks that last a few seconds, so they could overlap
+    bucket = cluster.env["HELIOS_STORAGE"].removeprefix("s3://").split("/")[0]
+    output = f"s3://{bucket}/videos/celery-exact.mp4"
+    spec = write_spec(
+        tmp_path / "specs", "celery-exact", page, **SIZE, frame_count=frames, concurrency=MAX_CHUNKS, output=output
+    )
+
+    key, since = submit(cluster, spec)
+    page.rename(tmp_path / "moved-away")  # registered: from now on only the bundle in S3 has the composition
+    assert follow_render(cluster, key, since) == output
+
+    video = tmp_path / "downloaded.mp4"
+    cluster.s3.client().download_file(bucket, "videos/celery-exact.mp4", str(video))
+    assert frame_indices(video) == list(range(frames))
+    records = render_runs(cluster.instance, key)
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records), cluster.logs()
+    chunks = chunk_runs(records)
+    assert sorted(chunks) == ["000", "001", "002"] and all(len(runs) == 1 for runs in chunks.values())
+    runs = {chunk: runs[0].dagster_run for chunk, runs in chunks.items()}
+    # every run went through Celery: a task id, received by exactly one of the two workers
+    workers = {chunk: cluster.worker_of(run) for chunk, run in runs.items()}
+    assert set(workers.values()) == {w.node for w in cluster.workers.values()}, workers
+    metadata = chunk_metadata(cluster.instance, key)
+    assert sorted(metadata) == ["000", "001", "002"]
+    # recorded by the chunk asset from HELIOS_WORKER_ID: two distinct workers, the ones Celery gave the tasks to
+    assert {chunk: m["worker_id"] for chunk, m in metadata.items()} == workers
+    assert all(m["path"].startswith(cluster.env["HELIOS_STORAGE"]) for m in metadata.values())
+    # the pool (1 slot, in Postgres) held across both workers: no two chunk renders overlapped
+    spans = sorted(span for run in runs.values() for span in step_spans(cluster.instance, run.run_id))
+    assert len(spans) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans)), spans
+
+
+def pool_process(worker: Worker) -> psutil.Process | None:
+    """The Celery pool process rendering a chunk right now: a fork of the Celery main process (same command
+    line) with Chromium's driver or FFmpeg below it. Killing the main process instead would not stop the run:
+    its pool process finishes the task on its own."""
+    rendering = {}
+    for process in worker.processes():
+        with contextlib.suppress(psutil.Error):
+            below = {process_name(child) for child in process.children(recursive=True)}
+            if "celery" in " ".join(process.cmdline()) and below & {"node", "ffmpeg"}:
+                rendering[process.pid] = process
+    parents = set()
+    for process in rendering.values():
+        with contextlib.suppress(psutil.Error):
+            parents.add(process.ppid())
+    # the lowest of the chain dagster-celery wrapper -> Celery main process -> pool process
+    pool = [process for pid, process in rendering.items() if pid not in parents and process.ppid() in rendering]
+    return pool[0] if pool else None
+
+
+def test_a_worker_process_killed_mid_chunk_is_detected_and_its_run_retried(cluster: Cluster, tmp_path: Path) -> None:
+    frames = 90
+    page = busy_composition(tmp_path / "busy")
+    spec = write_spec(tmp_path / "specs", "celery-kill", page, **SIZE, frame_count=frames, concurrency=MAX_CHUNKS)
+    key, since = submit(cluster, spec)
+
+    def rendering() -> tuple[Worker, psutil.Process] | None:
+        for worker in cluster.workers.values():
+            process = pool_process(worker)
+            if process is not None and worker.chromium():
+                return worker, process
+        return None
+
+    worker, victim = wait_for(rendering, 120, "a chunk to be rendering on a worker", 0.2)
+    victim_pid = victim.pid
+    victim.kill()  # SIGKILL: no Python handler runs, nothing is reported by the run itself
+
+    video = Path(follow_render(cluster, key, since))
+
+    assert frame_indices(video) == list(range(frames))
+    chunks = chunk_runs(render_runs(cluster.instance, key))
+    retried = {chunk: runs for chunk, runs in chunks.items() if len(runs) > 1}
+    assert len(retried) == 1, {c: [r.dagster_run.status for r in runs] for c, runs in chunks.items()}
+    (runs,) = retried.values()
+    runs.sort(key=lambda r: r.create_timestamp)
+    killed, retry = runs[0].dagster_run, runs[1].dagster_run
+    assert killed.status == dg.DagsterRunStatus.FAILURE
+    assert cluster.worker_of(killed) == worker.node
+    failure = [e.message for e in cluster.instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)]
+    assert any("Detected run worker status" in message for message in failure), failure  # run monitoring
+    assert retry.status == dg.DagsterRunStatus.SUCCESS
+    assert retry.tags.get("dagster/parent_run_id") == killed.run_id  # run_retries
+    assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == "zombie"
