@@ -30,11 +30,17 @@ LAUNCH_ARGS = (
     "--disable-renderer-backgrounding",
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
-    "--disable-features=PaintHolding,Translate,MediaRouter,OptimizationHints",
     "--autoplay-policy=no-user-gesture-required",
     # WebRTC may send UDP, which no proxy sees: keep it to proxied connections (the network policy's gate)
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
+
+DISABLED_FEATURES = ("PaintHolding", "Translate", "MediaRouter", "OptimizationHints")
+
+# Memory: what each flag saves is measured by benchmarks/bench_memory.py (PSS by process type, frames
+# compared byte for byte); none of them changes a pixel.
+MEMORY_ARGS: tuple[str, ...] = ()
+MEMORY_DISABLED_FEATURES: tuple[str, ...] = ()
 
 LAUNCH_TIMEOUT_MS = 30000
 """How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
@@ -45,8 +51,13 @@ _LAUNCHED: dict[int, psutil.Process] = {}
 _LOCK = threading.Lock()
 
 
-def launch_args() -> list[str]:
-    args = list(LAUNCH_ARGS)
+def launch_args(*, memory: bool = True) -> list[str]:
+    """Chromium's switches for a chunk; ``memory=False`` leaves out the memory flags (for benchmarks).
+
+    Chromium keeps only the last ``--disable-features`` switch, so every disabled feature goes into one.
+    """
+    features = [*DISABLED_FEATURES, *(MEMORY_DISABLED_FEATURES if memory else ())]
+    args = [*LAUNCH_ARGS, *(MEMORY_ARGS if memory else ()), "--disable-features=" + ",".join(features)]
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
     return args
