@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shlex
+import statistics
 import sys
 import threading
 import time
@@ -51,7 +52,7 @@ MB = 1024 * 1024
 BASE = "base"
 """The engine's flags without its memory flags (``launch_args(memory=False)``): what each variant adds to."""
 ENGINE = "engine"
-"""The engine's flags as a chunk launches them (``launch_args()``)."""
+"""The engine's flags as a chunk launches them (``launch_args()``), and its driver's ``NODE_OPTIONS``."""
 
 CANDIDATES: dict[str, list[str]] = {
     # processes: fewer of them, each with its own heap, V8 isolate, allocator caches
@@ -78,7 +79,7 @@ CANDIDATES: dict[str, list[str]] = {
 DRIVER_CANDIDATES: dict[str, dict[str, str]] = {
     # Playwright's node driver: every screenshot passes through it as a base64 string
     "node_semi_space_1": {"NODE_OPTIONS": "--max-semi-space-size=1"},
-    "node_optimize_for_size": {"NODE_OPTIONS": "--optimize-for-size --max-semi-space-size=1"},
+    "node_jitless": {"NODE_OPTIONS": "--jitless --max-semi-space-size=1"},
     "node_old_space_64": {"NODE_OPTIONS": "--max-semi-space-size=1 --max-old-space-size=64"},
 }
 
@@ -110,6 +111,13 @@ def variant_args(name: str, extra: list[str]) -> list[str]:
     return merge_features([*engine_browser.launch_args(memory=False), *CANDIDATES.get(name, []), *extra])
 
 
+def driver_env(name: str) -> dict[str, str]:
+    """The node driver's environment for a variant: the engine's ``NODE_OPTIONS`` for ``engine``, else none."""
+    if name == ENGINE:
+        return {"NODE_OPTIONS": " ".join(engine_browser.DRIVER_NODE_OPTIONS)}
+    return DRIVER_CANDIDATES.get(name, {})
+
+
 # -- process types -----------------------------------------------------------------------------------
 
 
@@ -138,6 +146,8 @@ class Peaks:
     """The largest summed PSS seen, with its split by process type, and each type's own largest PSS."""
 
     total: int = 0
+    uss_at_total: int = 0
+    """Private memory (USS) at that sample: unlike PSS, it does not move with what else maps the same files."""
     at_total: dict[str, int] = field(default_factory=dict)
     by_type: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -163,19 +173,21 @@ class PssSampler:
     def sample(self) -> None:
         by_type: dict[str, int] = {}
         counts: dict[str, int] = {}
+        uss = 0
         for process in psutil.Process().children(recursive=True):
             try:
                 kind = process_type(process)  # not cached: a process caught between fork and exec changes type
-                pss = process.memory_full_info().pss
+                memory = process.memory_full_info()
             except psutil.Error:
                 continue
-            by_type[kind] = by_type.get(kind, 0) + pss
+            uss += memory.uss
+            by_type[kind] = by_type.get(kind, 0) + memory.pss
             counts[kind] = counts.get(kind, 0) + 1
         peaks = self.peaks
         peaks.samples += 1
         total = sum(by_type.values())
         if total > peaks.total:
-            peaks.total, peaks.at_total, peaks.counts = total, by_type, counts
+            peaks.total, peaks.uss_at_total, peaks.at_total, peaks.counts = total, uss, by_type, counts
         for kind, pss in by_type.items():
             peaks.by_type[kind] = max(peaks.by_type.get(kind, 0), pss)
 
@@ -238,6 +250,7 @@ def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -
         "startup_s": round(startup, 2),
         "capture_fps": round(spec.total_frames / capture_s, 2),
         "peak_pss_mb": round(peaks.total / MB, 1),
+        "uss_mb_at_peak": round(peaks.uss_at_total / MB, 1),
         "peak_pss_mb_by_type_at_peak": {k: round(v / MB, 1) for k, v in sorted(peaks.at_total.items())},
         "processes_at_peak": dict(sorted(peaks.counts.items())),
         "peak_pss_mb_by_type": {k: round(v / MB, 1) for k, v in sorted(peaks.by_type.items())},
@@ -245,6 +258,45 @@ def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -
         "samples": peaks.samples,
         "frame_hashes": hashes,
         "load1_after": load1(),
+    }
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+def frames_changed(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> list[int]:
+    """Frames whose bytes differ from every reference run's in every one of ``runs``.
+
+    On a crowded machine a single screenshot now and then comes out different (the same flags, run
+    twice); a flag that changes pixels changes them in every run.
+    """
+    seen = [{run["frame_hashes"][i] for run in reference} for i in range(len(reference[0]["frame_hashes"]))]
+    return [i for i, allowed in enumerate(seen) if all(run["frame_hashes"][i] not in allowed for run in runs)]
+
+
+def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repetitions of one variant; the frames it changes against the reference variant."""
+    kinds = sorted({kind for run in runs for kind in run["peak_pss_mb_by_type_at_peak"]})
+    changed = frames_changed(runs, reference) if runs is not reference else []
+    return {
+        "args": runs[0]["args"],
+        "driver_env": runs[0]["driver_env"],
+        "repetitions": len(runs),
+        "peak_pss_mb": median([r["peak_pss_mb"] for r in runs]),
+        "peak_pss_mb_all": [r["peak_pss_mb"] for r in runs],
+        "uss_mb_at_peak": median([r["uss_mb_at_peak"] for r in runs]),
+        "chromium_pss_mb_at_peak": median([r["chromium_pss_mb_at_peak"] for r in runs]),
+        "peak_pss_mb_by_type_at_peak": {
+            k: median([r["peak_pss_mb_by_type_at_peak"].get(k, 0.0) for r in runs]) for k in kinds
+        },
+        "processes_at_peak": runs[0]["processes_at_peak"],
+        "capture_fps": median([r["capture_fps"] for r in runs]),
+        "startup_s": median([r["startup_s"] for r in runs]),
+        "frames_changed": len(changed),
+        "first_changed_frames": changed[:10],
+        "load1_after": [r["load1_after"] for r in runs],
+        "reps": [{k: v for k, v in r.items() if k != "frame_hashes"} for r in runs],
     }
 
 
@@ -260,20 +312,23 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"Render   : {report['config']['composition']} {report['config']['size']}, {report['config']['frames']} frames"
     )
-    print("PSS in MB at the sample with the largest sum (node = Playwright's driver); frames vs the first variant")
+    print(
+        "PSS in MB at the sample with the largest sum (node = Playwright's driver), medians of "
+        f"{report['config']['repeat']} repetition(s); frames vs the first variant"
+    )
     header = f"{'variant':<22}" + "".join(f"{c:>9}" for c in (*COLUMNS, "other")) + f"{'chromium':>9}{'total':>8}"
-    header += f"{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}"
+    header += f"{'USS':>6}{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}"
     print(header)
     print("-" * len(header))
     for name, run in report["variants"].items():
         at = run["peak_pss_mb_by_type_at_peak"]
         other = sum(v for k, v in at.items() if k not in COLUMNS)
         cells = "".join(f"{at.get(c, 0):>9.0f}" for c in COLUMNS) + f"{other:>9.0f}"
-        same = "same" if run["frames_identical"] else f"{run['frames_differing']} diff"
+        same = "same" if not run["frames_changed"] else f"{run['frames_changed']} diff"
         procs = sum(run["processes_at_peak"].values())
         print(
             f"{name:<22}{cells}{run['chromium_pss_mb_at_peak']:>9.0f}{run['peak_pss_mb']:>8.0f}"
-            f"{same:>9}{run['capture_fps']:>6.1f}{procs:>6}{run['load1_after']:>6.1f}"
+            f"{run['uss_mb_at_peak']:>6.0f}{same:>9}{run['capture_fps']:>6.1f}{procs:>6}{max(run['load1_after']):>6.1f}"
         )
 
 
@@ -291,6 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{BASE}, {ENGINE}, {', '.join(CANDIDATES)}, {', '.join(DRIVER_CANDIDATES)}",
     )
     parser.add_argument("--extra", default="", help="an ad-hoc variant 'extra': these flags on top of the base flags")
+    parser.add_argument("--repeat", type=int, default=1, help="run the variants R times, interleaved; medians")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     if args.extra:
@@ -316,30 +372,18 @@ def main(argv: list[str] | None = None) -> int:
         "chromium": "",
         "cpus": os.cpu_count(),
     }
-    runs: dict[str, dict[str, Any]] = {}
-    reference: list[str] | None = None
-    for name in args.variants:
-        log(f"{name} ...")
-        try:
-            run = run_variant(
-                spec, variant_args(name, extra if name == "extra" else []), DRIVER_CANDIDATES.get(name, {})
-            )
-        except Exception as exc:  # a flag that breaks the browser is a result, not the end of the run
-            log(f"{name} failed: {exc}")
-            continue
-        hashes = run.pop("frame_hashes")
-        reference = reference or hashes
-        differing = [i for i, (a, b) in enumerate(zip(hashes, reference, strict=False)) if a != b]
-        differing += list(range(min(len(hashes), len(reference)), max(len(hashes), len(reference))))
-        run["frames_identical"] = not differing
-        run["frames_differing"] = len(differing)
-        run["first_differing_frames"] = differing[:10]
-        env["chromium"] = run["browser_version"]
-        key, n = name, 1
-        while key in runs:  # a variant named twice: how much a second run of the same flags moves
-            n += 1
-            key = f"{name}#{n}"
-        runs[key] = run
+    reps: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}
+    for rep in range(1, args.repeat + 1):
+        for name in args.variants:  # interleaved: a slow or crowded spell hits every variant
+            log(f"[rep {rep}] {name} ...")
+            try:
+                run = run_variant(spec, variant_args(name, extra if name == "extra" else []), driver_env(name))
+            except Exception as exc:  # a flag that breaks the browser is a result, not the end of the run
+                log(f"{name} failed: {exc}")
+                continue
+            env["chromium"] = run["browser_version"]
+            reps[name].append(run)
+    runs = {name: summarise(runs, reps[args.variants[0]]) for name, runs in reps.items() if runs}
     report = {
         "benchmark": "helios_pipeline chromium memory",
         "environment": env,
@@ -348,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             "composition": spec.composition,
             "size": f"{spec.width}x{spec.height}",
             "frames": spec.total_frames,
+            "repeat": args.repeat,
         },
         "variants": runs,
     }

@@ -1,4 +1,5 @@
-"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network."""
+"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network;
+Playwright's node driver started with a small young generation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import psutil
-from playwright.sync_api import Browser, Playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
@@ -37,10 +38,19 @@ LAUNCH_ARGS = (
 
 DISABLED_FEATURES = ("PaintHolding", "Translate", "MediaRouter", "OptimizationHints")
 
-# Memory: what each flag saves is measured by benchmarks/bench_memory.py (PSS by process type, frames
-# compared byte for byte); none of them changes a pixel.
+# Memory flags: none so far. benchmarks/bench_memory.py measures candidates (PSS by Chromium process
+# type, frames compared byte for byte); at 1080p none of --in-process-gpu, --no-zygote,
+# --renderer-process-limit=1, site isolation off, V8 heap limits or lite mode, small caches, one raster
+# thread saved more than the run-to-run spread (+-50 MB), and --single-process and
+# --force-gpu-mem-available-mb change pixels (benchmarks/README.md). Add a flag here only with its figure.
 MEMORY_ARGS: tuple[str, ...] = ()
 MEMORY_DISABLED_FEATURES: tuple[str, ...] = ()
+
+DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
+"""V8 options for Playwright's node driver. Every screenshot passes through it as a base64 string (~0.3 MB
+at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
+holds ~40 MB less (PSS ~130 -> ~85 MB at 1080p) and relays the same bytes."""
+_ENVIRON_LOCK = threading.Lock()
 
 LAUNCH_TIMEOUT_MS = 30000
 """How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
@@ -61,6 +71,29 @@ def launch_args(*, memory: bool = True) -> list[str]:
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
     return args
+
+
+@contextlib.contextmanager
+def start_playwright() -> Iterator[Playwright]:
+    """``sync_playwright()`` whose node driver runs with ``DRIVER_NODE_OPTIONS``.
+
+    Playwright gives its driver a copy of this process's environment when it starts, and has no other
+    way in: ``NODE_OPTIONS`` is set for the moment of the start only (other ``NODE_OPTIONS`` kept).
+    """
+    with _ENVIRON_LOCK:
+        saved = os.environ.get("NODE_OPTIONS")
+        os.environ["NODE_OPTIONS"] = " ".join(filter(None, (saved, *DRIVER_NODE_OPTIONS)))
+        try:
+            playwright = sync_playwright().start()
+        finally:
+            if saved is None:
+                os.environ.pop("NODE_OPTIONS", None)
+            else:
+                os.environ["NODE_OPTIONS"] = saved
+    try:
+        yield playwright
+    finally:
+        playwright.stop()
 
 
 @contextlib.contextmanager

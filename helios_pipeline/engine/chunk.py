@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import CDPSession, Page, sync_playwright
+from playwright.sync_api import CDPSession, Page
 from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
+from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
@@ -110,7 +111,7 @@ def render_chunk(
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            sync_playwright() as playwright,
+            start_playwright() as playwright,
             watched_browser(playwright, watchdog) as browser,
         ):
             chromium_version = browser.version

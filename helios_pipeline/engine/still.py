@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import sync_playwright
 
+from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.chunk import make_capture
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
@@ -138,7 +138,7 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
             _frame_subtitles(spec, composition_frame, output) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            sync_playwright() as playwright,
+            start_playwright() as playwright,
             watched_browser(playwright, watchdog) as browser,
         ):
             gate = network
