@@ -49,7 +49,8 @@ MEMORY_DISABLED_FEATURES: tuple[str, ...] = ()
 DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
 """V8 options for Playwright's node driver. Every screenshot passes through it as a base64 string (~0.3 MB
 at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
-holds ~40 MB less (PSS ~130 -> ~85 MB at 1080p) and relays the same bytes."""
+holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benchmarks/README.md) and
+relays the same bytes."""
 _ENVIRON_LOCK = threading.Lock()
 
 LAUNCH_TIMEOUT_MS = 30000
