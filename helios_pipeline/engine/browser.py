@@ -1,4 +1,5 @@
-"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network."""
+"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network;
+Playwright's node driver started with a small young generation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import uuid
 from collections.abc import Iterator
 
 import psutil
-from playwright.sync_api import Browser, Playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
+from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
 
@@ -30,11 +32,27 @@ LAUNCH_ARGS = (
     "--disable-renderer-backgrounding",
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
-    "--disable-features=PaintHolding,Translate,MediaRouter,OptimizationHints",
     "--autoplay-policy=no-user-gesture-required",
     # WebRTC may send UDP, which no proxy sees: keep it to proxied connections (the network policy's gate)
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
+
+DISABLED_FEATURES = ("PaintHolding", "Translate", "MediaRouter", "OptimizationHints")
+
+# Memory flags: none so far. benchmarks/bench_memory.py measures candidates (PSS by Chromium process
+# type, frames compared byte for byte); at 1080p none of --in-process-gpu, --no-zygote,
+# --renderer-process-limit=1, site isolation off, V8 heap limits or lite mode, small caches, one raster
+# thread saved more than the run-to-run spread (+-50 MB), and --single-process and
+# --force-gpu-mem-available-mb change pixels (benchmarks/README.md). Add a flag here only with its figure.
+MEMORY_ARGS: tuple[str, ...] = ()
+MEMORY_DISABLED_FEATURES: tuple[str, ...] = ()
+
+DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
+"""V8 options for Playwright's node driver. Every screenshot passes through it as a base64 string (~0.3 MB
+at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
+holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benchmarks/README.md) and
+relays the same bytes."""
+_ENVIRON_LOCK = threading.Lock()
 
 LAUNCH_TIMEOUT_MS = 30000
 """How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
@@ -45,11 +63,48 @@ _LAUNCHED: dict[int, psutil.Process] = {}
 _LOCK = threading.Lock()
 
 
-def launch_args() -> list[str]:
-    args = list(LAUNCH_ARGS)
+def launch_args(*, memory: bool = True) -> list[str]:
+    """Chromium's switches for a chunk; ``memory=False`` leaves out the memory flags (for benchmarks).
+
+    Chromium keeps only the last ``--disable-features`` switch, so every disabled feature goes into one.
+    """
+    features = [*DISABLED_FEATURES, *(MEMORY_DISABLED_FEATURES if memory else ())]
+    args = [*LAUNCH_ARGS, *(MEMORY_ARGS if memory else ()), "--disable-features=" + ",".join(features)]
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
     return args
+
+
+def launch_playwright() -> Playwright:
+    """``sync_playwright().start()`` with the driver's compile cache and ``DRIVER_NODE_OPTIONS``; the caller stops it.
+
+    Playwright gives its driver a copy of this process's environment when it starts, and has no other
+    way in: ``NODE_OPTIONS`` is set for the moment of the start only (other ``NODE_OPTIONS`` kept).
+    """
+    enable_node_compile_cache()
+    with _ENVIRON_LOCK:
+        saved = os.environ.get("NODE_OPTIONS")
+        os.environ["NODE_OPTIONS"] = " ".join(filter(None, (saved, *DRIVER_NODE_OPTIONS)))
+        try:
+            return sync_playwright().start()
+        finally:
+            if saved is None:
+                os.environ.pop("NODE_OPTIONS", None)
+            else:
+                os.environ["NODE_OPTIONS"] = saved
+
+
+@contextlib.contextmanager
+def start_playwright(started: Playwright | None = None) -> Iterator[Playwright]:
+    """A Playwright for one chunk or still: ``started`` (the caller's, left running) or one of its own."""
+    if started is not None:
+        yield started
+        return
+    playwright = launch_playwright()
+    try:
+        yield playwright
+    finally:
+        playwright.stop()
 
 
 @contextlib.contextmanager

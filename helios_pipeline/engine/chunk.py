@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import CDPSession, Page, Playwright, sync_playwright
+from playwright.sync_api import CDPSession, Page, Playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
+from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
-from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
@@ -84,10 +84,6 @@ def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | No
         yield srt
 
 
-def _playwright(started: Playwright | None) -> contextlib.AbstractContextManager[Playwright]:
-    return contextlib.nullcontext(started) if started is not None else sync_playwright()
-
-
 def make_capture(spec: RenderSpec, cdp: CDPSession, page: Page, frame_count: int) -> FrameCapture:
     """DOM screenshots, or the canvas (WebCodecs in the page, or images) in canvas mode."""
     if spec.mode == "canvas":
@@ -113,14 +109,13 @@ def render_chunk(
     gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = Watchdog()
     current_frame: int | None = None
-    enable_node_compile_cache()  # the chunk's Playwright driver starts faster
     try:
         with (
             atomic_output(output) as partial,
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            _playwright(playwright) as driver,
+            start_playwright(playwright) as driver,
             watched_browser(driver, watchdog) as browser,
         ):
             chromium_version = browser.version

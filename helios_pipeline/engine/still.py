@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import sync_playwright
 
+from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.chunk import make_capture
-from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
@@ -133,14 +132,13 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     page_errors: list[str] = []
     gate: PageNetwork | None = None  # the page's network policy, as for a chunk
     watchdog = Watchdog()
-    enable_node_compile_cache()  # the Playwright driver starts faster
     try:
         with (
             atomic_output(output) as partial,
             _frame_subtitles(spec, composition_frame, output) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            sync_playwright() as playwright,
+            start_playwright() as playwright,
             watched_browser(playwright, watchdog) as browser,
         ):
             gate = network

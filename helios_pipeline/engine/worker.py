@@ -21,9 +21,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from playwright.sync_api import Playwright, sync_playwright
+from playwright.sync_api import Playwright
 
-from helios_pipeline.engine.driver_cache import enable_node_compile_cache
+from helios_pipeline.engine.browser import launch_playwright
 
 ENGINE_MODULES = ("helios_pipeline.engine.chunk", "helios_pipeline.plan", "helios_pipeline.spec")
 
@@ -46,11 +46,10 @@ def _import_engine() -> None:
 def _start_playwright_while_importing() -> Playwright:
     """Start Playwright's driver on this thread (its sync API stays on the thread that started it)
     while a second thread imports the engine."""
-    enable_node_compile_cache()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-import") as pool:
         imported = pool.submit(_import_engine)
         try:
-            return sync_playwright().start()
+            return launch_playwright()
         finally:
             imported.result()
 
