@@ -41,7 +41,7 @@ def wants_begin_frame(spec: RenderSpec) -> bool:
     return spec.mode == "dom" and choice == "auto"
 
 
-def begin_frame_available(cdp: CDPSession) -> bool:
+def begin_frame_available(cdp: CDPSession, params: dict[str, Any]) -> bool:
     """Probe: does this page take BeginFrames? Chromium answers "wasn't found" (new headless) or "only
     supported with --run-all-compositor-stages-before-draw" (headless-shell launched without control) when not.
 
@@ -49,7 +49,7 @@ def begin_frame_available(cdp: CDPSession) -> bool:
     render's size) the first frames may draw nothing, and the first captured frame must not be one of them.
     """
     try:
-        draw_screenshot(cdp, {"screenshot": {"format": "png"}}, None)
+        draw_screenshot(cdp, params, None)
     except PlaywrightError:
         return False
     return True
@@ -97,6 +97,8 @@ class BeginFrameCapture:
 def dom_capture(spec: RenderSpec, cdp: CDPSession) -> FrameCapture:
     """BeginFrame where the page takes it, else the screenshot path; the transparent background either way."""
     screenshot = DomCapture(spec, cdp)  # sets the background override, which BeginFrame's frames use too
-    if wants_begin_frame(spec) and begin_frame_available(cdp):
-        return BeginFrameCapture(spec, cdp)
+    if wants_begin_frame(spec):
+        begin_frame = BeginFrameCapture(spec, cdp)
+        if begin_frame_available(cdp, begin_frame.frame_params):
+            return begin_frame
     return screenshot
