@@ -5,8 +5,9 @@ One run prints a table and, as the last line of stdout, one JSON object with:
 
 * bare       frames/s of a bare capture loop in one browser: the engine's launch flags
              (``launch_browser``), page set-up (``new_render_page``, ``load_composition``), seek call
-             (``window.__helios_seek(frame, ms)``) and CDP ``Page.captureScreenshot`` parameters
-             (JPEG q90, optimizeForSpeed); nothing is encoded;
+             (``window.__helios_seek(frame, ms)``) and DOM capture (``dom_capture``: the screenshot of a
+             ``HeadlessExperimental.beginFrame``, or CDP ``Page.captureScreenshot``; JPEG q90,
+             optimizeForSpeed); nothing is encoded;
 * encode     frames/s of the engine's chunk FFmpeg command fed from memory with the frames the
              bare loop captured (encoding alone, capture taken out);
 * c1, c2     the full pipeline (``run_plan`` with the ``LocalExecutor``) at concurrency 1 and 2:
@@ -17,6 +18,11 @@ One run prints a table and, as the last line of stdout, one JSON object with:
              driver, Chromium and its helpers, FFmpeg) sampled every ~1 s with psutil, max of
              the per-worker sum (target <= 600 MB at 1080p), split by kind; RSS (every ~0.2 s) beside it;
 * cpu        CPU seconds per frame of the browser and of FFmpeg, to tell capture from encode.
+
+``--capture both`` runs the whole sequence twice in each repetition, with the screenshot path
+(``HELIOS_DOM_CAPTURE=screenshot``: what rendered before BeginFrame) and the automatic choice
+(BeginFrame on chromium-headless-shell), alternating which goes first, and prints the ratios
+BeginFrame/screenshot taken inside each repetition (target >= 1.25 end to end at c1).
 
 ``--repeat R`` repeats the whole sequence R times in the same run and reports medians (the
 ratios are taken inside each repetition, then the median of those), which tames a noisy machine.
@@ -44,6 +50,13 @@ from typing import Any
 
 import psutil
 
+from helios_pipeline.engine.begin_frame import (
+    DOM_CAPTURE_ENV,
+    BeginFrameCapture,
+    dom_capture,
+    draw_screenshot,
+    wants_begin_frame,
+)
 from helios_pipeline.engine.browser import launch_args, launch_browser, start_playwright
 from helios_pipeline.engine.capture import DomCapture, evaluate, seek_expression
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
@@ -62,6 +75,8 @@ PSS_EVERY = 5  # PSS is sampled every 5th sample (~1 s); it costs ~1 ms of CPU p
 WORKER_MODULE = "helios_pipeline.engine.worker"
 RATIO_TARGET = 0.9
 PSS_TARGET_MB = 600
+BEGIN_FRAME_TARGET = 1.25
+CAPTURES = {"auto": "auto", "screenshot": "screenshot"}  # --capture value -> HELIOS_DOM_CAPTURE
 MB = 1024 * 1024
 
 
@@ -131,6 +146,7 @@ class BareResult:
     screenshot_seconds: float
     jpeg_bytes_mean: float
     browser_version: str
+    capture_method: str
     cpu_seconds: dict[str, float]
     images: list[bytes] = field(repr=False, default_factory=list)
 
@@ -140,7 +156,7 @@ class BareResult:
 
 
 def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
-    """Seek + screenshot every frame in one browser, exactly like a chunk does, but encode nothing."""
+    """Seek + capture every frame in one browser, exactly like a chunk does, but encode nothing."""
     started = time.perf_counter()
     images: list[bytes] = []
     seek_s = shot_s = 0.0
@@ -148,11 +164,11 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
     with (
         composition_url(spec.composition) as url,
         start_playwright() as playwright,
-        launch_browser(playwright) as browser,
+        launch_browser(playwright, begin_frame_control=wants_begin_frame(spec)) as browser,
     ):
         context, page, errors = new_render_page(browser, spec)
         cdp = load_composition(context, page, url, spec, errors)
-        params = DomCapture(spec, cdp).screenshot_params
+        dom = dom_capture(spec, cdp)
         startup = time.perf_counter() - started
         browser_tree = psutil.Process().children(recursive=True)
         cpu_before = cpu_by_kind(browser_tree)
@@ -163,7 +179,11 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
             t1 = time.perf_counter()
             if errors:
                 raise RuntimeError(f"frame {frame}: {errors[0]}")
-            data = base64.b64decode(cdp.send("Page.captureScreenshot", params)["data"])
+            if isinstance(dom, BeginFrameCapture):
+                data = draw_screenshot(cdp, dom.frame_params, frame)
+            else:
+                assert isinstance(dom, DomCapture)
+                data = base64.b64decode(cdp.send("Page.captureScreenshot", dom.screenshot_params)["data"])
             t2 = time.perf_counter()
             seek_s += t1 - t0
             shot_s += t2 - t1
@@ -181,6 +201,7 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
         screenshot_seconds=shot_s,
         jpeg_bytes_mean=total_bytes / spec.total_frames,
         browser_version=version,
+        capture_method=dom.description,
         cpu_seconds={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
         images=images,
     )
@@ -348,6 +369,7 @@ def pipeline(args: argparse.Namespace, work: Path, concurrency: int) -> dict[str
         "concat_s": round(result.concat.seconds, 3),
         "mix_s": round(result.mix.seconds, 3),
         "output_bytes": result.output.stat().st_size,
+        "capture_method": ", ".join(sorted({c.capture_method for c in result.chunks})),
         "peak_rss_per_worker_mb": max(rss_peaks) if rss_peaks else None,
         "peak_pss_per_worker_mb": max(pss_peaks) if pss_peaks else None,
         "samples": sampler.samples,
@@ -364,10 +386,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def run_once(args: argparse.Namespace, work: Path, rep: int) -> dict[str, Any]:
+def run_once(args: argparse.Namespace, work: Path, rep: int, capture: str, encode: bool) -> dict[str, Any]:
+    """One repetition with DOM capture ``capture`` (auto, screenshot): bare loop, encode only, pipelines."""
+    os.environ[DOM_CAPTURE_ENV] = CAPTURES[capture]  # this process's bare loop and the chunk workers it starts
     spec = make_spec(args, work / "bare.mp4", 1)
-    log(f"[rep {rep}] bare capture loop: {spec.total_frames} frames ...")
-    bare = bare_capture(spec, keep_images=not args.no_encode_only)
+    log(f"[rep {rep}, capture {capture}] bare capture loop: {spec.total_frames} frames ...")
+    bare = bare_capture(spec, keep_images=encode)
     bare_report = {
         "fps": round(bare.fps, 2),
         "capture_s": round(bare.capture_seconds, 3),
@@ -378,21 +402,23 @@ def run_once(args: argparse.Namespace, work: Path, rep: int) -> dict[str, Any]:
         "browser_cpu_s_per_frame": round(sum(bare.cpu_seconds.values()) / bare.frames, 4),
         "load1_after": load1(),
     }
-    encode = None
-    if not args.no_encode_only:
+    encoded = None
+    if encode:
         log(f"[rep {rep}] encode only ...")
-        encode = encode_only(spec, bare.images, work / "encode_only.mov")
+        encoded = encode_only(spec, bare.images, work / "encode_only.mov")
     bare.images.clear()
     runs = {}
     for concurrency in args.concurrency:
-        log(f"[rep {rep}] pipeline at concurrency {concurrency} ...")
+        log(f"[rep {rep}, capture {capture}] pipeline at concurrency {concurrency} ...")
         runs[concurrency] = pipeline(args, work, concurrency)
     c1, c2 = runs[1], runs.get(2)
     return {
         "rep": rep,
+        "capture": capture,
+        "capture_method": bare.capture_method,
         "browser_version": bare.browser_version,
         "bare": bare_report,
-        "encode_only": encode,
+        "encode_only": encoded,
         "pipeline": list(runs.values()),
         "ratios": {
             "pipeline_c1_over_bare": _ratio(c1["fps"], bare.fps),
@@ -440,6 +466,28 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out["meets_pss_target"] = (
         out["peak_pss_per_worker_mb"] is not None and out["peak_pss_per_worker_mb"] <= PSS_TARGET_MB
     )
+    out["capture_method"] = reps[0]["capture_method"]
+    return out
+
+
+def compare_captures(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """BeginFrame (auto) over screenshot, inside each repetition, then the median."""
+    pairs = []
+    for number in sorted({r["rep"] for r in reps}):
+        by_capture = {r["capture"]: r for r in reps if r["rep"] == number}
+        auto, shot = by_capture["auto"], by_capture["screenshot"]
+        ratios = {"bare": _ratio(auto["bare"]["fps"], shot["bare"]["fps"])}
+        for run in auto["pipeline"]:
+            other = next(p for p in shot["pipeline"] if p["concurrency"] == run["concurrency"])
+            ratios[f"c{run['concurrency']}"] = _ratio(run["fps"], other["fps"])
+            ratios[f"c{run['concurrency']}_capture"] = _ratio(run["capture_fps"], other["capture_fps"])
+        pairs.append(ratios)
+    out: dict[str, Any] = {"methods": {r["capture"]: r["capture_method"] for r in reps}}
+    for key in pairs[0]:
+        values = [pair[key] for pair in pairs if pair[key] is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+        out[f"{key}_all"] = [pair[key] for pair in pairs]
+    out["meets_target"] = (out.get("c1") or 0) >= BEGIN_FRAME_TARGET
     return out
 
 
@@ -475,6 +523,7 @@ def environment() -> dict[str, Any]:
         "chromium_path": chromium_path(),
         "chromium": _first_line([chromium_path(), "--version"]),
         "chromium_flags": launch_args(),
+        "chromium_flags_begin_frame": launch_args(begin_frame_control=True),
         "ffmpeg_path": ffmpeg_path(),
         "ffmpeg": _first_line([ffmpeg_path(), "-hide_banner", "-version"]),
     }
@@ -488,7 +537,7 @@ def _mb(value: float | None) -> str:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    env, cfg, summary = report["environment"], report["config"], report["summary"]
+    env, cfg = report["environment"], report["config"]
     print(f"Chromium : {env['chromium']} ({env['chromium_path']})")
     print(f"FFmpeg   : {env['ffmpeg']} ({env['ffmpeg_path']})")
     print(f"Machine  : {env['cpu']}, {env['cpus']} CPUs, {env['memory_gb']} GB RAM, {env['os']}")
@@ -505,7 +554,7 @@ def print_table(report: dict[str, Any]) -> None:
     )
     for rep in report["reps"]:
         print()
-        print(f"repetition {rep['rep']}")
+        print(f"repetition {rep['rep']}, DOM capture {rep['capture_method']} (--capture {rep['capture']})")
         print(header)
         print("-" * len(header))
         bare = rep["bare"]
@@ -545,10 +594,32 @@ def print_table(report: dict[str, Any]) -> None:
             f"  bare loop: seek {bare['seek_s']:.1f} s + screenshot {bare['screenshot_s']:.1f} s, "
             f"browser CPU/frame {bare['browser_cpu_s_per_frame']:.3f} s, mean JPEG {bare['jpeg_kb_mean']:.0f} kB"
         )
-    s = summary
+    for capture, summary in report["summaries"].items():
+        print_summary(summary, capture, env, cfg)
+    comparison = report.get("comparison")
+    if comparison:
+        print_comparison(comparison, cfg)
+
+
+def print_comparison(comparison: dict[str, Any], cfg: dict[str, Any]) -> None:
+    methods = comparison["methods"]
     many = cfg["repeat"] > 1
     print()
-    print("summary" + (f" (median of {cfg['repeat']} repetitions; memory: max)" if many else ""))
+    print(f"{methods['auto']} over {methods['screenshot']}" + (" (median of per-repetition ratios)" if many else ""))
+    verdict = "meets" if comparison["meets_target"] else "MISSES"
+    for key in [k for k in comparison if k not in ("methods", "meets_target") and not k.endswith("_all")]:
+        label = "bare capture loop" if key == "bare" else f"pipeline {key.replace('_', ' ')}"
+        note = f" ({verdict} target >= {BEGIN_FRAME_TARGET} end to end)" if key == "c1" else ""
+        print(f"  {label:<26} {comparison[key]:>7.3f}x{note}" + (f" {comparison[f'{key}_all']}" if many else ""))
+
+
+def print_summary(s: dict[str, Any], capture: str, env: dict[str, Any], cfg: dict[str, Any]) -> None:
+    many = cfg["repeat"] > 1
+    print()
+    print(
+        f"summary, DOM capture {s['capture_method']} (--capture {capture})"
+        + (f" (median of {cfg['repeat']} repetitions; memory: max)" if many else "")
+    )
     print(f"  bare capture loop          {s['bare_fps']:>7.2f} frames/s")
     if s["encode_only_fps"] is not None:
         print(f"  encode only                {s['encode_only_fps']:>7.2f} frames/s")
@@ -592,6 +663,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="pipeline concurrencies (1 2)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the whole sequence and report medians")
     parser.add_argument("--no-encode-only", action="store_true", help="skip the encode-only measurement")
+    parser.add_argument(
+        "--capture",
+        choices=["auto", "screenshot", "both"],
+        default="auto",
+        help="DOM capture: auto (BeginFrame where available), screenshot, or both in each repetition (ratio)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     args.concurrency = sorted(set(args.concurrency) | {1})
@@ -604,8 +681,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = environment()
     spec = make_spec(args, Path(tempfile.gettempdir()) / "bench.mp4", 1)
+    captures = ["screenshot", "auto"] if args.capture == "both" else [args.capture]
+    reps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
-        reps = [run_once(args, Path(tmp), rep) for rep in range(1, args.repeat + 1)]
+        for rep in range(1, args.repeat + 1):
+            order = captures if rep % 2 else captures[::-1]  # alternate who goes first
+            for capture in order:
+                encode = not args.no_encode_only and capture == order[0]
+                reps.append(run_once(args, Path(tmp), rep, capture, encode))
+    summaries = {capture: summarise([r for r in reps if r["capture"] == capture]) for capture in captures}
     report: dict[str, Any] = {
         "benchmark": "helios_pipeline engine",
         "environment": env,
@@ -625,8 +709,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "browser_version": reps[0]["browser_version"],
         },
-        "targets": {"pipeline_c1_over_bare_min": RATIO_TARGET, "peak_pss_per_worker_mb_max": PSS_TARGET_MB},
-        "summary": summarise(reps),
+        "targets": {
+            "pipeline_c1_over_bare_min": RATIO_TARGET,
+            "peak_pss_per_worker_mb_max": PSS_TARGET_MB,
+            "begin_frame_over_screenshot_c1_min": BEGIN_FRAME_TARGET,
+        },
+        "summary": summaries[captures[-1]],
+        "summaries": summaries,
+        "comparison": compare_captures(reps) if args.capture == "both" else None,
         "reps": reps,
     }
     line = json.dumps(report)

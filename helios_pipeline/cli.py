@@ -180,7 +180,8 @@ def _render_local(spec: RenderSpec, quiet: bool) -> int:
             return EXIT_CANCELLED
     err.print(
         f"[green]done[/] {result.output}  {total} frames in {result.seconds:.1f} s "
-        f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks)",
+        f"({total / result.seconds:.1f} fps, {len(result.chunks)} chunks, "
+        f"{', '.join(sorted({chunk.capture_method for chunk in result.chunks}))})",
         soft_wrap=True,
     )
     if result.blocked_note:

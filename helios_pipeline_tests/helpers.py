@@ -358,3 +358,11 @@ def wait_until_up(ui: Ui) -> dict[str, str]:
 
 
 REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+
+
+def expected_dom_capture() -> str:
+    """The DOM capture the engine picks on this machine's Chromium: BeginFrame on chromium-headless-shell
+    (Debian's, or Playwright's chrome-headless-shell), screenshots on a full Chromium (new headless)."""
+    from helios_pipeline.engine.tools import chromium_path
+
+    return "beginframe" if "headless" in Path(chromium_path()).name.replace("_", "-") else "screenshot"

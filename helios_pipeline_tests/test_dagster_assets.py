@@ -38,6 +38,7 @@ from helios_pipeline_tests.helpers import (
     MAX_CHUNKS,
     SMALL,
     chunk_key,
+    expected_dom_capture,
     latest_metadata,
     latest_record,
     register,
@@ -146,6 +147,8 @@ def test_chunk_metadata_read_back_has_every_field(rendered: Rendered) -> None:
         assert metadata["encode_seconds"].value >= 0
         assert metadata["worker_host"].value == socket.gethostname()
         assert metadata["worker_pid"].value > 0
+        # the DOM capture the engine's probe chose for this browser (BeginFrame on chromium-headless-shell)
+        assert metadata["capture_method"].value == f"dom/{expected_dom_capture()}/jpeg"
         thumbnail = metadata["preview"].value  # the first frame, small enough for the UI to show it inline
         assert thumbnail.startswith(f"![chunk_{chunk.id:04d}.mov](data:image/jpeg;base64,") and len(thumbnail) < 1000
 

@@ -54,6 +54,19 @@ holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benc
 relays the same bytes."""
 _ENVIRON_LOCK = threading.Lock()
 
+BEGIN_FRAME_ARGS = (
+    # chromium-headless-shell draws a frame only when HeadlessExperimental.beginFrame asks for one, and then
+    # runs every compositor stage before drawing it: the frame's screenshot shows the DOM as seeked.
+    # Browsers without BeginFrame (new headless) ignore these switches and keep drawing on their own.
+    "--deterministic-mode",
+    "--enable-begin-frame-control",
+    "--run-all-compositor-stages-before-draw",
+    "--disable-new-content-rendering-timeout",
+    "--disable-threaded-animation",
+    "--disable-threaded-scrolling",
+    "--disable-checker-imaging",
+)
+
 LAUNCH_TIMEOUT_MS = 30000
 """How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
 
@@ -63,13 +76,16 @@ _LAUNCHED: dict[int, psutil.Process] = {}
 _LOCK = threading.Lock()
 
 
-def launch_args(*, memory: bool = True) -> list[str]:
-    """Chromium's switches for a chunk; ``memory=False`` leaves out the memory flags (for benchmarks).
+def launch_args(begin_frame_control: bool = False, *, memory: bool = True) -> list[str]:
+    """Chromium's switches for a chunk: ``begin_frame_control`` adds ``BEGIN_FRAME_ARGS`` (DOM capture by
+    BeginFrame); ``memory=False`` leaves out the memory flags (for benchmarks).
 
     Chromium keeps only the last ``--disable-features`` switch, so every disabled feature goes into one.
     """
     features = [*DISABLED_FEATURES, *(MEMORY_DISABLED_FEATURES if memory else ())]
     args = [*LAUNCH_ARGS, *(MEMORY_ARGS if memory else ()), "--disable-features=" + ",".join(features)]
+    if begin_frame_control:
+        args.extend(BEGIN_FRAME_ARGS)
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
     return args
@@ -108,15 +124,19 @@ def start_playwright(started: Playwright | None = None) -> Iterator[Playwright]:
 
 
 @contextlib.contextmanager
-def launch_browser(playwright: Playwright) -> Iterator[Browser]:
+def launch_browser(playwright: Playwright, *, begin_frame_control: bool = False) -> Iterator[Browser]:
     """Launch Chromium headless and always close it, even when the chunk fails.
+
+    With ``begin_frame_control`` a headless-shell renders nothing until BeginFrame asks: only for pages
+    captured with ``engine.begin_frame.BeginFrameCapture`` (which falls back to screenshots elsewhere).
 
     The launch carries a unique marker switch (Chromium ignores unknown switches) so that
     ``browser_process`` can find this browser's own process among the caller's children.
     """
     marker = f"{LAUNCH_MARKER}={uuid.uuid4().hex}"
     browser = playwright.chromium.launch(
-        executable_path=chromium_path(), headless=True, args=[*launch_args(), marker], timeout=LAUNCH_TIMEOUT_MS,
+        executable_path=chromium_path(), headless=True, args=[*launch_args(begin_frame_control), marker],
+        timeout=LAUNCH_TIMEOUT_MS,
         handle_sigint=False, handle_sigterm=False, handle_sighup=False,
     )  # fmt: skip
     try:

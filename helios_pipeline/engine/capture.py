@@ -1,6 +1,7 @@
 """Capture strategies: how one seeked frame becomes bytes for FFmpeg's stdin.
 
-- DOM mode: a CDP screenshot (JPEG or PNG) of the viewport.
+- DOM mode: a screenshot (JPEG or PNG) of the viewport, taken by the BeginFrame that draws the frame
+  (``engine.begin_frame``, chromium-headless-shell) or else by CDP ``Page.captureScreenshot``.
 - Canvas mode: the page's ``<canvas>`` encoded in the page with WebCodecs (H.264 as Annex B, or
   VP8/VP9/AV1 wrapped in IVF here), several frames seeked and encoded per CDP round trip; or,
   when WebCodecs is disabled or has no usable codec, the canvas as an image, one frame per trip.
@@ -73,14 +74,14 @@ def evaluate(cdp: CDPSession, expression: str, frame: int | None) -> Any:
     return reply.get("result", {}).get("value")
 
 
-def _image_input(spec: RenderSpec) -> list[str]:
+def image_input(spec: RenderSpec) -> list[str]:
     demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
     return [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
 
 
 @dataclass
 class DomCapture:
-    """Seek, then a CDP screenshot of the viewport."""
+    """Seek, then a CDP screenshot of the viewport: the path where BeginFrame is unavailable."""
 
     spec: RenderSpec
     cdp: CDPSession
@@ -92,14 +93,14 @@ class DomCapture:
         self.screenshot_params = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
         if self.spec.intermediate_image_format == "jpeg":
             self.screenshot_params["quality"] = self.spec.intermediate_image_quality
-        self.description = f"dom/{self.spec.intermediate_image_format}"
+        self.description = f"dom/screenshot/{self.spec.intermediate_image_format}"
         if self.spec.has_alpha:
             # a transparent default background instead of white; PNG keeps the alpha
             transparent = {"color": {"r": 0, "g": 0, "b": 0, "a": 0}}
             self.cdp.send("Emulation.setDefaultBackgroundColorOverride", transparent)
 
     def ffmpeg_input(self) -> list[str]:
-        return _image_input(self.spec)
+        return image_input(self.spec)
 
     def capture(self, index: int, frame: int, time_ms: float) -> bytes:
         evaluate(self.cdp, seek_expression(frame, time_ms), frame)
@@ -196,7 +197,7 @@ class CanvasCapture:
 
     def ffmpeg_input(self) -> list[str]:
         if self.codec is None:
-            return _image_input(self.spec)
+            return image_input(self.spec)
         return webcodecs_input(self.spec, self.codec)
 
     def preamble(self) -> bytes:

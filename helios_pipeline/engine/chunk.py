@@ -17,8 +17,9 @@ from playwright.sync_api import Error as PlaywrightError
 
 from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
+from helios_pipeline.engine.begin_frame import dom_capture, wants_begin_frame
 from helios_pipeline.engine.browser import start_playwright
-from helios_pipeline.engine.capture import CanvasCapture, DomCapture, FrameCapture
+from helios_pipeline.engine.capture import CanvasCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
@@ -85,10 +86,11 @@ def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | No
 
 
 def make_capture(spec: RenderSpec, cdp: CDPSession, page: Page, frame_count: int) -> FrameCapture:
-    """DOM screenshots, or the canvas (WebCodecs in the page, or images) in canvas mode."""
+    """DOM screenshots (by BeginFrame where the browser has it), or the canvas (WebCodecs in the page, or
+    images) in canvas mode. Called with the page loaded, under the watchdog (the BeginFrame probe draws)."""
     if spec.mode == "canvas":
         return CanvasCapture(spec, cdp, page, frame_count)
-    return DomCapture(spec, cdp)
+    return dom_capture(spec, cdp)
 
 
 def render_chunk(
@@ -116,7 +118,7 @@ def render_chunk(
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
             start_playwright(playwright) as driver,
-            watched_browser(driver, watchdog) as browser,
+            watched_browser(driver, watchdog, begin_frame_control=wants_begin_frame(spec)) as browser,
         ):
             chromium_version = browser.version
             gate = network

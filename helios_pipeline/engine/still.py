@@ -18,6 +18,7 @@ from typing import Literal
 
 from playwright.sync_api import Error as PlaywrightError
 
+from helios_pipeline.engine.begin_frame import wants_begin_frame
 from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.chunk import make_capture
 from helios_pipeline.engine.encode import fps_fraction
@@ -139,14 +140,14 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
             start_playwright() as playwright,
-            watched_browser(playwright, watchdog) as browser,
+            watched_browser(playwright, watchdog, begin_frame_control=wants_begin_frame(capture_spec)) as browser,
         ):
             gate = network
             watchdog.arm(load_limit(), "loading the page")
             context, page, page_errors = new_render_page(browser, spec, network.proxy)
             network.watch(page)
             cdp = load_composition(context, page, url, spec, page_errors)
-            capture = make_capture(capture_spec, cdp, page, 1)
+            capture = make_capture(capture_spec, cdp, page, 1)  # the video's capture: BeginFrame or screenshot
             watchdog.arm(frame_limit(spec), "capturing the frame")
             picture = capture.capture(0, composition_frame, frame_time_ms(composition_frame, spec.fps))
             watchdog.disarm()

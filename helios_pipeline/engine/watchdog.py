@@ -207,11 +207,13 @@ def _cpu(process: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def watched_browser(playwright: Playwright, watchdog: Watchdog) -> Iterator[Browser]:
+def watched_browser(
+    playwright: Playwright, watchdog: Watchdog, *, begin_frame_control: bool = False
+) -> Iterator[Browser]:
     """A chunk's or a still's Chromium under ``watchdog``, whose clock also bounds closing it (a stopped browser
-    never closes)."""
+    never closes); a stuck ``HeadlessExperimental.beginFrame`` is bounded like any other capture call."""
     try:
-        with launch_browser(playwright) as browser:
+        with launch_browser(playwright, begin_frame_control=begin_frame_control) as browser:
             watchdog.watch(browser)
             try:
                 yield browser
