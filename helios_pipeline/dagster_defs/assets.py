@@ -35,13 +35,12 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.disk_full import DiskFull
 from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
-from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.engine.probe import count_video_frames, probe
-from helios_pipeline.engine.still import poster_path
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
@@ -305,6 +304,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 context.log.warning(f"progress not recorded: {exc}")
 
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
+    from helios_pipeline.engine.chunk import render_chunk  # Playwright: only chunk runs import it
+
     try:
         result = render_chunk(plan.spec, chunk, on_progress=on_progress)
     except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
