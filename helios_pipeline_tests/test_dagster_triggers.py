@@ -310,6 +310,23 @@ def test_automation_renders_a_registered_render_stage_by_stage(instance: dg.Dags
     assert automation.tick() == {}
 
 
+def test_automation_requests_no_run_for_a_chunk_the_plan_left_unused(instance: dg.DagsterInstance) -> None:
+    """A plan records its unused chunk partitions, then its own materialisation: an automation tick between the
+    two saw the unused partitions updated, then the plan's new version, and started a run for each to do nothing
+    (seen in the ten-render load test)."""
+    automation = Automation(instance)
+    automation.tick()
+    instance.add_dynamic_partitions(renders.name, ["r1"])
+    assert automation.tick() == {}
+
+    assets.report_unused_chunks(instance, "r1", used=2, fingerprint="f1")  # the plan's first records...
+    assert automation.tick() == {}
+    instance.report_runless_asset_event(  # ...then, a tick later, its materialisation (its version: the pictures')
+        dg.AssetMaterialization(asset_key=render_plan.key, partition="r1", tags={"dagster/data_version": "f1"})
+    )
+    assert automation.tick() == {"chunk_video": {chunk_partition("r1", chunk) for chunk in CHUNK_KEYS[:2]}}
+
+
 def test_automation_renders_a_render_planned_before_its_first_evaluation(instance: dg.DagsterInstance) -> None:
     """A fresh deployment whose inbox sensor registered and planned a render before automation first ran."""
     instance.add_dynamic_partitions(renders.name, ["early"])

@@ -9,9 +9,11 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.inbox import Inbox, spec_named
 from helios_pipeline.dagster_defs.names import (
     BACKFILL_PLAN_TAG,
@@ -122,7 +124,11 @@ SAME_PICTURES_REPLANNED = dg.AutomationCondition.any_deps_match(
     & ~dg.AutomationCondition.any_new_update_has_run_tags(tag_keys={BACKFILL_PLAN_TAG})
 ).allow(_PLAN)
 
-CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED)
+CHUNK_IN_PLAN = "in_plan"
+"""The chunk partition's check that the render's plan uses it: failed (a warning) on the partitions it leaves unused."""
+# An unused chunk partition is never requested, whatever order an automation tick sees the plan's records in.
+NOT_LEFT_UNUSED = ~dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed())
+CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED) & NOT_LEFT_UNUSED
 STAGE_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
 MIX_CONDITION = _when_inputs_ready(
     dg.AutomationCondition.newly_missing()
@@ -159,7 +165,7 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
     spec = plan.spec
     fingerprints = storage.refresh_fingerprint(key, spec)
     picture = fingerprints["picture_fingerprint"]
-    _report_unused_chunks(context, key, len(plan.chunks), picture)
+    report_unused_chunks(context.instance, key, len(plan.chunks), picture)
     return dg.MaterializeResult(
         metadata={
             "total_frames": plan.total_frames,
@@ -209,36 +215,59 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
     register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key)
 
 
-def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
+def report_unused_chunks(instance: dg.DagsterInstance, key: str, used: int, fingerprint: str) -> None:
     """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them.
 
-    A partition already recorded as empty is left alone when the render is planned again: a new
-    record would count as an update of the chunk, and automation would start the concat while the
-    re-planned render's real chunks are still to be rendered.
+    Each unused partition also gets a failed ``in_plan`` check, which keeps automation from ever
+    requesting it: unlike the empty record (an *event*, which an automation tick can see before or
+    after the plan's own materialisation), the check's status is *state*, recorded before the plan
+    is, so every tick that sees the new plan sees it too. A partition the plan uses again after an
+    earlier plan left it unused gets its check passed. A partition already recorded as empty is not
+    recorded again when the render is planned again: a new record would count as an update of the
+    chunk, and automation would start the concat while the re-planned render's real chunks are
+    still to be rendered.
     """
-    unused = [str(chunk_partition(key, index)) for index in range(used, SETTINGS.max_chunks)]
-    if not unused:
-        return
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=unused), limit=len(unused) * 4
-    ).records
-    latest: dict[str, dg.AssetMaterialization] = {}
-    for record in records:  # newest first
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.partition not in latest:
-            latest[str(materialization.partition)] = materialization
-    for partition in unused:
-        if partition in latest and latest[partition].metadata.get("skipped") is not None:
+    partitions = [str(chunk_partition(key, index)) for index in range(SETTINGS.max_chunks)]
+    latest = _latest_records(instance, CHUNK_ASSET, partitions)
+    for index, partition in enumerate(partitions):
+        record = latest.get(partition)
+        empty = record is not None and record.asset_materialization.metadata.get("skipped") is not None
+        if index < used:
+            if empty:  # unused by an earlier plan: its failed check must not hold this plan's chunk back
+                instance.report_runless_asset_event(private_api.check_evaluation_of(record, CHUNK_IN_PLAN, True))
             continue
-        context.instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                asset_key=CHUNK_ASSET,
-                partition=partition,
+        if not empty:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=CHUNK_ASSET,
+                    partition=partition,
+                    description=unused_chunk_reason(used),
+                    metadata=unused_chunk_metadata(used),
+                    tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
+                )
+            )
+            record = _latest_records(instance, CHUNK_ASSET, [partition])[partition]
+        instance.report_runless_asset_event(
+            private_api.check_evaluation_of(
+                record,
+                CHUNK_IN_PLAN,
+                False,
+                severity=dg.AssetCheckSeverity.WARN,
                 description=unused_chunk_reason(used),
-                metadata=unused_chunk_metadata(used),
-                tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
             )
         )
+
+
+def _latest_records(instance: dg.DagsterInstance, asset: dg.AssetKey, partitions: list[str]) -> dict[str, Any]:
+    """The latest materialisation record of each of ``partitions`` that has one."""
+    latest: dict[str, Any] = {}
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+        ).records
+        if records and records[0].asset_materialization is not None:
+            latest[partition] = records[0]
+    return latest
 
 
 def unused_chunk_reason(used: int) -> str:
@@ -268,6 +297,15 @@ def unused_chunk_metadata(used: int) -> dict[str, object]:
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
     automation_condition=CHUNK_CONDITION,
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHUNK_IN_PLAN,
+            asset="chunk_video",
+            partitions_def=chunk_partitions,  # a status per chunk partition, not one for the whole asset
+            description="the render's plan uses this chunk partition; one it leaves unused is recorded empty, "
+            "with this check failed (a warning), and is never run by automation",
+        )
+    ],
     description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file; "
     "its preview is its first frame. Chunk indices beyond the render's plan materialise as empty partitions "
     "whose preview reads 'unused'.",
@@ -284,9 +322,18 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         raise _fail(exc, retryable=False) from None
     except StorageError as exc:  # storage unreachable, or the bundle missing or corrupt: a retry may help
         raise _fail(exc, retryable=True) from None
-    if index >= len(plan.chunks):
+    if index >= len(plan.chunks):  # a backfill of every chunk partition (the UI's) runs the unused ones too
         return dg.MaterializeResult(
-            metadata=unused_chunk_metadata(len(plan.chunks)), data_version=dg.DataVersion(f"{fingerprint}-none")
+            metadata=unused_chunk_metadata(len(plan.chunks)),
+            data_version=dg.DataVersion(f"{fingerprint}-none"),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=CHUNK_IN_PLAN,
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=unused_chunk_reason(len(plan.chunks)),
+                )
+            ],
         )
     chunk = plan.chunks[index]
     # who renders it, on the run itself: a chunk still rendering or failed has no metadata to say so
@@ -357,6 +404,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "path": dg.MetadataValue.path(storage.uri_of(render_key, output)),
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
+        check_results=[dg.AssetCheckResult(check_name=CHUNK_IN_PLAN, passed=True)],
     )
 
 
