@@ -8,6 +8,7 @@ Dagster's: a chunk is a partition, each partition its own run.
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,11 @@ CHUNK_IN_PLAN = "in_plan"
 NOT_LEFT_UNUSED = ~dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed())
 CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED) & NOT_LEFT_UNUSED
 STAGE_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
-MIX_CONDITION = _when_inputs_ready(
-    dg.AutomationCondition.newly_missing()
-    | dg.AutomationCondition.any_deps_updated().ignore(_PLAN)
-    | SAME_PICTURES_REPLANNED
-)
+# The mix joins the concat's run (a concat about to be requested), instead of following the concat's record: a
+# tick can see the run's concat recorded before its mix, and the run no longer in progress, and would start a
+# second, mix-only run of a render that is already mixed (seen under load).
+CONCAT_REQUESTED = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()).ignore(_PLAN)
+MIX_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | CONCAT_REQUESTED | SAME_PICTURES_REPLANNED)
 
 
 @dg.asset(
@@ -165,7 +166,8 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
     spec = plan.spec
     fingerprints = storage.refresh_fingerprint(key, spec)
     picture = fingerprints["picture_fingerprint"]
-    report_unused_chunks(context.instance, key, len(plan.chunks), picture)
+    # the checks go into the plan's run (one per partition and run), before the plan's own materialisation
+    report_unused_chunks(context.instance, key, len(plan.chunks), picture, record_check=context.log_event)
     return dg.MaterializeResult(
         metadata={
             "total_frames": plan.total_frames,
@@ -215,7 +217,13 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
     register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key)
 
 
-def report_unused_chunks(instance: dg.DagsterInstance, key: str, used: int, fingerprint: str) -> None:
+def report_unused_chunks(
+    instance: dg.DagsterInstance,
+    key: str,
+    used: int,
+    fingerprint: str,
+    record_check: Callable[[dg.AssetCheckEvaluation], None],
+) -> None:
     """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them.
 
     Each unused partition also gets a failed ``in_plan`` check, which keeps automation from ever
@@ -225,7 +233,8 @@ def report_unused_chunks(instance: dg.DagsterInstance, key: str, used: int, fing
     earlier plan left it unused gets its check passed. A partition already recorded as empty is not
     recorded again when the render is planned again: a new record would count as an update of the
     chunk, and automation would start the concat while the re-planned render's real chunks are
-    still to be rendered.
+    still to be rendered. ``record_check`` records a check result (the plan's ``context.log_event``:
+    Dagster keeps one result per partition and run, so they cannot be reported without a run).
     """
     partitions = [str(chunk_partition(key, index)) for index in range(SETTINGS.max_chunks)]
     latest = _latest_records(instance, CHUNK_ASSET, partitions)
@@ -234,7 +243,7 @@ def report_unused_chunks(instance: dg.DagsterInstance, key: str, used: int, fing
         empty = record is not None and record.asset_materialization.metadata.get("skipped") is not None
         if index < used:
             if empty:  # unused by an earlier plan: its failed check must not hold this plan's chunk back
-                instance.report_runless_asset_event(private_api.check_evaluation_of(record, CHUNK_IN_PLAN, True))
+                record_check(private_api.check_evaluation_of(record, CHUNK_IN_PLAN, True))
             continue
         if not empty:
             instance.report_runless_asset_event(
@@ -247,7 +256,7 @@ def report_unused_chunks(instance: dg.DagsterInstance, key: str, used: int, fing
                 )
             )
             record = _latest_records(instance, CHUNK_ASSET, [partition])[partition]
-        instance.report_runless_asset_event(
+        record_check(
             private_api.check_evaluation_of(
                 record,
                 CHUNK_IN_PLAN,
