@@ -8,6 +8,7 @@ Dagster's: a chunk is a partition, each partition its own run.
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,15 @@ CHUNK_IN_PLAN = "in_plan"
 """The chunk partition's check that the render's plan uses it: failed (a warning) on the partitions it leaves unused."""
 # An unused chunk partition is never requested, whatever order an automation tick sees the plan's records in.
 NOT_LEFT_UNUSED = ~dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed())
+with warnings.catch_warnings():  # a check status per chunk partition: preview in Dagster 1.13 (pinned)
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    IN_PLAN_CHECK = dg.AssetCheckSpec(
+        CHUNK_IN_PLAN,
+        asset="chunk_video",
+        partitions_def=chunk_partitions,  # a status per chunk partition, not one for the whole asset
+        description="the render's plan uses this chunk partition; one it leaves unused is recorded empty, "
+        "with this check failed (a warning), and is never run by automation",
+    )
 CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED) & NOT_LEFT_UNUSED
 STAGE_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
 # The mix joins the concat's run (a concat about to be requested), instead of following the concat's record: a
@@ -306,15 +316,7 @@ def unused_chunk_metadata(used: int) -> dict[str, object]:
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
     automation_condition=CHUNK_CONDITION,
-    check_specs=[
-        dg.AssetCheckSpec(
-            CHUNK_IN_PLAN,
-            asset="chunk_video",
-            partitions_def=chunk_partitions,  # a status per chunk partition, not one for the whole asset
-            description="the render's plan uses this chunk partition; one it leaves unused is recorded empty, "
-            "with this check failed (a warning), and is never run by automation",
-        )
-    ],
+    check_specs=[IN_PLAN_CHECK],
     description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file; "
     "its preview is its first frame. Chunk indices beyond the render's plan materialise as empty partitions "
     "whose preview reads 'unused'.",

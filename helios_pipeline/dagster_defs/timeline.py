@@ -42,8 +42,14 @@ class RunEvents:
 
 @dataclass(frozen=True)
 class Milestone:
-    label: str
+    stage: str
+    """``render``, ``plan``, ``last chunk (NNN)``, ``final`` or ``caller``."""
+    event: str
     timestamp: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} {self.event}"
 
 
 def run_events(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunEvents:
@@ -85,13 +91,18 @@ def critical_path(runs: Iterable[RunEvents], started: float, ended: float | None
     ``started`` is when the render was asked for (the CLI's start); ``ended`` when its caller got the result.
     """
     runs = list(runs)
-    path = [Milestone("render asked for", started)]
-    for label, run in _gating_runs(runs):
-        path.append(Milestone(f"{label} run created", run.created))
-        path += [Milestone(f"{label} {name}", run.times[name]) for name, _ in RUN_MILESTONES if name in run.times]
+    path = [Milestone("render", "asked for", started)]
+    for stage, run in _gating_runs(runs):
+        path.append(Milestone(stage, "run created", run.created))
+        path += [Milestone(stage, name, run.times[name]) for name, _ in RUN_MILESTONES if name in run.times]
     if ended is not None:
-        path.append(Milestone("caller returned", ended))
+        path.append(Milestone("caller", "returned", ended))
     return path
+
+
+def time_of(path: list[Milestone], stage: str, event: str) -> float:
+    """When the first milestone of a stage (``stage`` is a prefix: ``last chunk``) reached ``event``."""
+    return next(m.timestamp for m in path if m.stage.startswith(stage) and m.event == event)
 
 
 def _gating_runs(runs: list[RunEvents]) -> list[tuple[str, RunEvents]]:
