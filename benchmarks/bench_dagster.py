@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2
 
 
-def deployment_cpu_seconds() -> float:
-    """CPU seconds used so far by the daemon and its code server themselves (not by the run workers)."""
+def deployment_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each process of the daemon and its code servers (not by the run workers)."""
     import psutil
 
-    total = 0.0
+    used = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         if "helios_pipeline.dagster_defs.daemon" in command or "dagster api grpc" in command:
@@ -44,8 +44,13 @@ def deployment_cpu_seconds() -> float:
                 times = process.cpu_times()
             except psutil.Error:
                 continue
-            total += times.user + times.system
-    return total
+            used[process.pid] = times.user + times.system
+    return used
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU the deployment used since ``before`` (processes that ended meanwhile are not counted)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in deployment_cpu().items())
 
 
 def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
@@ -68,9 +73,12 @@ RUNS = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1, "cli-own": CHUNKS + 1}  #
 
 def breakdown(instance, render_key: str, started: float, ended: float) -> list[tuple[str, float]]:
     """Seconds between the milestones of the render's critical path (runs' event timestamps)."""
+    from helios_pipeline.dagster_defs.backfills import render_backfill
     from helios_pipeline.dagster_defs.timeline import critical_path, render_runs, stage_gaps
 
-    return stage_gaps(critical_path(render_runs(instance, render_key), started, ended))
+    backfill = render_backfill(instance, render_key, started)
+    backfill_ended = backfill.backfill_end_timestamp if backfill is not None else None
+    return stage_gaps(critical_path(render_runs(instance, render_key), started, ended, backfill_ended))
 
 
 def load_average() -> float:
@@ -129,7 +137,7 @@ def main() -> int:
     def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
         key, _ = register_spec(storage, spec_for(name), CHUNKS)
-        cpu_before = deployment_cpu_seconds()
+        cpu_before = deployment_cpu()
         started, wall_started = time.perf_counter(), time.time()
         instance.add_dynamic_partitions("renders", [key])
         backfill_id = launch_backfill(instance, key)
@@ -141,17 +149,17 @@ def main() -> int:
         if backfill.status.value != "COMPLETED_SUCCESS":
             raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
+        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key),
                 "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
     def cli_round(name: str) -> dict:
         """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
-        cpu_before = deployment_cpu_seconds()
+        cpu_before = deployment_cpu()
         started, wall_started = time.perf_counter(), time.time()
         render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
+        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
                 "breakdown": breakdown(instance, name, wall_started, wall_started + seconds)}  # fmt: skip
 

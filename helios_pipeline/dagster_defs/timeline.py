@@ -85,16 +85,22 @@ def render_runs(instance: dg.DagsterInstance, render_key: str) -> list[RunEvents
     return sorted((run_events(instance, run) for run in runs), key=lambda events: events.created)
 
 
-def critical_path(runs: Iterable[RunEvents], started: float, ended: float | None = None) -> list[Milestone]:
+def critical_path(
+    runs: Iterable[RunEvents], started: float, ended: float | None = None, backfill_ended: float | None = None
+) -> list[Milestone]:
     """The milestones that bound the render's wall time, in order: the plan run's, the last chunk's, the final run's.
 
-    ``started`` is when the render was asked for (the CLI's start); ``ended`` when its caller got the result.
+    ``started`` is when the render was asked for (the CLI's start); ``ended`` when its caller got the result;
+    ``backfill_ended`` when the daemon recorded the render's backfill as done (the CLI waits for it when the
+    daemon is its own, before stopping it).
     """
     runs = list(runs)
     path = [Milestone("render", "asked for", started)]
     for stage, run in _gating_runs(runs):
         path.append(Milestone(stage, "run created", run.created))
         path += [Milestone(stage, name, run.times[name]) for name, _ in RUN_MILESTONES if name in run.times]
+    if backfill_ended is not None:
+        path.append(Milestone("backfill", "ended", backfill_ended))
     if ended is not None:
         path.append(Milestone("caller", "returned", ended))
     return path
