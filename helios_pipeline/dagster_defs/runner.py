@@ -82,6 +82,9 @@ BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is alrea
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
 INTERRUPT_RUNS_SECONDS = 4  # terminated runs get this long to end on their own, then are marked canceled
 INTERRUPT_DAEMON_SECONDS = 3  # then our daemon's group (code server, run workers, FFmpeg) is stopped
+# After a finished render our daemon's threads stop at once on SIGTERM; what follows is Dagster's code-server
+# teardown (7 s on a loaded 2-core machine), with nothing left to save: the CLI does not wait for all of it
+DONE_DAEMON_SECONDS = 2
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
@@ -332,7 +335,7 @@ def render_through_dagster(
     failure: RenderError | None = None
     daemon = RenderDaemon(instance, on_note)
     key: str | None = None
-    interrupted = False
+    interrupted = done = False
     try:
         daemon.start_unless_alive()
         key = submit(spec, instance, source=source)
@@ -342,6 +345,7 @@ def render_through_dagster(
             )
             if daemon.ours:  # let our daemon record the backfill as done before it stops
                 wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
+            done = True
             return status
         except RenderError as exc:
             if not daemon.ours:
@@ -356,7 +360,7 @@ def render_through_dagster(
             cancel_render_backfill(instance, key, since, daemon_alive=not daemon.ours)
             cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
     finally:
-        daemon.stop(INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
+        daemon.stop(DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
     if key is not None and daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled
