@@ -126,7 +126,9 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
                 for run_id in ended:
                     del self._workers[run_id]
             for run_id, process in ended.items():
+                exit_code = process.exitcode or 0
+                process.close()  # its pipe to the fork server: a long-lived daemon must not collect one per run
                 with contextlib.suppress(Exception):  # the watch must outlive a storage hiccup
                     run = self._instance.get_run_by_id(run_id)
                     if run is not None and not run.is_finished:
-                        private_api.report_run_worker_died(self._instance, run, process.exitcode or 0, self.__class__)
+                        private_api.report_run_worker_died(self._instance, run, exit_code, self.__class__)
