@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import yaml
 
 from helios_pipeline.dagster_defs import private_api
@@ -71,6 +72,18 @@ def warm_up() -> None:
 
     fork_server()
     forkserver.ensure_running()
+
+
+def _gone(process: multiprocessing.process.BaseProcess) -> bool:
+    """The worker has exited. Asked of the process itself, not only of the fork server: a fork server that is
+    stopped first (the whole group gets SIGTERM) reports every worker it forked as ended, while they are still
+    winding their runs down."""
+    if process.is_alive():
+        return False
+    try:
+        return psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 class WarmRunLauncher(dg.DefaultRunLauncher):
@@ -122,7 +135,7 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
         while True:
             time.sleep(WATCH_SECONDS)
             with self._workers_lock:
-                ended = {run_id: p for run_id, p in self._workers.items() if not p.is_alive()}
+                ended = {run_id: p for run_id, p in self._workers.items() if _gone(p)}
                 for run_id in ended:
                     del self._workers[run_id]
             for run_id, process in ended.items():
