@@ -91,7 +91,7 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
 
     def __init__(self, inst_data: Any = None) -> None:
         super().__init__(inst_data=inst_data)
-        self._workers: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._workers: list[tuple[str, multiprocessing.process.BaseProcess]] = []  # (run id, its worker)
         self._workers_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
 
@@ -103,9 +103,11 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
             name=f"dagster-run-{run.run_id}",
         )
         process.start()
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid), HOST_TAG: socket.gethostname()})
+        current = self._instance.get_run_by_id(run.run_id)
+        if current is None or PID_TAG not in current.tags:  # a duplicate launch leaves the run to its first worker
+            self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid), HOST_TAG: socket.gethostname()})
         with self._workers_lock:
-            self._workers[run.run_id] = process
+            self._workers.append((run.run_id, process))
             if self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch, name="warm-run-launcher-watch", daemon=True)
                 self._watcher.start()
@@ -131,16 +133,24 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
         return True
 
     def _watch(self) -> None:
-        """A worker that died (killed, out of memory) without ending its run: its run FAILED, as code servers do."""
+        """A worker that died (killed, out of memory) without ending its run: its run FAILED, as code servers do.
+
+        Only a worker that *failed* counts: one that exits 0 ended its run, or found the run already
+        started by another launch and left it alone (Dagster's duplicate-launch guard), while the
+        run goes on in the first worker.
+        """
         while True:
             time.sleep(WATCH_SECONDS)
             with self._workers_lock:
-                ended = {run_id: p for run_id, p in self._workers.items() if _gone(p)}
-                for run_id in ended:
-                    del self._workers[run_id]
-            for run_id, process in ended.items():
+                ended = [(run_id, process) for run_id, process in self._workers if _gone(process)]
+                self._workers = [
+                    (run_id, process) for run_id, process in self._workers if (run_id, process) not in ended
+                ]
+            for run_id, process in ended:
                 exit_code = process.exitcode or 0
                 process.close()  # its pipe to the fork server: a long-lived daemon must not collect one per run
+                if exit_code == 0:
+                    continue
                 with contextlib.suppress(Exception):  # the watch must outlive a storage hiccup
                     run = self._instance.get_run_by_id(run_id)
                     if run is not None and not run.is_finished:
