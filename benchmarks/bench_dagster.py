@@ -2,14 +2,18 @@
 
 Renders the example composition (examples/promo) at 1280x720, 30 fps, 20 s, in 2 chunks:
 1. with the library orchestrator (RenderOrchestrator.render, local worker processes);
-2. through Dagster as the UI's backfill (plan run, 2 chunk runs, concat+mix run) on a real daemon;
+2. through Dagster as the UI's backfill (plan run, 2 chunk runs, concat+mix run) on a running daemon;
 3. through Dagster the way `helios-pipeline render` does it (plan in-process, then a backfill of
-   the 2 chunk runs and the concat+mix run).
-The daemon is the project's (`helios_pipeline.dagster_defs.daemon`: Dagster's daemon with a 2 s
+   the 2 chunk runs and the concat+mix run), with a running deployment (its daemon already up);
+4. the same when the CLI starts its own daemon (none running), as on a fresh checkout.
+The daemon is the project's (`helios_pipeline.dagster_defs.daemon`: Dagster's daemon with a short
 backfill loop), as `helios-pipeline ui` and the CLI run it.
-Prints wall times, the ratios Dagster/library and the per-run overhead they imply, from one run.
+Prints wall times, the ratios Dagster/library, the fixed cost (Dagster's wall time minus the
+library's, same round) and, for each Dagster path, where that time went: the gaps between the
+milestones of the render's critical path, read from the runs' own event timestamps.
 
     python benchmarks/bench_dagster.py [--repeat 3] [--seconds 20] [--width 1280 --height 720]
+    python benchmarks/bench_dagster.py --paths cli cli-own      # leave out the UI backfill
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2
 
 
-def deployment_cpu_seconds() -> float:
-    """CPU seconds used so far by the daemon and its code server themselves (not by the run workers)."""
+def deployment_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each process of the daemon and its code servers (not by the run workers)."""
     import psutil
 
-    total = 0.0
+    used = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         if "helios_pipeline.dagster_defs.daemon" in command or "dagster api grpc" in command:
@@ -40,8 +44,13 @@ def deployment_cpu_seconds() -> float:
                 times = process.cpu_times()
             except psutil.Error:
                 continue
-            total += times.user + times.system
-    return total
+            used[process.pid] = times.user + times.system
+    return used
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU the deployment used since ``before`` (processes that ended meanwhile are not counted)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in deployment_cpu().items())
 
 
 def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
@@ -58,12 +67,31 @@ def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
     return max(walls)
 
 
+PATHS = ("backfill", "cli", "cli-own")
+RUNS = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1, "cli-own": CHUNKS + 1}  # (plan), chunks, concat+mix
+
+
+def breakdown(instance, render_key: str, started: float, ended: float) -> list[tuple[str, float]]:
+    """Seconds between the milestones of the render's critical path (runs' event timestamps)."""
+    from helios_pipeline.dagster_defs.backfills import render_backfill
+    from helios_pipeline.dagster_defs.timeline import critical_path, render_runs, stage_gaps
+
+    backfill = render_backfill(instance, render_key, started)
+    backfill_ended = backfill.backfill_end_timestamp if backfill is not None else None
+    return stage_gaps(critical_path(render_runs(instance, render_key), started, ended, backfill_ended))
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each path once per round); medians")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="Dagster paths to time")
     parser.add_argument("--keep", action="store_true", help="keep the instance and outputs (path printed)")
     args = parser.parse_args()
 
@@ -81,6 +109,7 @@ def main() -> int:
 
     from helios_pipeline.dagster_defs.registry import register_spec
     from helios_pipeline.dagster_defs.runner import (
+        daemon_running,
         ensure_daemon,
         get_instance,
         launch_backfill,
@@ -99,17 +128,17 @@ def main() -> int:
              "input_props": {"title": "benchmark", "duration": args.seconds}},
         )  # fmt: skip
 
-    def library_round(name: str) -> dict[str, float]:
+    def library_round(name: str) -> dict:
         started = time.perf_counter()
         result = RenderOrchestrator.render(spec_for(name))
         seconds = time.perf_counter() - started
         return {"seconds": seconds, "chunk_wall_seconds": max(chunk.wall_seconds for chunk in result.chunks)}
 
-    def backfill_round(name: str) -> dict[str, float]:
+    def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
         key, _ = register_spec(storage, spec_for(name), CHUNKS)
-        cpu_before = deployment_cpu_seconds()
-        started = time.perf_counter()
+        cpu_before = deployment_cpu()
+        started, wall_started = time.perf_counter(), time.time()
         instance.add_dynamic_partitions("renders", [key])
         backfill_id = launch_backfill(instance, key)
         while True:
@@ -120,56 +149,88 @@ def main() -> int:
         if backfill.status.value != "COMPLETED_SUCCESS":
             raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
-                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key)}  # fmt: skip
+        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
+                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key),
+                "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
-    def cli_round(name: str) -> dict[str, float]:
+    def cli_round(name: str) -> dict:
         """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
-        cpu_before = deployment_cpu_seconds()
-        started = time.perf_counter()
+        cpu_before = deployment_cpu()
+        started, wall_started = time.perf_counter(), time.time()
         render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu_seconds() - cpu_before,
-                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name)}  # fmt: skip
+        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
+                "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
+                "breakdown": breakdown(instance, name, wall_started, wall_started + seconds)}  # fmt: skip
 
-    rounds: dict[str, list[dict[str, float]]] = {"library": [], "backfill": [], "cli": []}
+    rounds: dict[str, list[dict]] = {"library": [], **{path: [] for path in args.paths}}
+    loads: list[float] = []
     instance = get_instance()
     storage = RenderStorage(location=str(Settings.from_env().storage))
-    with ensure_daemon(instance):
-        time.sleep(5)  # let the daemon's first sensor and automation ticks pass
-        for index in range(args.repeat):  # interleaved, so a slow spell on the machine hits every path alike
-            rounds["library"].append(library_round(f"library-{index}"))
-            rounds["backfill"].append(backfill_round(f"backfill-{index}"))
-            rounds["cli"].append(cli_round(f"cli-{index}"))
+    for index in range(args.repeat):  # interleaved, so a slow spell on the machine hits every path alike
+        loads.append(load_average())
+        rounds["library"].append(library_round(f"library-{index}"))
+        if "cli-own" in args.paths:  # no daemon running: the CLI starts (and stops) its own
+            assert not daemon_running(instance), "a daemon is running on the benchmark's instance"
+            rounds["cli-own"].append(cli_round(f"cli-own-{index}"))
+        if {"backfill", "cli"} & set(args.paths):
+            with ensure_daemon(instance):
+                time.sleep(5)  # the running deployment: let its first sensor and automation ticks pass
+                if "backfill" in args.paths:
+                    rounds["backfill"].append(backfill_round(f"backfill-{index}"))
+                if "cli" in args.paths:
+                    rounds["cli"].append(cli_round(f"cli-{index}"))
+        loads.append(load_average())
 
-    results: dict[str, float] = {"repeat": args.repeat}
+    results: dict = {"repeat": args.repeat, "load_average_1min": [round(load, 2) for load in loads]}
     for path, measured in rounds.items():
         for field in measured[0]:
-            results[f"{path}_{field}"] = statistics.median(m[field] for m in measured)
-    runs = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1}  # (plan), chunks, concat+mix
+            if field != "breakdown":
+                results[f"{path}_{field}"] = statistics.median(m[field] for m in measured)
+    for path in args.paths:  # fixed cost in each round against that round's library render, then the median
+        costs = [m["seconds"] - lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
+        ratios = [m["seconds"] / lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
+        results[f"{path}_fixed_cost_seconds"] = statistics.median(costs)
+        results[f"{path}_ratio"] = statistics.median(ratios)
+        results[f"{path}_overhead_per_run_seconds"] = results[f"{path}_fixed_cost_seconds"] / RUNS[path]
+        results[f"{path}_breakdown"] = median_breakdown([m["breakdown"] for m in rounds[path]])
     library = results["library_seconds"]
-    for path in ("backfill", "cli"):
-        results[f"{path}_ratio"] = results[f"{path}_seconds"] / library
-        results[f"{path}_overhead_per_run_seconds"] = (results[f"{path}_seconds"] - library) / runs[path]
-    print(f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks, medians of {args.repeat}")
+    print(
+        f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks, medians of {args.repeat}; "
+        f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}"
+    )
     print(f"  library orchestrator       {library:7.1f} s")
-    for path in ("backfill", "cli"):
+    names = {"backfill": "backfill (UI)", "cli": "cli, running daemon", "cli-own": "cli, own daemon"}
+    for path in args.paths:
         print(
-            f"  dagster {path:<18} {results[f'{path}_seconds']:7.1f} s  ratio {results[f'{path}_ratio']:.2f}  "
-            f"overhead/run {results[f'{path}_overhead_per_run_seconds']:.1f} s ({runs[path]} runs)"
+            f"  dagster {names[path]:<20} {results[f'{path}_seconds']:7.1f} s  ratio {results[f'{path}_ratio']:.2f}  "
+            f"fixed cost {results[f'{path}_fixed_cost_seconds']:.1f} s ({RUNS[path]} runs)"
         )
     print(
-        f"  slowest chunk: library {results['library_chunk_wall_seconds']:.1f} s, dagster backfill "
-        f"{results['backfill_chunk_wall_seconds']:.1f} s, cli {results['cli_chunk_wall_seconds']:.1f} s; "
-        f"daemon + code server CPU: backfill {results['backfill_deployment_cpu_seconds']:.1f} s, "
-        f"cli {results['cli_deployment_cpu_seconds']:.1f} s"
+        "  slowest chunk: "
+        + ", ".join(f"{path} {results[f'{path}_chunk_wall_seconds']:.1f} s" for path in rounds)
+        + "; daemon + code server CPU: "
+        + ", ".join(f"{path} {results[f'{path}_deployment_cpu_seconds']:.1f} s" for path in args.paths)
     )
+    for path in args.paths:
+        print(f"  where the time went, {names[path]} (median per stage, from the runs' event timestamps):")
+        for label, seconds in results[f"{path}_breakdown"]:
+            print(f"    {seconds:6.2f} s  {label}")
     print(json.dumps(results))
     if args.keep:
         print(f"kept: DAGSTER_HOME={home}")
     else:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def median_breakdown(rounds: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    """Per stage, the median over the rounds that had it (stage labels in the first round's order)."""
+    labels = list(dict.fromkeys(label for round_ in rounds for label, _ in round_))
+    return [
+        (label, statistics.median(seconds for round_ in rounds for name, seconds in round_ if name == label))
+        for label in labels
+    ]
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from helios_pipeline.engine.concat import ConcatResult
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.page_network import REPORTED_URLS
-from helios_pipeline.engine.still import poster_path
+from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan

@@ -33,6 +33,9 @@ from helios_pipeline.dagster_defs.runner import (
     reexecute_backfill_from_failure,
 )
 from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.dagster_defs.timeline import critical_path, time_of
+from helios_pipeline.dagster_defs.timeline import render_runs as timeline_runs
+from helios_pipeline.dagster_defs.warm_launcher import PID_TAG as RUN_WORKER_PID_TAG
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -65,6 +68,9 @@ MIXED = dg.AssetKey("mixed_video")
 # plan, chunks, concat + mix: three runs one after another (~30 s on an idle 2-core machine); the rest is
 # slack for a loaded CI machine.
 BACKFILL_TIMEOUT_S = 240
+FINAL_RUN_START_BOUND_S = 20
+"""From the last chunk's materialisation to the final run's start: ~3 s on a quiet 2-core machine, 25 s with a
+cold run worker on one loaded by other test suites (load average 20); generous, for CI's machine."""
 FAILED = (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED)
 ENDED_RUN = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE}
 
@@ -328,6 +334,13 @@ def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployme
     launched = [r.dagster_run for r in records if r.dagster_run.asset_selection != {PLAN}]
     assert all(run.tags.get("dagster/backfill") == backfill.backfill_id for run in launched)
     assert chunk_partition("cli-exact", "002") in instance.get_materialized_partitions(CHUNK)  # skipped, runless
+    # each launched run had a process of its own, forked from the deployment's warm run-worker process
+    worker_pids = {run.tags.get(RUN_WORKER_PID_TAG) for run in launched}
+    assert None not in worker_pids and len(worker_pids) == len(launched), worker_pids
+    # concat + mix start soon after the last chunk: no loop or cold process start in between (generous bound)
+    path = critical_path(timeline_runs(instance, "cli-exact"), started=0.0)
+    final_wait = time_of(path, "final", "started") - time_of(path, "last chunk", "materialised")
+    assert final_wait < FINAL_RUN_START_BOUND_S, [(m.label, m.timestamp) for m in path]
     assert video == final_video(instance, "cli-exact")
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
 

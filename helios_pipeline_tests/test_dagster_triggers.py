@@ -310,6 +310,45 @@ def test_automation_renders_a_registered_render_stage_by_stage(instance: dg.Dags
     assert automation.tick() == {}
 
 
+def test_automation_requests_no_run_for_a_chunk_the_plan_left_unused(instance: dg.DagsterInstance) -> None:
+    """A plan records its unused chunk partitions, then its own materialisation: an automation tick between the
+    two saw the unused partitions updated, then the plan's new version, and started a run for each to do nothing
+    (seen in the ten-render load test)."""
+    automation = Automation(instance)
+    automation.tick()
+    instance.add_dynamic_partitions(renders.name, ["r1"])
+    assert automation.tick() == {}
+
+    assets.report_unused_chunks(  # the plan's first records...
+        instance, "r1", used=2, fingerprint="f1", record_check=instance.report_runless_asset_event
+    )
+    assert automation.tick() == {}
+    instance.report_runless_asset_event(  # ...then, a tick later, its materialisation (its version: the pictures')
+        dg.AssetMaterialization(asset_key=render_plan.key, partition="r1", tags={"dagster/data_version": "f1"})
+    )
+    assert automation.tick() == {"chunk_video": {chunk_partition("r1", chunk) for chunk in CHUNK_KEYS[:2]}}
+
+
+def test_automation_requests_no_mix_run_of_its_own_after_a_concat_and_mix_run(instance: dg.DagsterInstance) -> None:
+    """Concat and mix run together; a tick that saw the run's concat but neither its mix nor the run in progress
+    (ticks read the instance over seconds on a loaded machine) started a second, mix-only run (load test)."""
+    automation = Automation(instance)
+    automation.tick()
+    instance.add_dynamic_partitions(renders.name, ["r1"])
+    automation.tick()
+    report(instance, render_plan, "r1")
+    automation.tick()
+    for chunk in CHUNK_KEYS:
+        report(instance, chunk_video, chunk_partition("r1", chunk))
+    assert automation.tick() == {"concat_video": {"r1"}, "mixed_video": {"r1"}}
+    assert automation.tick() == {}
+
+    report(instance, concat_video, "r1")  # the run's concat is recorded; its mix follows a moment later
+    assert automation.tick() == {}, "the mix is already part of the concat's run"
+    report(instance, mixed_video, "r1")
+    assert automation.tick() == {}
+
+
 def test_automation_renders_a_render_planned_before_its_first_evaluation(instance: dg.DagsterInstance) -> None:
     """A fresh deployment whose inbox sensor registered and planned a render before automation first ran."""
     instance.add_dynamic_partitions(renders.name, ["early"])

@@ -51,7 +51,7 @@ def submit(env: dict[str, str], spec: Path) -> tuple[str, float]:
 
 
 def rendering_run_process(home: Path) -> psutil.Process | None:
-    """A chunk run's worker process (the code server's spawned run process) whose Chromium is running.
+    """A chunk run's worker process (forked by the run launcher) whose Chromium is running.
 
     It is the parent of Playwright's driver (``node … cli.js run-driver``), which started Chromium.
     The driver's own child, Chromium, has "playwright" in its command line too (its profile folder):

@@ -8,10 +8,14 @@ Dagster's: a chunk is a partition, each partition its own run.
 import os
 import socket
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.inbox import Inbox, spec_named
 from helios_pipeline.dagster_defs.names import (
     BACKFILL_PLAN_TAG,
@@ -35,13 +39,12 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.disk_full import DiskFull
 from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
-from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compatible
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.engine.probe import count_video_frames, probe
-from helios_pipeline.engine.still import poster_path
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
@@ -123,13 +126,26 @@ SAME_PICTURES_REPLANNED = dg.AutomationCondition.any_deps_match(
     & ~dg.AutomationCondition.any_new_update_has_run_tags(tag_keys={BACKFILL_PLAN_TAG})
 ).allow(_PLAN)
 
-CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED)
+CHUNK_IN_PLAN = "in_plan"
+"""The chunk partition's check that the render's plan uses it: failed (a warning) on the partitions it leaves unused."""
+# An unused chunk partition is never requested, whatever order an automation tick sees the plan's records in.
+NOT_LEFT_UNUSED = ~dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed())
+with warnings.catch_warnings():  # a check status per chunk partition: preview in Dagster 1.13 (pinned)
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    IN_PLAN_CHECK = dg.AssetCheckSpec(
+        CHUNK_IN_PLAN,
+        asset="chunk_video",
+        partitions_def=chunk_partitions,  # a status per chunk partition, not one for the whole asset
+        description="the render's plan uses this chunk partition; one it leaves unused is recorded empty, "
+        "with this check failed (a warning), and is never run by automation",
+    )
+CHUNK_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | PICTURES_CHANGED) & NOT_LEFT_UNUSED
 STAGE_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
-MIX_CONDITION = _when_inputs_ready(
-    dg.AutomationCondition.newly_missing()
-    | dg.AutomationCondition.any_deps_updated().ignore(_PLAN)
-    | SAME_PICTURES_REPLANNED
-)
+# The mix joins the concat's run (a concat about to be requested), instead of following the concat's record: a
+# tick can see the run's concat recorded before its mix, and the run no longer in progress, and would start a
+# second, mix-only run of a render that is already mixed (seen under load).
+CONCAT_REQUESTED = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()).ignore(_PLAN)
+MIX_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | CONCAT_REQUESTED | SAME_PICTURES_REPLANNED)
 
 
 @dg.asset(
@@ -160,7 +176,8 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
     spec = plan.spec
     fingerprints = storage.refresh_fingerprint(key, spec)
     picture = fingerprints["picture_fingerprint"]
-    _report_unused_chunks(context, key, len(plan.chunks), picture)
+    # the checks go into the plan's run (one per partition and run), before the plan's own materialisation
+    report_unused_chunks(context.instance, key, len(plan.chunks), picture, record_check=context.log_event)
     return dg.MaterializeResult(
         metadata={
             "total_frames": plan.total_frames,
@@ -210,36 +227,66 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
     register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key)
 
 
-def _report_unused_chunks(context: dg.AssetExecutionContext, key: str, used: int, fingerprint: str) -> None:
+def report_unused_chunks(
+    instance: dg.DagsterInstance,
+    key: str,
+    used: int,
+    fingerprint: str,
+    record_check: Callable[[dg.AssetCheckEvaluation], None],
+) -> None:
     """Chunk partitions beyond the plan are recorded as empty right away, so no run is spent on them.
 
-    A partition already recorded as empty is left alone when the render is planned again: a new
-    record would count as an update of the chunk, and automation would start the concat while the
-    re-planned render's real chunks are still to be rendered.
+    Each unused partition also gets a failed ``in_plan`` check, which keeps automation from ever
+    requesting it: unlike the empty record (an *event*, which an automation tick can see before or
+    after the plan's own materialisation), the check's status is *state*, recorded before the plan
+    is, so every tick that sees the new plan sees it too. A partition the plan uses again after an
+    earlier plan left it unused gets its check passed. A partition already recorded as empty is not
+    recorded again when the render is planned again: a new record would count as an update of the
+    chunk, and automation would start the concat while the re-planned render's real chunks are
+    still to be rendered. ``record_check`` records a check result (the plan's ``context.log_event``:
+    Dagster keeps one result per partition and run, so they cannot be reported without a run).
     """
-    unused = [str(chunk_partition(key, index)) for index in range(used, SETTINGS.max_chunks)]
-    if not unused:
-        return
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=CHUNK_ASSET, asset_partitions=unused), limit=len(unused) * 4
-    ).records
-    latest: dict[str, dg.AssetMaterialization] = {}
-    for record in records:  # newest first
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.partition not in latest:
-            latest[str(materialization.partition)] = materialization
-    for partition in unused:
-        if partition in latest and latest[partition].metadata.get("skipped") is not None:
+    partitions = [str(chunk_partition(key, index)) for index in range(SETTINGS.max_chunks)]
+    latest = _latest_records(instance, CHUNK_ASSET, partitions)
+    for index, partition in enumerate(partitions):
+        record = latest.get(partition)
+        empty = record is not None and record.asset_materialization.metadata.get("skipped") is not None
+        if index < used:
+            if empty:  # unused by an earlier plan: its failed check must not hold this plan's chunk back
+                record_check(private_api.check_evaluation_of(record, CHUNK_IN_PLAN, True))
             continue
-        context.instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                asset_key=CHUNK_ASSET,
-                partition=partition,
+        if not empty:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=CHUNK_ASSET,
+                    partition=partition,
+                    description=unused_chunk_reason(used),
+                    metadata=unused_chunk_metadata(used),
+                    tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
+                )
+            )
+            record = _latest_records(instance, CHUNK_ASSET, [partition])[partition]
+        record_check(
+            private_api.check_evaluation_of(
+                record,
+                CHUNK_IN_PLAN,
+                False,
+                severity=dg.AssetCheckSeverity.WARN,
                 description=unused_chunk_reason(used),
-                metadata=unused_chunk_metadata(used),
-                tags={DATA_VERSION_TAG: f"{fingerprint}-none"},
             )
         )
+
+
+def _latest_records(instance: dg.DagsterInstance, asset: dg.AssetKey, partitions: list[str]) -> dict[str, Any]:
+    """The latest materialisation record of each of ``partitions`` that has one."""
+    latest: dict[str, Any] = {}
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+        ).records
+        if records and records[0].asset_materialization is not None:
+            latest[partition] = records[0]
+    return latest
 
 
 def unused_chunk_reason(used: int) -> str:
@@ -269,6 +316,7 @@ def unused_chunk_metadata(used: int) -> dict[str, object]:
     pool=CHUNK_POOL,
     retry_policy=CHUNK_RETRY,
     automation_condition=CHUNK_CONDITION,
+    check_specs=[IN_PLAN_CHECK],
     description="One chunk of a render: a frame range rendered in its own Chromium into a closed-GOP file; "
     "its preview is its first frame. Chunk indices beyond the render's plan materialise as empty partitions "
     "whose preview reads 'unused'.",
@@ -285,9 +333,18 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
         raise _fail(exc, retryable=False) from None
     except StorageError as exc:  # storage unreachable, or the bundle missing or corrupt: a retry may help
         raise _fail(exc, retryable=True) from None
-    if index >= len(plan.chunks):
+    if index >= len(plan.chunks):  # a backfill of every chunk partition (the UI's) runs the unused ones too
         return dg.MaterializeResult(
-            metadata=unused_chunk_metadata(len(plan.chunks)), data_version=dg.DataVersion(f"{fingerprint}-none")
+            metadata=unused_chunk_metadata(len(plan.chunks)),
+            data_version=dg.DataVersion(f"{fingerprint}-none"),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=CHUNK_IN_PLAN,
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=unused_chunk_reason(len(plan.chunks)),
+                )
+            ],
         )
     chunk = plan.chunks[index]
     # who renders it, on the run itself: a chunk still rendering or failed has no metadata to say so
@@ -305,6 +362,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 context.log.warning(f"progress not recorded: {exc}")
 
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
+    from helios_pipeline.engine.chunk import render_chunk  # Playwright: only chunk runs import it
+
     try:
         result = render_chunk(plan.spec, chunk, on_progress=on_progress)
     except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
@@ -356,6 +415,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
             "path": dg.MetadataValue.path(storage.uri_of(render_key, output)),
         },
         data_version=dg.DataVersion(f"{fingerprint}-{chunk.start_frame}-{chunk.frame_count}"),
+        check_results=[dg.AssetCheckResult(check_name=CHUNK_IN_PLAN, passed=True)],
     )
 
 

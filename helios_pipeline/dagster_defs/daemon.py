@@ -16,9 +16,11 @@ removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
-from helios_pipeline.dagster_defs import private_api
+from helios_pipeline.dagster_defs import private_api, warm_launcher
 from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"helios-pipeline daemon: {exc}")
     shorten_backfill_loop(seconds)
+    home = os.environ.get("DAGSTER_HOME")
+    if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
+        warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
     private_api.run_daemon_cli(argv if argv is not None else sys.argv[1:])
 
 

@@ -136,3 +136,61 @@ def pool_usage(instance: dg.DagsterInstance, pool: str) -> tuple[int, list[tuple
     holders = [(claim.run_id, claim.step_key) for claim in info.claimed_slots]
     waiting = [(step.run_id, step.step_key) for step in info.pending_steps if step.assigned_timestamp is None]
     return slots, holders, waiting
+
+
+# Modules a run worker needs before it can run anything: Dagster's run command and its SQLite storages.
+RUN_WORKER_DAGSTER_MODULES = (
+    "dagster",
+    "dagster._cli.api",
+    "dagster._core.storage.runs.sqlite",
+    "dagster._core.storage.event_log.sqlite",
+    "dagster._core.storage.schedules.sqlite",
+)
+
+
+def execute_run_args(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """What ``dagster api execute_run`` takes: the run's code origin, its id and the instance, serialised."""
+    from dagster._grpc.types import ExecuteRunArgs
+
+    args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=instance.get_ref())
+    return dg.serialize_value(args)
+
+
+def execute_run(serialized_args: str) -> None:
+    """``dagster api execute_run`` in this process: loads the code location, runs, records every event."""
+    from dagster._cli.api import execute_run_command
+
+    execute_run_command.callback(input_json=serialized_args, compressed_input_json=None)  # the click command's body
+
+
+def report_run_worker_died(instance: dg.DagsterInstance, run: dg.DagsterRun, exit_code: int, launcher: type) -> None:
+    """What Dagster's code server reports when a run's process ended without ending its run: the run FAILED."""
+    from dagster._utils import get_run_crash_explanation
+
+    message = get_run_crash_explanation(prefix=f"Run execution process for {run.run_id}", exit_code=exit_code)
+    instance.report_engine_event(message, run, cls=launcher)
+    instance.report_run_failed(run)
+
+
+def check_evaluation_of(record: Any, check_name: str, passed: bool, **fields: Any) -> dg.AssetCheckEvaluation:
+    """A check result on the materialisation ``record`` (an ``EventLogRecord``), reported without a run.
+
+    Dagster counts a check's status only while it targets the asset partition's latest
+    materialisation; runless evaluations name that target through an internal record type.
+    """
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    materialization = record.asset_materialization
+    target = AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
+    return dg.AssetCheckEvaluation(
+        asset_key=materialization.asset_key,
+        check_name=check_name,
+        passed=passed,
+        partition=str(materialization.partition),
+        target_materialization_data=target,
+        **fields,
+    )

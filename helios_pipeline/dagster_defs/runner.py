@@ -86,6 +86,9 @@ BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is alrea
 INTERRUPT_RUNS_SECONDS = 4  # the deployment's terminated runs get this long to end, then are marked canceled
 INTERRUPT_DAEMON_SECONDS = 4  # our daemon's group (code server, run workers, Chromium, FFmpeg) gets this long
 PLAN_FINISH_SECONDS = 1  # an interrupted plan run gets this long to record its end before the render is cancelled
+# After a finished render our daemon's threads stop at once on SIGTERM; what follows is Dagster's code-server
+# teardown (7 s on a loaded 2-core machine), with nothing left to save: the CLI does not wait for all of it
+DONE_DAEMON_SECONDS = 2
 
 
 def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
@@ -398,7 +401,7 @@ def render_through_dagster(
     daemon = RenderDaemon(instance, on_note)
     stall = StallWatch(instance, daemon.problem)
     key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
-    interrupted = False
+    interrupted = done = False
     try:
         try:
             daemon.start_unless_alive()
@@ -416,6 +419,7 @@ def render_through_dagster(
                 )
                 if daemon.ours:  # let our daemon record the backfill as done before it stops
                     wait_for_backfill_end(instance, key, since, BACKFILL_END_WAIT_SECONDS)
+                done = True
                 return status
             except RenderError as exc:
                 if not daemon.ours:
@@ -435,7 +439,7 @@ def render_through_dagster(
                 cancel_render_backfill(instance, key, since, daemon_alive=True)
                 cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
     finally:
-        daemon.stop(INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
+        daemon.stop(DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
     if daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from helios_pipeline.fingerprint import combined_fingerprint, picture_fingerprint, sound_fingerprint
@@ -34,8 +33,12 @@ def _s3_client() -> Any:
 
     A nested ``S3Resource`` field would make this resource a generator to Dagster (sensors and
     tests would need a context manager to reach it), and boto3 already reads every setting the
-    deployment needs, so none is duplicated here.
+    deployment needs, so none is duplicated here. Imported here, not at the top: dagster-aws brings
+    boto3 and its own components (about a second of import), which only an S3 deployment's run
+    workers should pay for at start-up.
     """
+    from dagster_aws.s3 import S3Resource
+
     return S3Resource().get_client()
 
 

@@ -19,7 +19,7 @@ from helios_pipeline.engine.chunk_compat import ChunkFacts, check_chunks_compati
 from helios_pipeline.engine.concat import ConcatResult, concat_chunks
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.still import poster_path, render_still
+from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.plan import RenderPlan
 
 
@@ -66,11 +66,11 @@ def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Fini
     spec = render_plan.spec
     with ThreadPoolExecutor(max_workers=2) as pool:
         sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat)
-        poster_job = (
-            pool.submit(render_still, spec, int(spec.poster_frame), poster_path(final))
-            if spec.poster_frame is not None
-            else None
-        )
+        poster_job = None
+        if spec.poster_frame is not None:
+            from helios_pipeline.engine.still import render_still  # a browser: loaded only for a poster
+
+            poster_job = pool.submit(render_still, spec, int(spec.poster_frame), poster_path(final))
         jobs = [job for job in (sheet_job, poster_job) if job is not None]
         previews = [contact_sheet_path(final), *([poster_path(final)] if poster_job is not None else [])]
         try:

@@ -27,6 +27,7 @@ from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
+from helios_pipeline.engine.poster import poster_path  # noqa: F401  (re-exported: the still's callers name it)
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt, subtitles_filter
 from helios_pipeline.engine.watchdog import Watchdog, browser_call_failure, frame_limit, load_limit, watched_browser
@@ -52,11 +53,6 @@ class StillResult:
     image_format: ImageFormat
     capture_method: str
     seconds: float
-
-
-def poster_path(video: Path) -> Path:
-    """The poster beside a video: ``<stem>.poster.png`` (like its ``<stem>.contact.png``)."""
-    return video.with_name(f"{video.stem}.poster.png")
 
 
 def image_format_for(output: Path) -> ImageFormat:
