@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,10 +89,13 @@ class Stopping:
     trees: list[list[psutil.Process]]
     deadline: float
 
-    def finish(self) -> None:
+    def finish(self, while_waiting: Callable[[], None] | None = None) -> None:
+        """``while_waiting`` is called on every poll until the groups are gone (bookkeeping that must outlast them)."""
         while time.monotonic() < self.deadline and any(
             process.poll() is None or alive(tree) for process, tree in zip(self.processes, self.trees, strict=True)
         ):
+            if while_waiting is not None:
+                while_waiting()
             time.sleep(POLL_SECONDS)
         for process, tree in zip(self.processes, self.trees, strict=True):
             for leftover in alive(tree):

@@ -166,13 +166,13 @@ class RenderDaemon:
         if self.process is not None and self._stopping is None:
             self._stopping = begin_stop([*self._exited, self.process], grace)
 
-    def stop(self, grace: float = DAEMON_STOP_SECONDS) -> None:
+    def stop(self, grace: float = DAEMON_STOP_SECONDS, while_waiting: Callable[[], None] | None = None) -> None:
         """Stop our daemon (if any) with everything it started, and wipe its heartbeats."""
         if self.process is None:
             return
         self.begin_stop(grace)
         assert self._stopping is not None
-        self._stopping.finish()
+        self._stopping.finish(while_waiting)
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 

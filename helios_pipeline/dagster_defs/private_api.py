@@ -164,12 +164,18 @@ def execute_run(serialized_args: str) -> None:
 
 
 def report_run_worker_died(instance: dg.DagsterInstance, run: dg.DagsterRun, exit_code: int, launcher: type) -> None:
-    """What Dagster's code server reports when a run's process ended without ending its run: the run FAILED."""
+    """What Dagster's code server reports when a run's process ended without ending its run: the run FAILED
+    (CANCELED if it was being cancelled)."""
     from dagster._utils import get_run_crash_explanation
 
     message = get_run_crash_explanation(prefix=f"Run execution process for {run.run_id}", exit_code=exit_code)
     instance.report_engine_event(message, run, cls=launcher)
-    instance.report_run_failed(run)
+    if run.status == dg.DagsterRunStatus.CANCELING:
+        # it was being stopped (a SIGTERM to its process group can end it before it records its own end):
+        # canceled, as run monitoring ends a CANCELING run whose worker is gone, and not retried
+        instance.report_run_canceled(run)
+    else:
+        instance.report_run_failed(run)
 
 
 def check_evaluation_of(record: Any, check_name: str, passed: bool, **fields: Any) -> dg.AssetCheckEvaluation:

@@ -439,7 +439,17 @@ def render_through_dagster(
                 cancel_render_backfill(instance, key, since, daemon_alive=True)
                 cancel_render(instance, key, since, timeout=INTERRUPT_RUNS_SECONDS)
     finally:
-        daemon.stop(DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS)
+        # A run that was still STARTING when marked CANCELING records its start afterwards, which sets it back
+        # to STARTED, and an interrupted STARTED run ends FAILURE (and may be retried): keep marking until
+        # our daemon's group is gone.
+        def remark() -> None:
+            with contextlib.suppress(Exception):  # bookkeeping: a storage hiccup must not stop the stop
+                mark_render_canceling(instance, key, since)
+
+        daemon.stop(
+            DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS,
+            while_waiting=remark if interrupted and daemon.ours else None,
+        )
     if daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled
