@@ -20,7 +20,14 @@ from typing import Any
 from playwright.sync_api import CDPSession
 from playwright.sync_api import Error as PlaywrightError
 
-from helios_pipeline.engine.capture import DomCapture, FrameCapture, evaluate, image_input, seek_expression
+from helios_pipeline.engine.capture import (
+    DomCapture,
+    FrameCapture,
+    evaluate,
+    image_input,
+    screenshot_parameters,
+    seek_expression,
+)
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.spec import RenderSpec
 
@@ -77,10 +84,7 @@ class BeginFrameCapture:
     """``HeadlessExperimental.beginFrame`` parameters: the screenshot's format, quality, optimizeForSpeed."""
 
     def __post_init__(self) -> None:
-        screenshot: dict[str, Any] = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
-        if self.spec.intermediate_image_format == "jpeg":
-            screenshot["quality"] = self.spec.intermediate_image_quality
-        self.frame_params = {"screenshot": screenshot}
+        self.frame_params = {"screenshot": screenshot_parameters(self.spec)}
         self.description = f"dom/beginframe/{self.spec.intermediate_image_format}"
 
     def ffmpeg_input(self) -> list[str]:

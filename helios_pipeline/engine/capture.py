@@ -79,6 +79,14 @@ def image_input(spec: RenderSpec) -> list[str]:
     return [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
 
 
+def screenshot_parameters(spec: RenderSpec) -> dict[str, Any]:
+    """The intermediate image's CDP parameters (format, JPEG quality), the same for both DOM capture paths."""
+    params: dict[str, Any] = {"format": spec.intermediate_image_format, "optimizeForSpeed": True}
+    if spec.intermediate_image_format == "jpeg":
+        params["quality"] = spec.intermediate_image_quality
+    return params
+
+
 @dataclass
 class DomCapture:
     """Seek, then a CDP screenshot of the viewport: the path where BeginFrame is unavailable."""
@@ -90,9 +98,7 @@ class DomCapture:
     """CDP ``Page.captureScreenshot`` parameters (image format, quality, optimizeForSpeed)."""
 
     def __post_init__(self) -> None:
-        self.screenshot_params = {"format": self.spec.intermediate_image_format, "optimizeForSpeed": True}
-        if self.spec.intermediate_image_format == "jpeg":
-            self.screenshot_params["quality"] = self.spec.intermediate_image_quality
+        self.screenshot_params = screenshot_parameters(self.spec)
         self.description = f"dom/screenshot/{self.spec.intermediate_image_format}"
         if self.spec.has_alpha:
             # a transparent default background instead of white; PNG keeps the alpha
