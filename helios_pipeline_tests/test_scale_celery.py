@@ -292,12 +292,22 @@ def test_the_worker_refuses_an_instance_without_the_celery_launcher_and_a_flat_w
     env = deployment_env(postgres_server, "unused", redis_server)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the one-machine config: DefaultRunLauncher
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the one-machine config: the warm local launcher
 
     result = run_worker_cli(env, home)
 
     assert result.returncode == 2
-    assert f"{home / 'dagster.yaml'}: run_launcher is none (Dagster's default)" in result.stderr
+    launcher = "helios_pipeline.dagster_defs.warm_launcher.WarmRunLauncher"
+    assert f"{home / 'dagster.yaml'}: run_launcher is {launcher}, not a CeleryRunLauncher" in result.stderr
+
+    bare = tmp_path / "bare_home"
+    bare.mkdir()
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    del config["run_launcher"]
+    (bare / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_worker_cli(env, bare)
+    assert result.returncode == 2
+    assert f"{bare / 'dagster.yaml'}: run_launcher is none (Dagster's default)" in result.stderr
 
     flat = tmp_path / "flat.yaml"
     flat.write_text(yaml.safe_dump({"broker": redis_server.url(0)}), encoding="utf-8")
