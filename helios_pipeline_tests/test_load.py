@@ -217,6 +217,13 @@ def serves_code(process: psutil.Process) -> bool:
     return False
 
 
+def daemon_fork_server(process: psutil.Process, daemon_pid: int) -> bool:
+    """The daemon's fork server (`WarmRunLauncher`): it lives as long as the daemon; run workers are its children."""
+    with contextlib.suppress(psutil.Error):
+        return process.ppid() == daemon_pid and "multiprocessing.forkserver" in " ".join(process.cmdline())
+    return False
+
+
 def chunk_metadata(instance: dg.DagsterInstance, key: str, chunk: str) -> dict[str, dg.MetadataValue]:
     partition = str(dg.MultiPartitionKey({"render": key, "chunk": chunk}))
     records = instance.fetch_materializations(
@@ -304,9 +311,13 @@ def test_ten_renders_at_once_finish_frame_exact_within_the_limits_without_storag
                 60, "the CLI renders' backfills to end", 0.5,
             )  # fmt: skip
 
-            # nothing left running but the daemon and its code servers: run workers, Chromium, FFmpeg are gone
+            # nothing left but the daemon, its code servers and fork server: run workers, Chromium, FFmpeg are gone
             def leftover() -> list[psutil.Process]:
-                return [p for p in deployment_processes(home) if p.pid != daemon.pid and not serves_code(p)]
+                return [
+                    p
+                    for p in deployment_processes(home)
+                    if p.pid != daemon.pid and not serves_code(p) and not daemon_fork_server(p, daemon.pid)
+                ]
 
             with contextlib.suppress(AssertionError):
                 wait_for(lambda: not leftover(), 30, "the runs' processes to exit", 0.5)
