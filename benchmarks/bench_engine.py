@@ -51,7 +51,6 @@ from typing import Any
 import psutil
 
 from helios_pipeline.engine.begin_frame import (
-    DOM_CAPTURE_ENV,
     BeginFrameCapture,
     dom_capture,
     draw_screenshot,
@@ -59,6 +58,7 @@ from helios_pipeline.engine.begin_frame import (
 )
 from helios_pipeline.engine.browser import launch_args, launch_browser, start_playwright
 from helios_pipeline.engine.capture import DomCapture, evaluate, seek_expression
+from helios_pipeline.engine.capture_setting import DOM_CAPTURE_ENV
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.probe import count_video_frames

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from helios_pipeline.engine.begin_frame import DOM_CAPTURE_ENV
+from helios_pipeline.engine.capture_setting import DOM_CAPTURE_ENV
 from helios_pipeline.engine.probe import count_video_frames
 from helios_pipeline.engine.tools import chromium_path, ffmpeg_path
 

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 from helios_pipeline.engine.audio.mix import output_audio_codec
+from helios_pipeline.engine.capture_setting import dom_capture_choice
 from helios_pipeline.engine.errors import RenderError, ToolNotFoundError
 from helios_pipeline.engine.ffmpeg import encoder_kinds, encoder_pixel_formats
 from helios_pipeline.engine.probe import audio_stream_duration
@@ -91,6 +92,10 @@ def check_inputs(spec: RenderSpec, source: str = "render options", *, fetch_comp
     try:
         read_deployment_policy()
     except ValueError as exc:  # the deployment's setting, not the spec: every render would fail on it
+        raise SettingError(str(exc)) from None
+    try:
+        dom_capture_choice()  # HELIOS_DOM_CAPTURE: refused here, not by every chunk after its worker started
+    except RenderError as exc:
         raise SettingError(str(exc)) from None
     problems = RenderLimits.from_env().problems(spec) + encoder_problems(spec) + audio_track_problems(spec)
     if problems:

@@ -13,7 +13,7 @@ import pytest
 
 from helios_pipeline.engine import browser as browser_module
 from helios_pipeline.engine import tools
-from helios_pipeline.engine.begin_frame import DOM_CAPTURE_ENV
+from helios_pipeline.engine.capture_setting import DOM_CAPTURE_ENV
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
 from helios_pipeline.engine.still import render_still
 from helios_pipeline.plan import RenderChunk
@@ -86,3 +86,20 @@ def test_a_browser_refusing_begin_frame_falls_back_to_screenshots(
 def test_screenshots_can_be_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DOM_CAPTURE_ENV, "screenshot")
     assert _render(tmp_path).capture_method == "dom/screenshot/jpeg"
+
+
+def test_an_unknown_capture_setting_is_refused_before_anything_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, each chunk failed on it after its worker and browser had started (exit 1, "chunk 1: ...")."""
+    from helios_pipeline.limits import SettingError
+    from helios_pipeline.preflight import check_inputs
+
+    spec = validate_spec(
+        {"composition": str(COMPOSITIONS / "frame_css"), "width": 128, "height": 128, "fps": 30, "frame_count": 4},
+        base_dir=tmp_path,
+        source="test",
+    )
+    monkeypatch.setenv(DOM_CAPTURE_ENV, "beginframe-please")
+    with pytest.raises(SettingError, match=rf"{DOM_CAPTURE_ENV}='beginframe-please': expected 'auto' or 'screenshot'"):
+        check_inputs(spec, fetch_composition=False)

@@ -13,7 +13,6 @@ is the capture's ``description``, recorded with every chunk and still.
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,24 +27,19 @@ from helios_pipeline.engine.capture import (
     screenshot_parameters,
     seek_expression,
 )
+from helios_pipeline.engine.capture_setting import dom_capture_choice
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.spec import RenderSpec
 
 BEGIN_FRAME = "HeadlessExperimental.beginFrame"
 MAX_UNDRAWN_FRAMES = 10
 """BeginFrames in a row that may come back without a screenshot before the capture gives up."""
-DOM_CAPTURE_ENV = "HELIOS_DOM_CAPTURE"
-"""``screenshot`` forces ``Page.captureScreenshot`` (and a browser launched without BeginFrame control);
-unset or ``auto``: BeginFrame where the browser has it. For comparing the two, and as a way back."""
 
 
 def wants_begin_frame(spec: RenderSpec) -> bool:
     """Launch for BeginFrame? DOM mode only (canvas mode reads the canvas in the page, drawn or not),
     unless ``HELIOS_DOM_CAPTURE=screenshot``."""
-    choice = os.environ.get(DOM_CAPTURE_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("auto", "screenshot"):
-        raise RenderError(f"{DOM_CAPTURE_ENV}={choice!r}: expected 'auto' or 'screenshot'")
-    return spec.mode == "dom" and choice == "auto"
+    return spec.mode == "dom" and dom_capture_choice() == "auto"
 
 
 def begin_frame_available(cdp: CDPSession, params: dict[str, Any]) -> bool:
