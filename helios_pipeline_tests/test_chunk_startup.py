@@ -3,8 +3,10 @@ folder, and a chunk can use a Playwright its worker started while importing the 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -39,3 +41,37 @@ def test_chunks_render_with_a_playwright_started_by_the_caller(tmp_path: Path) -
         for chunk in plan.chunks:  # the second chunk proves the first left Playwright usable
             render_chunk(plan.spec, chunk, playwright=playwright)
     assert [frame_indices(chunk.output_file) for chunk in plan.chunks] == [[0, 1, 2], [3, 4, 5]]
+
+
+def _drivers() -> set[int]:
+    """This process's Playwright drivers (Node processes running ``run-driver``)."""
+    return {
+        child.pid for child in psutil.Process().children(recursive=True) if "run-driver" in " ".join(child.cmdline())
+    }
+
+
+def test_a_chunk_run_worker_hands_its_chunk_a_driver_started_beside_its_imports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The warm launcher's chunk worker starts the driver before Dagster runs the step; only the step's
+    thread gets it (Playwright's sync API is bound to its thread), and it is stopped when the run ends."""
+    from helios_pipeline.dagster_defs import run_worker
+
+    seen: dict[str, object] = {}
+
+    def execute_run(serialized_args: str) -> None:  # where Dagster runs the chunk step, on this thread
+        seen["driver"] = run_worker.prestarted_playwright()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            seen["on another thread"] = pool.submit(run_worker.prestarted_playwright).result()
+        seen["drivers"] = _drivers()
+
+    before = _drivers()
+    monkeypatch.setattr(run_worker.private_api, "execute_run", execute_run)
+    run_worker.execute("run args", start_driver=True)
+    assert seen["driver"] is not None and seen["on another thread"] is None
+    assert len(seen["drivers"] - before) == 1, "the worker's driver was not running while the step ran"
+    assert _drivers() == before, "the worker's driver outlived its run"
+    assert run_worker.prestarted_playwright() is None
+
+    run_worker.execute("run args", start_driver=False)  # the final run: no browser, so no driver
+    assert seen["driver"] is None and seen["drivers"] == before

@@ -34,6 +34,7 @@ import psutil
 import yaml
 
 from helios_pipeline.dagster_defs import private_api
+from helios_pipeline.dagster_defs.names import CHUNK_ASSET
 
 PID_TAG = "helios/run_worker_pid"
 HOST_TAG = "helios/run_worker_host"
@@ -74,6 +75,13 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
+def _execute_in_worker(serialized_args: str, start_driver: bool) -> None:
+    """The worker's body, imported from the preloaded module (it is in the fork server already)."""
+    from helios_pipeline.dagster_defs import run_worker
+
+    run_worker.execute(serialized_args, start_driver)
+
+
 def _gone(process: multiprocessing.process.BaseProcess) -> bool:
     """The worker has exited. Asked of the process itself, not only of the fork server: a fork server that is
     stopped first (the whole group gets SIGTERM) reports every worker it forked as ended, while they are still
@@ -98,8 +106,8 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
     def launch_run(self, context: Any) -> None:
         run = context.dagster_run
         process = fork_server().Process(
-            target=private_api.execute_run,
-            args=(private_api.execute_run_args(self._instance, run),),
+            target=_execute_in_worker,
+            args=(private_api.execute_run_args(self._instance, run), CHUNK_ASSET in (run.asset_selection or ())),
             name=f"dagster-run-{run.run_id}",
         )
         process.start()
