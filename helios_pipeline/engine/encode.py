@@ -238,7 +238,7 @@ class ChunkEncoder:
                     else f"did not finish within {timeout:.0f} s"
                 )
                 raise StuckError(f"{self.what}: FFmpeg stopped working after its last input ({reason}) and was killed")
-            time.sleep(STALL_POLL_S)
+            self._ffmpeg.exited_within(STALL_POLL_S)  # each chunk's end waited up to 0.25 s more in a sleep
         try:
             self._ffmpeg.wait(STALL_POLL_S)
         except RenderError:

@@ -163,6 +163,14 @@ class FFmpegProcess:
             return times.user + times.system
         return None
 
+    def exited_within(self, seconds: float) -> bool:
+        """Whether FFmpeg exits within ``seconds``: returns as soon as it does, unlike a sleep between polls."""
+        try:
+            self._process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def wait(self, timeout: float) -> None:
         """Wait for FFmpeg to end; raise ``RenderError`` when it fails or outlives ``timeout`` seconds."""
         try:
