@@ -96,6 +96,17 @@ def main() -> int:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-dagster-"))
+    try:
+        return measure(args, scratch)
+    finally:  # a failed round too: no instance, storage or outputs left in the temporary folder
+        if args.keep:
+            print(f"kept: DAGSTER_HOME={scratch / 'home'}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> int:
+    """The rounds, in a fresh instance under ``scratch``; prints the figures."""
     home = scratch / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -217,10 +228,6 @@ def main() -> int:
         for label, seconds in results[f"{path}_breakdown"]:
             print(f"    {seconds:6.2f} s  {label}")
     print(json.dumps(results))
-    if args.keep:
-        print(f"kept: DAGSTER_HOME={home}")
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
