@@ -22,12 +22,14 @@ pytestmark = pytest.mark.slow
 class CountingExecutor:
     """LocalExecutor (one process per chunk) that records which chunks started and the peak in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, others_end_after_chunk_0: bool = False) -> None:
         self.inner = LocalExecutor()
         self.lock = threading.Lock()
         self.running = 0
         self.peak = 0
         self.started: list[int] = []
+        self.others_end_after_chunk_0 = others_end_after_chunk_0
+        self.chunk_0_ended = threading.Event()
 
     def render(self, spec: RenderSpec, chunk: RenderChunk, *, on_progress, cancel: threading.Event) -> ChunkResult:
         with self.lock:
@@ -35,8 +37,14 @@ class CountingExecutor:
             self.peak = max(self.peak, self.running)
             self.started.append(chunk.id)
         try:
-            return self.inner.render(spec, chunk, on_progress=on_progress, cancel=cancel)
+            result = self.inner.render(spec, chunk, on_progress=on_progress, cancel=cancel)
+            if self.others_end_after_chunk_0 and chunk.id != 0:
+                # a chunk that finished first would free its thread for a queued chunk before any failure
+                self.chunk_0_ended.wait(timeout=120)
+            return result
         finally:
+            if chunk.id == 0:
+                self.chunk_0_ended.set()
             with self.lock:
                 self.running -= 1
 
@@ -65,11 +73,14 @@ THROWS_AT_FRAME_ONE = """<!doctype html><html><body style="background:#123"><scr
 
 
 def test_first_failing_chunk_aborts_the_queued_ones(tmp_path: Path) -> None:
-    """5 chunks of 8 frames on 2 workers; chunk 0 throws at frame 1: chunks 2-4 never start."""
+    """5 chunks of 8 frames on 2 workers; chunk 0 throws at frame 1 while chunk 1 renders: chunks 2-4 never start.
+
+    Chunk 1 is held until chunk 0 has ended: on a loaded machine it could otherwise finish first, and its
+    thread would then rightly take chunk 2 before any chunk had failed (seen once in CI)."""
     page = tmp_path / "page" / "index.html"
     page.parent.mkdir()
     page.write_text(THROWS_AT_FRAME_ONE, encoding="utf-8")
-    executor = CountingExecutor()
+    executor = CountingExecutor(others_end_after_chunk_0=True)
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     with pytest.raises(PageError, match=r"frame 1: .*boom at frame one"):
