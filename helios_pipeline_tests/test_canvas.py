@@ -94,6 +94,25 @@ def test_webcodecs_frames_are_seeked_in_batches_per_round_trip(
     assert frame_indices(result.output) == list(range(45))
 
 
+def test_seeks_wait_for_the_in_page_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next frame is seeked only while the in-page encoder holds at most 4 frames
+    (canvas_capture.js, MAX_QUEUED_FRAMES): AV1's software encoder is far slower than this page's
+    seeks, and without the wait it held 10-13 frames after every batch of 16, all flushed at the end."""
+    held: list[int] = []
+    packets = capture.CanvasCapture._packets
+
+    def recording_packets(self: capture.CanvasCapture, taken: dict) -> bytes:
+        if "queued" in taken:
+            held.append(taken["queued"])
+        return packets(self, taken)
+
+    monkeypatch.setattr(capture.CanvasCapture, "_packets", recording_packets)
+    result = _render(tmp_path / "out.mp4", frame_count=48, concurrency=1, intermediate_video_codec="av1",
+                     executor=InProcessExecutor())  # fmt: skip
+    assert len(held) == 3 and max(held) <= 4, held
+    assert frame_indices(result.output) == list(range(48))
+
+
 THROWS_AT_20 = """<!doctype html><html><body style="margin:0"><canvas id="stage"></canvas><script>
   function tick() {
     if (performance.now() >= 20 * 1000 / 30) throw new Error("boom at the twentieth frame");

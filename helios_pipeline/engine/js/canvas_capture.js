@@ -7,6 +7,11 @@
   let encoderError = null;
   let fps = 30;
   let pending = []; // encoded chunks not yet handed to the renderer
+  let wakeOnError = null; // ends a wait for the encoder when the encoder fails
+  // Frames the encoder may hold before the next seek waits for it. Unbounded, the seeks ran ahead,
+  // the encoder fell behind (its output is delivered on this thread, between calls) and its flush
+  // held the chunk up by ~1 s at 720p; bounded, seeking and encoding overlap.
+  const MAX_QUEUED_FRAMES = 4;
   let imageType = "image/png";
   let imageQuality = 0.9;
 
@@ -69,6 +74,7 @@
         },
         error: (error) => {
           encoderError = error;
+          if (wakeOnError) wakeOnError();
         },
       });
       encoder.configure(chosen);
@@ -92,7 +98,8 @@
     // Seek and encode consecutive frames ([[index, frame, ms], ...]) in one call, so a frame
     // costs no CDP round trip of its own. Stops after `budgetMs` of real time (the next call goes
     // on), so a call takes at most that longer than its slowest frame. Returns what the encoder
-    // produced so far, how many frames were encoded, and the frame whose seek failed, if any.
+    // produced so far, how many frames were encoded, the frames the encoder still holds, and the
+    // frame whose seek failed, if any.
     async encodeFrames(frames, budgetMs) {
       const started = realNow();
       let count = 0;
@@ -104,9 +111,10 @@
         }
         this.encode(index);
         count += 1;
+        await encoderRoom();
         if (realNow() - started >= budgetMs) break;
       }
-      return { ...(await this.take()), count };
+      return { ...(await this.take()), count, queued: encoder.encodeQueueSize };
     },
 
     // Hand over what the encoder has produced so far: base64 payload plus each chunk's size.
@@ -130,6 +138,17 @@
       return url.slice(url.indexOf(",") + 1);
     },
   };
+
+  // Resolves once the encoder holds at most MAX_QUEUED_FRAMES frames, or has failed.
+  async function encoderRoom() {
+    while (!encoderError && encoder.encodeQueueSize > MAX_QUEUED_FRAMES) {
+      await new Promise((resolve) => {
+        wakeOnError = resolve;
+        encoder.addEventListener("dequeue", resolve, { once: true });
+      });
+      wakeOnError = null;
+    }
+  }
 
   // the page's performance.now() is the virtual clock (timeline.js): the prototype's is the real one
   function realNow() {
