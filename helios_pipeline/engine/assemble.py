@@ -65,7 +65,7 @@ def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Fini
     concat = render_plan.concat_output_file
     spec = render_plan.spec
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat)
+        sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat, frames=render_plan.total_frames)
         poster_job = None
         if spec.poster_frame is not None:
             from helios_pipeline.engine.still import render_still  # a browser: loaded only for a poster

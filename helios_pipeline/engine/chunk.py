@@ -117,9 +117,12 @@ def render_chunk(
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            start_playwright(playwright) as driver,
-            watched_browser(driver, watchdog, begin_frame_control=wants_begin_frame(spec)) as browser,
+            contextlib.ExitStack() as browser_stack,  # closed early: see below
         ):
+            driver = browser_stack.enter_context(start_playwright(playwright))
+            browser = browser_stack.enter_context(
+                watched_browser(driver, watchdog, begin_frame_control=wants_begin_frame(spec))
+            )
             chromium_version = browser.version
             gate = network
             watchdog.arm(load_limit(), "loading the page")
@@ -172,6 +175,8 @@ def render_chunk(
                 if tail:
                     encoder.write(tail)
                 capture_seconds = time.perf_counter() - capture_started
+                encoder.end_input()
+                browser_stack.close()  # Chromium (and a driver of the chunk's own) shut down while FFmpeg finishes
                 encoder.finish()
                 page_audio.mux_into(partial)
             except BaseException:

@@ -14,7 +14,13 @@ def contact_sheet_path(video: Path) -> Path:
 
 
 def write_contact_sheet(
-    video: Path, *, frames_from: Path | None = None, columns: int = 4, rows: int = 3, thumb_width: int = 320
+    video: Path,
+    *,
+    frames_from: Path | None = None,
+    frames: int | None = None,
+    columns: int = 4,
+    rows: int = 3,
+    thumb_width: int = 320,
 ) -> Path:
     """Write a ``columns x rows`` grid of evenly spaced frames beside ``video`` and return its path.
 

@@ -150,6 +150,7 @@ class ChunkEncoder:
         self._error: BaseException | None = None
         self._written = 0
         self._in_flight: tuple[int | None, float] | None = None  # (frame, since) of the write FFmpeg has not taken
+        self._input_ended_at: float | None = None
         self._ffmpeg = FFmpegProcess(command, what, stdin=True)
         self._writer = threading.Thread(target=self._write_loop, name="helios-encoder", daemon=True)
         self._writer.start()
@@ -200,6 +201,13 @@ class ChunkEncoder:
                 in_flight[0],
             )
 
+    def end_input(self) -> None:
+        """Tell FFmpeg the input is complete (it encodes what it still holds) without waiting for it, so
+        the caller can do other work, such as closing the browser, while FFmpeg finishes."""
+        if self._input_ended_at is None:
+            self._hand_over(None)
+            self._input_ended_at = time.perf_counter()
+
     def finish(self, timeout: float | None = None) -> None:
         """Close stdin and wait for FFmpeg to write the file; raise with its stderr on failure.
 
@@ -207,8 +215,7 @@ class ChunkEncoder:
         and, after the input ended, by ``timeout`` (default: ``stall_seconds`` plus
         ``FINISH_SECONDS_PER_FRAME`` per piece of input it was given): never a flat wait.
         """
-        started = time.perf_counter()
-        self._hand_over(None)
+        self.end_input()
         while self._writer.is_alive():
             self._check()
             self._writer.join(timeout=STALL_POLL_S)
@@ -216,7 +223,8 @@ class ChunkEncoder:
         if timeout is None:
             timeout = self.stall_seconds + FINISH_SECONDS_PER_FRAME * self._written
         self._wait_for_exit(timeout)
-        self.encode_seconds = time.perf_counter() - started
+        assert self._input_ended_at is not None
+        self.encode_seconds = time.perf_counter() - self._input_ended_at  # FFmpeg's tail after its last input
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.encode_cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if self._error is not None:
