@@ -36,7 +36,7 @@ from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk, RenderPlan
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.preflight import check_inputs
-from helios_pipeline.processes import start_group, stop_group, stop_group_on
+from helios_pipeline.processes import CHUNK_ENV, start_group, stop_group, stop_group_on
 from helios_pipeline.spec import RenderSpec, resolve_spec, source_label
 from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
@@ -44,7 +44,6 @@ ProgressCallback = Callable[[float], None]
 ChunkProgress = Callable[[int], None]
 KILL_GRACE_SECONDS = 5.0
 LOG = logging.getLogger(__name__)
-CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"  # inherited by the worker's Chromium and FFmpeg: finds strays
 
 
 class RenderExecutor(Protocol):
@@ -56,7 +55,11 @@ class RenderExecutor(Protocol):
 
 
 class InProcessExecutor:
-    """Renders the chunk in the calling process (one thread per chunk); for tests and embedding."""
+    """Renders the chunk in the calling process (one thread per chunk): a render of one chunk by default.
+
+    ``cancel`` kills the chunk's browser at once (its watchdog), the way a worker is killed whole, and
+    everything the chunk starts carries ``CHUNK_ENV`` as a worker's processes do.
+    """
 
     def render(
         self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
@@ -200,7 +203,7 @@ def run_plan(
 ) -> RenderResult:
     """Execute a plan: chunks in parallel, then concat and mix; the work folder is always removed."""
     started = time.perf_counter()
-    executor = executor or LocalExecutor()
+    executor = executor or default_executor(render_plan)
     abort = threading.Event()
     outside_cancel = cancel or threading.Event()
     work_dir = render_plan.work_dir
@@ -240,6 +243,16 @@ def run_plan(
     if result.blocked_note:
         LOG.warning(result.blocked_note)
     return result
+
+
+def default_executor(render_plan: RenderPlan) -> RenderExecutor:
+    """One chunk renders in this process, several in worker processes.
+
+    A worker costs a Python start and the engine's imports before its driver starts (~0.6 s of a
+    5 s render, ``bench_canvas.py``) and buys isolation between chunks: a failing chunk's siblings are
+    killed whole. One chunk has no sibling, and its cancel is as prompt in-process (see InProcessExecutor).
+    """
+    return InProcessExecutor() if len(render_plan.chunks) == 1 else LocalExecutor()
 
 
 def _upload_output(video: Path, sheet: Path, poster: Path | None, uri: str) -> str | None:

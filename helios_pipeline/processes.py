@@ -14,13 +14,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 POLL_SECONDS = 0.2
+CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"
+"""Set to the chunk's output file in every process a chunk starts (its worker, Chromium, FFmpeg): finds strays."""
 
 
 def start_group(command: Sequence[str], **popen_args: Any) -> subprocess.Popen:
@@ -137,6 +139,33 @@ def kill_now(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
     process.wait()
+
+
+_THREAD_TAGS = threading.local()
+
+
+@contextlib.contextmanager
+def tag_children(name: str, value: str) -> Iterator[None]:
+    """Processes this thread starts inside the block carry ``name=value`` in their environment (and pass it
+    on to theirs): a chunk rendered in the caller's own process marks its Chromium and FFmpeg the way a
+    chunk worker's environment marks everything below it, so strays are found alike."""
+    previous: dict[str, str] = getattr(_THREAD_TAGS, "env", {})
+    _THREAD_TAGS.env = {**previous, name: value}
+    try:
+        yield
+    finally:
+        _THREAD_TAGS.env = previous
+
+
+def thread_tags() -> dict[str, str]:
+    """The variables ``tag_children`` set for this thread (empty outside its block)."""
+    return dict(getattr(_THREAD_TAGS, "env", {}))
+
+
+def child_env() -> dict[str, str] | None:
+    """The environment for a process this thread starts: None (this process's own) unless tagged."""
+    tags = thread_tags()
+    return {**os.environ, **tags} if tags else None
 
 
 def processes_with_env(name: str, prefix: str) -> list[psutil.Process]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helios_pipeline.orchestrator import CHUNK_ENV
+from helios_pipeline.processes import CHUNK_ENV
 from helios_pipeline_tests import services
 
 COMPOSITIONS = Path(__file__).parent / "compositions"

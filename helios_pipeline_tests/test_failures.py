@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def test_unreachable_url_fails_before_rendering(tmp_path: Path) -> None:
     assert_nothing_left(output)
 
 
-def test_cancel_event_mid_render_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 2], ids=["one chunk, in-process", "two chunk workers"])
+def test_cancel_event_mid_render_stops_everything(concurrency: int, tmp_path: Path) -> None:
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     cancel = threading.Event()
@@ -74,19 +76,20 @@ def test_cancel_event_mid_render_stops_everything(tmp_path: Path) -> None:
 
     with pytest.raises(RenderCancelled):
         RenderOrchestrator.render(
-            str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=2, on_progress=on_progress,
+            str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=concurrency, on_progress=on_progress,
             cancel=cancel, **SMALL,
         )  # fmt: skip
     assert 0 < progress[-1] < 0.9
     assert_nothing_left(output)
 
 
-def test_ctrl_c_on_the_cli_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", ["1", "2"], ids=["one chunk, in-process", "two chunk workers"])
+def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Path) -> None:
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     command = [
         sys.executable, "-m", "helios_pipeline.cli", "render", "--local", str(COMPOSITIONS / "slow"), "-o", str(output),
-        "--width", "160", "--height", "120", "--fps", "30", "--frames", "300", "--concurrency", "2",
+        "--width", "160", "--height", "120", "--fps", "30", "--frames", "300", "--concurrency", concurrency,
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -103,14 +106,15 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
-    """A worker killed from outside (OOM killer, say) fails the render with a clear error."""
+    """A worker killed from outside (OOM killer, say) fails the render with a clear error (two chunks: a
+    render of one has no worker)."""
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     result: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            RenderOrchestrator.render(str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=1, **SMALL)
+            RenderOrchestrator.render(str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=2, **SMALL)
         except BaseException as exc:
             result["error"] = exc
 
@@ -131,5 +135,50 @@ def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
     workers[0].kill()
     thread.join(timeout=60)
     assert isinstance(result.get("error"), RenderError)
-    assert "chunk 0" in str(result["error"])
+    assert re.search(r"chunk [01]: worker exited with code -9", str(result["error"])), result["error"]
+    assert_nothing_left(output)
+
+
+def test_a_one_chunk_render_runs_in_the_calling_process(tmp_path: Path) -> None:
+    """No worker process to start (a Python interpreter and the engine's imports) for a single chunk."""
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    result = RenderOrchestrator.render(str(COMPOSITIONS / "frame_css"), output, frame_count=6, concurrency=1, **SMALL)
+    assert [chunk.pid for chunk in result.chunks] == [os.getpid()]
+    result = RenderOrchestrator.render(str(COMPOSITIONS / "frame_css"), output, frame_count=6, concurrency=2, **SMALL)
+    assert len({chunk.pid for chunk in result.chunks} | {os.getpid()}) == 3
+
+
+NEVER_LOADS = "<!doctype html><html><body><script>while (true) {}</script></body></html>"
+
+
+def test_cancelling_an_in_process_chunk_whose_page_never_loads_is_prompt(tmp_path: Path) -> None:
+    """Its watchdog kills its browser as soon as the render is cancelled, instead of waiting out the load
+    limit (75 s); the error is the cancel, and nothing is left behind."""
+    page = tmp_path / "never_loads" / "index.html"
+    page.parent.mkdir()
+    page.write_text(NEVER_LOADS)
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    cancel = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            RenderOrchestrator.render(str(page.parent), output, frame_count=5, concurrency=1, cancel=cancel, **SMALL)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not any(p.name().startswith(("chrom", "headless")) for p in processes_for(default_work_dir(output))):
+        assert time.monotonic() < deadline, "the chunk's browser (tagged with its output) never showed"
+        time.sleep(0.2)
+    time.sleep(1.0)  # the page's script is spinning: the load never ends
+    cancelled_at = time.monotonic()
+    cancel.set()
+    thread.join(timeout=60)
+    assert time.monotonic() - cancelled_at < 10
+    assert isinstance(outcome.get("error"), RenderCancelled), outcome
     assert_nothing_left(output)

@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
+from helios_pipeline.processes import child_env, thread_tags
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -95,19 +96,23 @@ def launch_playwright() -> Playwright:
     """``sync_playwright().start()`` with the driver's compile cache and ``DRIVER_NODE_OPTIONS``; the caller stops it.
 
     Playwright gives its driver a copy of this process's environment when it starts, and has no other
-    way in: ``NODE_OPTIONS`` is set for the moment of the start only (other ``NODE_OPTIONS`` kept).
+    way in: ``NODE_OPTIONS`` (other ``NODE_OPTIONS`` kept) and this thread's ``tag_children`` variables are
+    set for the moment of the start only.
     """
     enable_node_compile_cache()
     with _ENVIRON_LOCK:
-        saved = os.environ.get("NODE_OPTIONS")
-        os.environ["NODE_OPTIONS"] = " ".join(filter(None, (saved, *DRIVER_NODE_OPTIONS)))
+        options = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), *DRIVER_NODE_OPTIONS)))
+        changed = {"NODE_OPTIONS": options, **thread_tags()}  # tags: see processes.tag_children
+        saved = {name: os.environ.get(name) for name in changed}
+        os.environ.update(changed)
         try:
             return sync_playwright().start()
         finally:
-            if saved is None:
-                os.environ.pop("NODE_OPTIONS", None)
-            else:
-                os.environ["NODE_OPTIONS"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -136,7 +141,7 @@ def launch_browser(playwright: Playwright, *, begin_frame_control: bool = False)
     marker = f"{LAUNCH_MARKER}={uuid.uuid4().hex}"
     browser = playwright.chromium.launch(
         executable_path=chromium_path(), headless=True, args=[*launch_args(begin_frame_control), marker],
-        timeout=LAUNCH_TIMEOUT_MS,
+        timeout=LAUNCH_TIMEOUT_MS, env=child_env(),
         handle_sigint=False, handle_sigterm=False, handle_sighup=False,
     )  # fmt: skip
     try:

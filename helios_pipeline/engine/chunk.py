@@ -31,6 +31,7 @@ from helios_pipeline.engine.subtitles import chunk_srt
 from helios_pipeline.engine.tools import ffmpeg_version
 from helios_pipeline.engine.watchdog import Watchdog, browser_call_failure, frame_limit, load_limit, watched_browser
 from helios_pipeline.plan import RenderChunk
+from helios_pipeline.processes import CHUNK_ENV, tag_children
 from helios_pipeline.spec import RenderSpec
 
 ProgressCallback = Callable[[int], None]
@@ -93,6 +94,13 @@ def make_capture(spec: RenderSpec, cdp: CDPSession, page: Page, frame_count: int
     return dom_capture(spec, cdp)
 
 
+def _os_failure(exc: OSError, chunk: RenderChunk, output: Path) -> OSError:
+    """A full volume, named: a file the chunk writes itself (subtitles, page audio), else its folder."""
+    if is_no_space(exc):
+        return NoSpaceError(f"chunk {chunk.id}: {no_space_message(exc.filename or output.parent, exc.errno)}")
+    return exc
+
+
 def render_chunk(
     spec: RenderSpec,
     chunk: RenderChunk,
@@ -109,10 +117,11 @@ def render_chunk(
     output = Path(chunk.output_file)
     page_errors: list[str] = []  # what the page threw (filled once the page exists)
     gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
-    watchdog = Watchdog()
+    watchdog = Watchdog(cancel)
     current_frame: int | None = None
     try:
         with (
+            tag_children(CHUNK_ENV, str(output)),
             atomic_output(output) as partial,
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
@@ -189,19 +198,19 @@ def render_chunk(
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
             blocked = network.summary()
-    except (PlaywrightError, RenderError) as exc:
+    except (PlaywrightError, RenderError, OSError) as exc:
+        if isinstance(exc, RenderCancelled):
+            raise
+        if cancel is not None and cancel.is_set():  # the browser was killed for it, or the next frame saw it
+            raise RenderCancelled(f"chunk {chunk.id} cancelled") from None
+        if isinstance(exc, OSError):
+            raise _os_failure(exc, chunk, output) from None
         failure = browser_call_failure(
             exc, watchdog=watchdog, gate=gate, page_errors=page_errors, frame=current_frame, what=f"chunk {chunk.id}"
         )
         if failure is exc:
             raise
         raise failure from None
-    except OSError as exc:
-        if is_no_space(exc):  # a file the chunk writes itself (subtitles, page audio): its name, else its folder
-            raise NoSpaceError(
-                f"chunk {chunk.id}: {no_space_message(exc.filename or output.parent, exc.errno)}"
-            ) from None
-        raise
     finally:
         watchdog.close()
     return ChunkResult(

@@ -21,7 +21,7 @@ import psutil
 from helios_pipeline.disk_full import no_space_message, no_space_reported
 from helios_pipeline.engine.errors import NoSpaceError, RenderError
 from helios_pipeline.engine.tools import ffmpeg_path, ffprobe_path
-from helios_pipeline.processes import kill_now
+from helios_pipeline.processes import child_env, kill_now
 
 HEAD = ("-hide_banner", "-loglevel", "error", "-nostdin", "-y")
 """Flags of every FFmpeg command: errors only, never read the terminal, overwrite the (temporary) output."""
@@ -63,7 +63,7 @@ def _failed(returncode: int | None, stderr: str | bytes) -> bool:
 
 def run_ffmpeg(command: list[str], what: str) -> None:
     """Run a finished FFmpeg command to its end; on failure raise ``RenderError("<what> failed: <stderr>")``."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=child_env())
     if _failed(result.returncode, result.stderr):
         raise _failure(what, result.returncode, result.stderr, output_of(command))
 
@@ -73,7 +73,7 @@ def ffmpeg_stdout(command: list[str], what: str) -> bytes:
 
     On failure raises ``RenderError("<what> failed: <stderr>")``.
     """
-    result = subprocess.run(command, capture_output=True, check=False)
+    result = subprocess.run(command, capture_output=True, check=False, env=child_env())
     if result.returncode != 0:
         raise _failure(what, result.returncode, result.stderr)
     return result.stdout
@@ -85,7 +85,7 @@ def run_ffprobe(target: str | Path, *args: str, what: str | None = None) -> dict
     On failure raises ``RenderError("<what>: <stderr>")``; ``what`` defaults to "ffprobe could not read <target>".
     """
     command = [ffprobe_path(), "-v", "error", "-of", "json", *args, str(target)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=child_env())
     if result.returncode != 0:
         raise RenderError(f"{what or f'ffprobe could not read {target}'}: {stderr_tail(result.stderr)}")
     return json.loads(result.stdout or "{}")
@@ -137,6 +137,7 @@ class FFmpegProcess:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=child_env(),
         )
         self._stderr = b""
         self._reader = threading.Thread(target=self._read_stderr, name="helios-ffmpeg-stderr", daemon=True)

@@ -96,8 +96,12 @@ class Watchdog:
     Only the browser given to ``watch`` dies: chunks rendering as threads of one process keep theirs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cancel: threading.Event | None = None) -> None:
+        """``cancel``: once set, the browser is killed at once, so a chunk rendering in its caller's process
+        stops as promptly as a worker process killed whole (a page load or a frame can take a minute)."""
         self.stall: Stall | None = None
+        self._cancel = cancel
+        self.cancelled = False
         self._browser: Browser | None = None
         self._deadline: float | None = None
         self._limit = 0.0
@@ -135,7 +139,12 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
             now = time.monotonic()
-            if self._deadline is not None and now > self._deadline:
+            if self._cancel is not None and self._cancel.is_set() and not self.cancelled and self._browser is not None:
+                self.cancelled = True
+                self._deadline = None
+                self._end_browser()
+                self._driver_deadline = time.monotonic() + DRIVER_GRACE_S
+            elif self._deadline is not None and now > self._deadline:
                 self._deadline = None
                 self._fire()
                 self._driver_deadline = time.monotonic() + DRIVER_GRACE_S
@@ -160,6 +169,13 @@ class Watchdog:
         busy = not stopped and _renderer_busy(tree)
         self.stall = Stall(self._doing, self._limit, page_busy=busy, stopped=stopped)
         kill_tree(root)
+
+    def _end_browser(self) -> None:
+        """Kill the watched browser (cancelled: nothing to diagnose); its driver too if a call stays blocked."""
+        root = browser_process(self._browser) if self._browser is not None else None
+        if root is not None:
+            self._driver = _driver_of(root)
+            kill_tree(root)
 
     def close(self) -> None:
         self._stop.set()
