@@ -64,7 +64,13 @@ class InProcessExecutor:
     def render(
         self, spec: RenderSpec, chunk: RenderChunk, *, on_progress: ChunkProgress, cancel: threading.Event
     ) -> ChunkResult:
-        return render_chunk(spec, chunk, on_progress=on_progress, cancel=cancel)
+        try:
+            return render_chunk(spec, chunk, on_progress=on_progress, cancel=cancel)
+        except RenderError as exc:
+            name = f"chunk {chunk.id}"
+            if not str(exc).startswith(name):  # as a worker's errors read: "chunk 0: frame 11: ..."
+                exc.args = (f"{name}: {exc}", *exc.args[1:])
+            raise
 
 
 class LocalExecutor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from helios_pipeline.engine.audio.mix import output_audio_codec
 from helios_pipeline.engine.capture_setting import dom_capture_choice
@@ -72,12 +73,20 @@ def _not_an_encoder(name: str, wanted: str) -> str | None:
 
 
 def encoder_problems(spec: RenderSpec) -> list[tuple[str, str]]:
-    """(field, reason) when this FFmpeg lacks the spec's encoders or the video encoder not its pixel format."""
+    """(field, reason) when this FFmpeg lacks the spec's encoders or the video encoder not its pixel format.
+
+    The two FFmpeg questions (its encoders, the video encoder's pixel formats) are asked at once: each is
+    an FFmpeg start (~0.1 s) on the way to every render's first frame.
+    """
     problems = []
     if spec.video_codec != "copy":
-        if problem := _not_an_encoder(spec.video_codec, "V"):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ffmpeg-formats") as pool:
+            pixel_formats = pool.submit(encoder_pixel_formats, spec.video_codec)
+            problem = _not_an_encoder(spec.video_codec, "V")
+            formats = pixel_formats.result()
+        if problem:
             problems.append(("video_codec", problem))
-        elif (formats := encoder_pixel_formats(spec.video_codec)) and spec.pixel_format not in formats:
+        elif formats and spec.pixel_format not in formats:
             problems.append(("pixel_format", f"{spec.video_codec} cannot encode {spec.pixel_format}; it takes "
                              f"{', '.join(formats)}"))  # fmt: skip
     audio_codec = output_audio_codec(spec.audio_codec, spec.output_path)

@@ -238,10 +238,9 @@ def test_sigterm_while_chunks_render_cancels_within_the_grace_period_even_with_a
     assert not video.exists()
     runs = [record.dagster_run for record in render_runs(instance, "term-busy")]
     chunks = [run for run in runs if CHUNK_PARTITION_TAG in run.tags]
-    assert chunks and all(run.status == dg.DagsterRunStatus.CANCELED for run in chunks), [
-        (run.run_id, run.status) for run in runs
-    ]
-    assert all(run.is_finished for run in runs), [(run.run_id, run.status) for run in runs]
+    statuses = "; ".join(f"{run.run_id[:8]} {run.status.value} {sorted(run.tags)}" for run in runs)  # whole
+    assert chunks and all(run.status == dg.DagsterRunStatus.CANCELED for run in chunks), statuses
+    assert all(run.is_finished for run in runs), statuses
     backfills = instance.get_backfills()
     assert [b.status for b in backfills] == [BulkActionStatus.CANCELED]
 
