@@ -1,7 +1,8 @@
 """RenderOrchestrator: the library API. Plan, render chunks in parallel, concat, mix, clean up.
 
 Mirrors Helios's ``RenderOrchestrator``: chunks run through a pluggable ``RenderExecutor``
-(``LocalExecutor`` runs each chunk in its own process), progress is the frame-weighted sum of
+(threads of this process by default; ``LocalExecutor`` runs each chunk in a process of its own),
+progress is the frame-weighted sum of
 chunk progress, the first failing chunk aborts the others, and temporary files are removed
 on success, failure and cancel.
 """
@@ -55,7 +56,7 @@ class RenderExecutor(Protocol):
 
 
 class InProcessExecutor:
-    """Renders the chunk in the calling process (one thread per chunk): a render of one chunk by default.
+    """Renders the chunk in the calling process (one thread per chunk): the default (``default_executor``).
 
     ``cancel`` kills the chunk's browser at once (its watchdog), the way a worker is killed whole, and
     everything the chunk starts carries ``CHUNK_ENV`` as a worker's processes do.
@@ -209,7 +210,7 @@ def run_plan(
 ) -> RenderResult:
     """Execute a plan: chunks in parallel, then concat and mix; the work folder is always removed."""
     started = time.perf_counter()
-    executor = executor or default_executor(render_plan)
+    executor = executor or default_executor()
     abort = threading.Event()
     outside_cancel = cancel or threading.Event()
     work_dir = render_plan.work_dir
@@ -251,14 +252,16 @@ def run_plan(
     return result
 
 
-def default_executor(render_plan: RenderPlan) -> RenderExecutor:
-    """One chunk renders in this process, several in worker processes.
+def default_executor() -> RenderExecutor:
+    """Chunks render in threads of this process (``InProcessExecutor``), however many there are.
 
-    A worker costs a Python start and the engine's imports before its driver starts (~0.6 s of a
-    5 s render, ``bench_canvas.py``) and buys isolation between chunks: a failing chunk's siblings are
-    killed whole. One chunk has no sibling, and its cancel is as prompt in-process (see InProcessExecutor).
+    A worker process costs a Python start and the engine's imports before its driver starts: ~0.6 s
+    on a one-chunk render, and on three chunks on two cores ~2.3 CPU-s of ~9 (``bench_canvas.py``).
+    What a worker gave, a sibling stopped whole when a chunk fails, the in-process chunk has too: its
+    watchdog kills its browser the moment the render is aborted. ``LocalExecutor`` stays for callers
+    that want each chunk's Python in a process of its own.
     """
-    return InProcessExecutor() if len(render_plan.chunks) == 1 else LocalExecutor()
+    return InProcessExecutor()
 
 
 def _upload_output(video: Path, sheet: Path, poster: Path | None, uri: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
-from helios_pipeline.orchestrator import RenderOrchestrator
+from helios_pipeline.orchestrator import InProcessExecutor, LocalExecutor, RenderOrchestrator
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
 from helios_pipeline_tests.helpers import (
@@ -62,8 +62,12 @@ def test_unreachable_url_fails_before_rendering(tmp_path: Path) -> None:
     assert_nothing_left(output)
 
 
-@pytest.mark.parametrize("concurrency", [1, 2], ids=["one chunk, in-process", "two chunk workers"])
-def test_cancel_event_mid_render_stops_everything(concurrency: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("concurrency", "executor"),
+    [(1, InProcessExecutor), (2, InProcessExecutor), (2, LocalExecutor)],
+    ids=["one chunk", "two chunks", "two chunk workers"],
+)
+def test_cancel_event_mid_render_stops_everything(concurrency: int, executor: type, tmp_path: Path) -> None:
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     cancel = threading.Event()
@@ -77,13 +81,13 @@ def test_cancel_event_mid_render_stops_everything(concurrency: int, tmp_path: Pa
     with pytest.raises(RenderCancelled):
         RenderOrchestrator.render(
             str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=concurrency, on_progress=on_progress,
-            cancel=cancel, **SMALL,
+            cancel=cancel, executor=executor(), **SMALL,
         )  # fmt: skip
     assert 0 < progress[-1] < 0.9
     assert_nothing_left(output)
 
 
-@pytest.mark.parametrize("concurrency", ["1", "2"], ids=["one chunk, in-process", "two chunk workers"])
+@pytest.mark.parametrize("concurrency", ["1", "2"], ids=["one chunk", "two chunks"])
 def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Path) -> None:
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
@@ -106,15 +110,16 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Pat
 
 
 def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
-    """A worker killed from outside (OOM killer, say) fails the render with a clear error (two chunks: a
-    render of one has no worker)."""
+    """A worker killed from outside (OOM killer, say) fails the render with a clear error."""
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
     result: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            RenderOrchestrator.render(str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=2, **SMALL)
+            RenderOrchestrator.render(
+                str(COMPOSITIONS / "slow"), output, frame_count=300, concurrency=2, executor=LocalExecutor(), **SMALL
+            )
         except BaseException as exc:
             result["error"] = exc
 
@@ -139,13 +144,15 @@ def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
     assert_nothing_left(output)
 
 
-def test_a_one_chunk_render_runs_in_the_calling_process(tmp_path: Path) -> None:
-    """No worker process to start (a Python interpreter and the engine's imports) for a single chunk."""
+def test_chunks_render_in_the_calling_process_unless_workers_are_asked_for(tmp_path: Path) -> None:
+    """No worker process to start (a Python interpreter and the engine's imports) by default."""
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
-    result = RenderOrchestrator.render(str(COMPOSITIONS / "frame_css"), output, frame_count=6, concurrency=1, **SMALL)
-    assert [chunk.pid for chunk in result.chunks] == [os.getpid()]
     result = RenderOrchestrator.render(str(COMPOSITIONS / "frame_css"), output, frame_count=6, concurrency=2, **SMALL)
+    assert [chunk.pid for chunk in result.chunks] == [os.getpid(), os.getpid()]
+    result = RenderOrchestrator.render(
+        str(COMPOSITIONS / "frame_css"), output, frame_count=6, concurrency=2, executor=LocalExecutor(), **SMALL
+    )
     assert len({chunk.pid for chunk in result.chunks} | {os.getpid()}) == 3
 
 
