@@ -2,9 +2,8 @@
 
 Mirrors Helios's ``RenderOrchestrator``: chunks run through a pluggable ``RenderExecutor``
 (threads of this process by default; ``LocalExecutor`` runs each chunk in a process of its own),
-progress is the frame-weighted sum of
-chunk progress, the first failing chunk aborts the others, and temporary files are removed
-on success, failure and cancel.
+progress is the frame-weighted sum of chunk progress, the first failing chunk aborts the others,
+and temporary files are removed on success, failure and cancel.
 """
 
 from __future__ import annotations
