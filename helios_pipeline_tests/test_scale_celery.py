@@ -39,7 +39,6 @@ from helios_pipeline_tests.cluster import (
     deployment_env,
     follow_render,
     make_home,
-    process_name,
     submit,
 )
 from helios_pipeline_tests.framecode import frame_indices
@@ -357,22 +356,17 @@ def test_render_on_two_celery_workers_is_frame_exact_and_the_pool_holds_across_t
 
 
 def pool_process(worker: Worker) -> psutil.Process | None:
-    """The Celery pool process rendering a chunk right now: a fork of the Celery main process (same command
-    line) with Chromium's driver or FFmpeg below it. Killing the main process instead would not stop the run:
-    its pool process finishes the task on its own."""
-    rendering = {}
+    """The Celery pool process rendering a chunk right now: the parent of the chunk's Playwright driver (the
+    run, and its chunk step, execute in the pool process). Killing the main process instead would not stop
+    the run: its pool process finishes the task on its own. (Found through the whole tree before, a child
+    that vanished mid-scan made the pool process look idle, and the main process was killed: seen in CI.)"""
     for process in worker.processes():
         with contextlib.suppress(psutil.Error):
-            below = {process_name(child) for child in process.children(recursive=True)}
-            if "celery" in " ".join(process.cmdline()) and below & {"node", "ffmpeg"}:
-                rendering[process.pid] = process
-    parents = set()
-    for process in rendering.values():
-        with contextlib.suppress(psutil.Error):
-            parents.add(process.ppid())
-    # the lowest of the chain dagster-celery wrapper -> Celery main process -> pool process
-    pool = [process for pid, process in rendering.items() if pid not in parents and process.ppid() in rendering]
-    return pool[0] if pool else None
+            if "run-driver" in process.cmdline():
+                parent = process.parent()
+                if parent is not None and "celery" in " ".join(parent.cmdline()):
+                    return parent
+    return None
 
 
 def test_a_worker_process_killed_mid_chunk_is_detected_and_its_run_retried(cluster: Cluster, tmp_path: Path) -> None:
