@@ -7,9 +7,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helios_pipeline.dagster_defs.previews import embedded_image
+from helios_pipeline.engine.contact_sheet import write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.thumbnail import START_WIDTH, source_width
 from helios_pipeline.engine.tools import ffmpeg_path
@@ -80,3 +82,38 @@ def test_a_missing_unreadable_or_unfittable_file_is_a_clear_error(big_picture: P
     with pytest.raises(RenderError, match="no JPEG of it fits in"):
         embedded_image(big_picture, 200)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.png"], "a preview writes no file"
+
+
+def sheet_cells(sheet: Path, columns: int, rows: int, thumb: int, gap: int = 4) -> list[float]:
+    """The mean gray of each cell's centre, row by row (the sheet's layout: margin and padding ``gap``)."""
+    width, height = 2 * gap + columns * thumb + (columns - 1) * gap, 2 * gap + rows * thumb + (rows - 1) * gap
+    raw = subprocess.run(
+        [ffmpeg_path(), "-v", "error", "-i", str(sheet), "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    picture = np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
+    cells = []
+    for row in range(rows):
+        for column in range(columns):
+            top, left = gap + row * (thumb + gap), gap + column * (thumb + gap)
+            cells.append(float(picture[top + 8 : top + thumb - 8, left + 8 : left + thumb - 8].mean()))
+    return cells
+
+
+@pytest.mark.parametrize("frames_given", [None, 60])
+def test_the_contact_sheet_shows_evenly_spaced_frames_of_the_count_it_is_given(
+    tmp_path: Path, frames_given: int | None
+) -> None:
+    """Frame n of the video is gray 2n: each cell must be the frame its place asks for. A count given by the
+    caller (the plan's) is used as is, without probing: half the real count spaces the cells half as far."""
+    video = tmp_path / "ramp.mp4"
+    ffmpeg("-f", "lavfi", "-i", "nullsrc=s=64x64:r=30:d=4,format=gray,geq=lum=N*2", "-frames:v", "120",
+           "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(video))  # fmt: skip
+    sheet = write_contact_sheet(video, frames=frames_given, columns=4, rows=3, thumb_width=32)
+    assert sheet == tmp_path / "ramp.contact.png"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ramp.contact.png", "ramp.mp4"], "no partial file"
+    step = (frames_given or 120) // 12
+    source = decode_gray_frames(video, 64)[:, 16:48, 16:48].mean(axis=(1, 2))
+    expected = [float(source[cell * step]) for cell in range(12)]
+    cells = sheet_cells(sheet, columns=4, rows=3, thumb=32)
+    assert np.allclose(cells, expected, atol=4), list(zip(cells, expected, strict=True))

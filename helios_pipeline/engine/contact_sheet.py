@@ -26,9 +26,11 @@ def write_contact_sheet(
 
     ``frames_from`` reads the frames from another file with the same video stream (the concat the
     final mix stream-copies), so the sheet can be made while the mix is still writing ``video``.
+    ``frames``, when the caller knows it (the plan does), saves an ffprobe pass over the video.
     """
     source = frames_from or video
-    frames = count_video_frames(source)
+    if frames is None:
+        frames = count_video_frames(source)
     cells = columns * rows
     step = max(1, frames // cells)
     output = contact_sheet_path(video)
