@@ -12,6 +12,10 @@ is enough. It is private Dagster API, pinned with dagster==1.13.27: if a Dagster
 removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
 
     python -m helios_pipeline.dagster_defs.daemon run -w workspace.yaml
+    python -m helios_pipeline.dagster_defs.daemon --early-code-server run -w workspace.yaml   # the CLI's own
+
+With ``--early-code-server`` (the CLI's own, short-lived daemon) the code server starts before this
+process imports Dagster (``early_code_server``). Dagster is imported only after that, in ``main``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from helios_pipeline.dagster_defs import private_api, warm_launcher
+from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
@@ -34,24 +38,39 @@ def backfill_loop_seconds() -> float:
 
 def shorten_backfill_loop(seconds: float) -> bool:
     """Set the backfill daemon's loop interval for this process; False when this Dagster has no such knob."""
+    from helios_pipeline.dagster_defs import private_api
+
     return private_api.set_daemon_loop_interval(seconds)
 
 
-def daemon_command(*args: str) -> list[str]:
-    """The command line that starts this daemon (what the CLI and `helios-pipeline ui` run)."""
-    return [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", *args]
+def daemon_command(*args: str, early_code_server_start: bool = False) -> list[str]:
+    """The command line that starts this daemon (what the CLI and `helios-pipeline ui` run); the CLI's own
+    daemon starts its code server early (``early_code_server``)."""
+    early = [early_code_server.FLAG] if early_code_server_start else []
+    return [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", *early, *args]
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(argv if argv is not None else sys.argv[1:])
     try:
         seconds = backfill_loop_seconds()
     except ValueError as exc:
         sys.exit(f"helios-pipeline daemon: {exc}")
+    early = None
+    if argv[:1] == [early_code_server.FLAG]:
+        argv = argv[1:]
+        early = early_code_server.EarlyCodeServer.start(argv)  # before Dagster's imports: they overlap
+    from helios_pipeline.dagster_defs import private_api, warm_launcher
+
     shorten_backfill_loop(seconds)
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
-    private_api.run_daemon_cli(argv if argv is not None else sys.argv[1:])
+    try:
+        private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
+    finally:
+        if early is not None:
+            early.stop()
 
 
 if __name__ == "__main__":

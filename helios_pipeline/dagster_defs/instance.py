@@ -78,7 +78,7 @@ def _start_daemon() -> subprocess.Popen:
     log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
     with log.open("ab") as stream:
         return start_group(
-            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml")),
+            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml"), early_code_server_start=True),
             cwd=PROJECT_ROOT,
             stdout=stream,
             stderr=subprocess.STDOUT,

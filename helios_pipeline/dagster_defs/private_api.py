@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -40,6 +41,24 @@ def run_daemon_cli(argv: list[str]) -> None:
     from dagster._daemon.cli import cli
 
     cli.main(args=argv, prog_name="dagster-daemon", obj={})
+
+
+def workspace_location_names(workspace: Path) -> list[str]:
+    """The code location names Dagster gives the entries of a workspace file (as the daemon and the UI name them)."""
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    return [origin.location_name for origin in WorkspaceFileTarget(paths=[str(workspace)]).create_origins()]
+
+
+def code_server_answers(socket: Path) -> bool:
+    """A code server listens on this Unix socket and answers a ping."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    try:
+        DagsterGrpcClient(socket=str(socket)).ping("helios")
+    except Exception:  # not listening yet, or refusing: both mean "not yet"
+        return False
+    return True
 
 
 def is_terminal(backfill: Any) -> bool:

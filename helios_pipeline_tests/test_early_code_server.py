@@ -1,0 +1,156 @@
+"""The CLI's own daemon starts its code server before importing Dagster, and never leaves it behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+
+from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, ModuleEntry, module_entry
+from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS, stop_process_tree
+from helios_pipeline_tests.helpers import (
+    REPO,
+    deployment_env,
+    open_instance,
+    running_daemon,
+    wait_for,
+    write_instance_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_repos_workspace_is_one_python_module_and_anything_else_is_left_to_dagster(tmp_path: Path) -> None:
+    assert module_entry(REPO / "workspace.yaml") == ModuleEntry(
+        "helios_pipeline.dagster_defs.definitions", "defs", ".", None
+    )
+    cases = {
+        "two.yaml": "load_from:\n  - python_module: a\n  - python_module: b\n",
+        "file.yaml": "load_from:\n  - python_file: defs.py\n",
+        "grpc.yaml": "load_from:\n  - grpc_server: {host: localhost, port: 4266}\n",
+        "env.yaml": "load_from:\n  - python_module: {module_name: a, executable_path: /opt/venv/bin/python}\n",
+        "broken.yaml": "load_from: [python_module: {module_name: a\n",
+        "empty.yaml": "",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert module_entry(tmp_path / name) is None, name
+    assert module_entry(tmp_path / "missing.yaml") is None
+    (tmp_path / "short.yaml").write_text("load_from:\n  - python_module: helios.defs\n", encoding="utf-8")
+    assert module_entry(tmp_path / "short.yaml") == ModuleEntry("helios.defs", None, None, None)
+
+
+@contextmanager
+def own_daemon(tmp_path: Path, workspace: Path, log: Path) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance]]:
+    """The daemon as the CLI starts its own (``--early-code-server``), on a fresh instance."""
+    home = tmp_path / "home"
+    write_instance_config(home)
+    instance = open_instance(home)
+    env = deployment_env(home, tmp_path / "storage", tmp_path / "inbox")
+    with log.open("ab") as stream:
+        process = subprocess.Popen(
+            daemon_command("run", "-w", str(workspace), early_code_server_start=True),
+            cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield process, instance
+    finally:
+        stop_process_tree(process)
+
+
+def beating(instance: dg.DagsterInstance) -> bool:
+    return set(instance.get_daemon_heartbeats()) >= REQUIRED_DAEMONS
+
+
+def code_servers(daemon: subprocess.Popen) -> list[list[str]]:
+    servers = []
+    for child in psutil.Process(daemon.pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if command[1:5] == ["-m", "dagster", "api", "grpc"]:
+            servers.append(command)
+    return servers
+
+
+def early_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"))
+
+
+def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_removes_it(tmp_path: Path) -> None:
+    """One code server, the early one (no managed ``--lazy-load-user-code`` server), answering for the location
+    the UI knows: after a daemon with Dagster's managed server (the UI's), the own daemon's sensors tick on the
+    instigator states that one made (their cursors carry on), none added."""
+    expected = {"composition_inbox", "plan_registered_render", "render_automation"}
+    home = tmp_path / "home"
+    write_instance_config(home)
+    instance = open_instance(home)
+    env = deployment_env(home, tmp_path / "storage", tmp_path / "inbox")
+    with running_daemon(env, tmp_path / "managed.log"):
+        wait_for(lambda: {s.instigator_name for s in instance.all_instigator_state()} == expected, 120, "3 sensors")
+        wait_for(lambda: _inbox_sensor_ticks(instance), 60, "a tick of the inbox sensor")
+    instance.wipe_daemon_heartbeats()
+    states = {state.selector_id for state in instance.all_instigator_state()}
+    ticks = len(_inbox_sensor_ticks(instance))
+    folders_before = early_folders()
+    with own_daemon(tmp_path, REPO / "workspace.yaml", tmp_path / "daemon.log") as (daemon, instance):
+        wait_for(lambda: beating(instance), 120, "the daemon's heartbeats")
+        servers = code_servers(daemon)
+        assert len(servers) == 1, servers
+        assert "--lazy-load-user-code" not in servers[0]
+        socket = Path(servers[0][servers[0].index("--socket") + 1])
+        assert socket.parent.name.startswith(f"{FOLDER_PREFIX}{daemon.pid}-") and socket.is_socket()
+        wait_for(lambda: len(_inbox_sensor_ticks(instance)) > ticks, 60, "a tick of the inbox sensor")
+        assert {state.selector_id for state in instance.all_instigator_state()} == states
+    assert early_folders() == folders_before, "the socket folder is removed with the daemon"
+
+
+def _inbox_sensor_ticks(instance: dg.DagsterInstance) -> list:
+    states = [state for state in instance.all_instigator_state() if state.instigator_name == "composition_inbox"]
+    return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
+
+
+def test_a_killed_own_daemon_takes_its_code_server_along_and_the_next_one_sweeps_the_socket(tmp_path: Path) -> None:
+    """SIGKILL to the daemon process alone (an OOM kill): its early code server must not outlive it; the
+    socket folder it could not remove goes when the next own daemon starts."""
+    with own_daemon(tmp_path, REPO / "workspace.yaml", tmp_path / "daemon.log") as (daemon, instance):
+        wait_for(lambda: beating(instance), 120, "the daemon's heartbeats")
+        server = psutil.Process(
+            next(c.pid for c in psutil.Process(daemon.pid).children() if "grpc" in " ".join(c.cmdline()))
+        )
+        folder = next(f for f in early_folders() if f.name.startswith(f"{FOLDER_PREFIX}{daemon.pid}-"))
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(10)
+        wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 30, "the server's end")
+        assert folder.exists()
+    instance.wipe_daemon_heartbeats()
+    with own_daemon(tmp_path, REPO / "workspace.yaml", tmp_path / "daemon2.log") as (daemon, instance):
+        wait_for(lambda: not folder.exists(), 60, "the dead daemon's socket folder to be swept")
+        wait_for(lambda: beating(instance), 120, "the second daemon's heartbeats")
+
+
+def test_a_code_location_that_does_not_load_falls_back_to_dagsters_own_server(tmp_path: Path) -> None:
+    """The early server exits (the module is missing): the daemon starts Dagster's managed server, which reports
+    the load error the way Dagster does, and the daemon runs on."""
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text("load_from:\n  - python_module: helios_pipeline_no_such_module\n", encoding="utf-8")
+    log = tmp_path / "daemon.log"
+    folders_before = early_folders()
+    with own_daemon(tmp_path, workspace, log) as (daemon, instance):
+        wait_for(lambda: beating(instance), 180, "the daemon's heartbeats")
+        servers = wait_for(lambda: code_servers(daemon), 60, "Dagster's managed code server")
+        assert all("--lazy-load-user-code" in server for server in servers), servers
+        assert early_folders() == folders_before, "the early server's folder went when it was given up"
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert "early code server is not used (it exited with code" in text, text[-2000:]
+    assert "helios_pipeline_no_such_module" in text
