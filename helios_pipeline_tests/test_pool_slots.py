@@ -68,6 +68,15 @@ def rendering_run_process(home: Path) -> psutil.Process | None:
     return None
 
 
+def pool_waits(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The run's "Step blocked by limit for pool ..." engine events: its step waited in the run for a slot."""
+    return [
+        record.message
+        for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        if "blocked by limit for pool" in (record.message or "")
+    ]
+
+
 def event_time(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> float:
     return next(record.timestamp for record in instance.all_logs(run_id, of_type=kind))
 
@@ -105,10 +114,12 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
         assert frame_indices(Path(status.output)) == list(range(60))
         runs = [runs[-1].dagster_run.run_id for runs in chunk_runs(render_runs(instance, key)).values()]
         assert len(runs) == 2
-        # With a slot still held, the queue would keep one chunk run back until the other's step released its
-        # slot. Judged by when the runs left the queue, not by the steps' overlap: on a loaded machine a run
-        # worker can start its step after its sibling's has ended.
+        # A slot still held makes one chunk wait for the other's: either its run is kept in the queue until the
+        # other's step has ended, or its step waits inside the run (Dagster logs that). Judged by these, not by
+        # the steps' overlap: on a loaded machine a run worker can start its step after its sibling's ended.
         left_queue = [event_time(instance, run_id, dg.DagsterEventType.RUN_STARTING) for run_id in runs]
         step_ends = [event_time(instance, run_id, dg.DagsterEventType.STEP_SUCCESS) for run_id in runs]
         assert max(left_queue) < min(step_ends), f"a chunk run waited for the other's slot: {left_queue} {step_ends}"
+        waits = {run_id: pool_waits(instance, run_id) for run_id in runs}
+        assert not any(waits.values()), f"a chunk step waited for a slot: {waits}"
     instance.dispose()
