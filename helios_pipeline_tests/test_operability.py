@@ -274,8 +274,9 @@ def test_sigterm_while_the_cli_plans_the_render_cancels_it(deployment: Deploymen
 
 
 def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deployment: Deployment) -> None:
-    """No chunk slot: the render's chunk runs wait in the run queue. Within a bounded time the CLI says why
-    (the pool and its size, as a note and on exit), and SIGTERM in that state cancels the queued runs."""
+    """No chunk slot: the render's chunk runs wait, one launched ahead of the pool (``op_granularity_run_buffer``)
+    in its run, the others in the run queue. Within a bounded time the CLI says why (the pool and its size, as a
+    note and on exit), and SIGTERM in that state cancels both."""
     instance = deployment.instance
     instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 0)
     process, video = render(deployment, "term-queue", COMPOSITIONS / "frame_raf", frame_count=30)
@@ -285,8 +286,9 @@ def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deplo
         return "has 0 slots" in " ".join(deployment.log("term-queue").split())
 
     wait_for(explained, 240, "the CLI to say why the render waits", 0.5)  # a daemon start, then STALL_SECONDS
-    statuses = {record.dagster_run.status for record in chunk_runs_of(instance, "term-queue")}
-    assert statuses == {dg.DagsterRunStatus.QUEUED}, statuses
+    statuses = sorted(record.dagster_run.status.value for record in chunk_runs_of(instance, "term-queue"))
+    launched = [status for status in statuses if status != "QUEUED"]
+    assert len(statuses) >= 2 and launched in (["STARTED"], ["STARTING"]), statuses  # one ahead of the pool
     code, seconds = sigterm_and_time(process)
 
     log = " ".join(deployment.log("term-queue").split())  # the terminal wraps long lines
