@@ -161,6 +161,18 @@ def deployment_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+def driver_parents(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes that started a Playwright driver (``node … cli.js run-driver``) among ``processes``: those
+    executing a chunk step (a run worker, a Celery pool process). Found from the driver up, not by scanning each
+    process's tree, where a child that vanishes mid-scan hides the process that rendered."""
+    parents = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if "run-driver" in process.cmdline() and (parent := process.parent()) is not None:
+                parents[parent.pid] = parent
+    return list(parents.values())
+
+
 def describe(processes: list[psutil.Process]) -> list[str]:
     described = []
     for process in processes:

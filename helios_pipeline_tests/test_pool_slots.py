@@ -28,6 +28,7 @@ from helios_pipeline_tests.helpers import (
     chunk_runs,
     deployment_env,
     deployment_processes,
+    driver_parents,
     open_instance,
     render_runs,
     running_daemon,
@@ -53,18 +54,15 @@ def submit(env: dict[str, str], spec: Path) -> tuple[str, float]:
 def rendering_run_process(home: Path) -> psutil.Process | None:
     """A chunk run's worker process (forked by the run launcher) whose Chromium is running.
 
-    It is the parent of Playwright's driver (``node … cli.js run-driver``), which started Chromium.
-    The driver's own child, Chromium, has "playwright" in its command line too (its profile folder):
-    matching that would pick the driver, whose death fails only the step (a step retry, no run retry),
-    whenever process ids have wrapped and the driver's is the lower one.
+    It is the parent of Playwright's driver, which started Chromium. The driver's own child, Chromium, has
+    "playwright" in its command line too (its profile folder): matching that would pick the driver, whose
+    death fails only the step (a step retry, no run retry), whenever process ids have wrapped and the
+    driver's is the lower one.
     """
-    for process in deployment_processes(home):
+    for process in driver_parents(deployment_processes(home)):
         with contextlib.suppress(psutil.Error):
-            children = process.children()
-            if any("run-driver" in child.cmdline() for child in children):
-                below = {child.name().lower() for child in process.children(recursive=True)}
-                if any("chrom" in name for name in below):
-                    return process
+            if any("chrom" in child.name().lower() for child in process.children(recursive=True)):
+                return process
     return None
 
 

@@ -47,6 +47,7 @@ from helios_pipeline_tests.helpers import (
     busy_composition,
     chunk_runs,
     describe,
+    driver_parents,
     graphql,
     render_runs,
     wait_for,
@@ -360,12 +361,10 @@ def pool_process(worker: Worker) -> psutil.Process | None:
     run, and its chunk step, execute in the pool process). Killing the main process instead would not stop
     the run: its pool process finishes the task on its own. (Found through the whole tree before, a child
     that vanished mid-scan made the pool process look idle, and the main process was killed: seen in CI.)"""
-    for process in worker.processes():
+    for process in driver_parents(worker.processes()):
         with contextlib.suppress(psutil.Error):
-            if "run-driver" in process.cmdline():
-                parent = process.parent()
-                if parent is not None and "celery" in " ".join(parent.cmdline()):
-                    return parent
+            if "celery" in " ".join(process.cmdline()):
+                return process
     return None
 
 

@@ -112,9 +112,9 @@ class EarlyCodeServer:
         given (and this server stopped) if it does not."""
         from helios_pipeline.dagster_defs import private_api
 
-        name = private_api.workspace_location_names(self.workspace)
-        if len(name) != 1 or (self.entry.location_name and name[0] != self.entry.location_name):
-            return self._fall_back(daemon_argv, f"unexpected code locations {name}")
+        names = private_api.workspace_location_names(self.workspace)
+        if len(names) != 1 or (self.entry.location_name and names[0] != self.entry.location_name):
+            return self._fall_back(daemon_argv, f"unexpected code locations {names}")
         deadline = time.monotonic() + STARTUP_SECONDS
         while not private_api.code_server_answers(self.socket):
             if self.process.poll() is not None:
@@ -123,7 +123,7 @@ class EarlyCodeServer:
                 return self._fall_back(daemon_argv, f"it did not answer within {STARTUP_SECONDS} s")
             time.sleep(POLL_SECONDS)
         workspace = self.folder / "workspace.yaml"
-        entry = {"grpc_server": {"socket": str(self.socket), "location_name": name[0]}}
+        entry = {"grpc_server": {"socket": str(self.socket), "location_name": names[0]}}
         workspace.write_text(yaml.safe_dump({"load_from": [entry]}), encoding="utf-8")
         return _with_workspace(daemon_argv, workspace)
 
