@@ -9,6 +9,7 @@ import time
 import pytest
 from dagster._daemon import controller
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.daemon import (
     DEFAULT_BACKFILL_LOOP_SECONDS,
     LOOP_SETTING,
@@ -57,7 +58,10 @@ def test_the_shortened_interval_paces_dagsters_backfill_loop(monkeypatch: pytest
     from dagster._daemon.backfill import execute_backfill_iteration_loop
     from dagster._daemon.daemon import SpanMarker
 
+    from dagster._daemon import backfill as backfill_daemon
+
     monkeypatch.setattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", controller.DEFAULT_DAEMON_INTERVAL_SECONDS)
+    monkeypatch.setattr(backfill_daemon, "execute_backfill_iteration", backfill_daemon.execute_backfill_iteration)
     assert shorten_backfill_loop(1.0)
     target = ModuleTarget(
         module_name="helios_pipeline.dagster_defs.definitions", attribute="defs", working_directory=None,
@@ -82,3 +86,89 @@ def test_a_bad_chunk_dimension_size_is_a_clear_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HELIOS_MAX_CHUNKS", value)
     with pytest.raises(ValueError, match=f"HELIOS_MAX_CHUNKS must be {reason}.*{value}"):
         Settings.from_env()
+
+
+class GatedLoop:
+    """Dagster's backfill iteration behind ``gate_backfill_iterations``, with the evaluation itself replaced by a
+    counter: what is checked is when the loop evaluates, on a real instance."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, instance, quiet_seconds: float) -> None:
+        import types
+
+        from dagster._daemon import backfill as backfill_daemon
+
+        self.evaluations = 0
+
+        def evaluate(*_args, **_kwargs):
+            self.evaluations += 1
+            yield None
+
+        monkeypatch.setattr(backfill_daemon, "execute_backfill_iteration", evaluate)
+        assert private_api.gate_backfill_iterations(quiet_seconds)
+        self.gated = backfill_daemon.execute_backfill_iteration
+        self.context = types.SimpleNamespace(instance=instance)
+
+    def evaluates(self, futures: dict | None = None) -> bool:
+        """One round of the loop; whether it evaluated the backfills."""
+        import logging
+
+        before = self.evaluations
+        list(self.gated(self.context, logging.getLogger("test"), backfill_futures=futures or {}))
+        return self.evaluations > before
+
+
+def test_the_backfill_loop_evaluates_only_when_a_backfill_or_its_runs_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+
+    import dagster as dg
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+    from dagster._core.test_utils import create_run_for_test
+
+    from helios_pipeline.dagster_defs.definitions import defs
+    from helios_pipeline.dagster_defs.runner import launch_backfill
+
+    with dg.instance_for_test() as instance:
+        loop = GatedLoop(monkeypatch, instance, quiet_seconds=300)
+        assert loop.evaluates(), "the first round always evaluates"
+        assert not loop.evaluates() and not loop.evaluates(), "no backfill, nothing changed"
+
+        instance.add_dynamic_partitions("renders", ["r"])
+        backfill_id = launch_backfill(instance, "r", defs.resolve_asset_graph())
+        assert loop.evaluates(), "a new backfill"
+        assert not loop.evaluates()
+
+        run = create_run_for_test(instance, job_name="__ASSET_JOB", tags={BACKFILL_ID_TAG: backfill_id})
+        assert loop.evaluates(), "a run of the backfill was launched"
+        assert not loop.evaluates()
+        instance.report_run_failed(run)
+        assert loop.evaluates(), "a run of the backfill ended"
+        assert not loop.evaluates()
+
+        other = create_run_for_test(instance, job_name="__ASSET_JOB", tags={BACKFILL_ID_TAG: "someone-else"})
+        instance.report_run_failed(other)
+        assert not loop.evaluates(), "runs of no unfinished backfill change nothing"
+
+        retry = create_run_for_test(instance, job_name="__ASSET_JOB", tags={BACKFILL_ID_TAG: backfill_id})
+        pending: Future = Future()
+        assert loop.evaluates({backfill_id: pending}), "an evaluation in flight: Dagster's own loop decides"
+        pending.set_result([])
+        assert loop.evaluates(), "what changed while an evaluation was in flight is evaluated once it is done"
+        assert not loop.evaluates()
+        instance.report_run_failed(retry)
+
+        assert loop.evaluates()
+        private_api.stop_backfill(instance, instance.get_backfill(backfill_id), daemon_alive=True)
+        assert loop.evaluates(), "the backfill is being cancelled"
+        assert not loop.evaluates()
+
+
+def test_an_unchanged_backfill_is_still_evaluated_after_the_quiet_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the counts cannot see (a retryable error of the last evaluation, partitions materialised by runs
+    outside any backfill) is picked up within ``quiet_seconds``."""
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        loop = GatedLoop(monkeypatch, instance, quiet_seconds=0.5)
+        assert loop.evaluates() and not loop.evaluates()
+        time.sleep(0.6)
+        assert loop.evaluates() and not loop.evaluates()

@@ -29,6 +29,8 @@ from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
+BACKFILL_QUIET_SECONDS = 10.0
+"""A backfill none of whose runs changed is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
 
 
@@ -38,9 +40,11 @@ def backfill_loop_seconds() -> float:
 
 
 def shorten_backfill_loop(seconds: float) -> bool:
-    """Set the backfill daemon's loop interval for this process; False when this Dagster has no such knob."""
+    """Set the backfill daemon's loop interval for this process, evaluating a backfill only when one of its runs
+    or its status changed (or every ``BACKFILL_QUIET_SECONDS``); False when this Dagster has no such knob."""
     from helios_pipeline.dagster_defs import private_api
 
+    private_api.gate_backfill_iterations(BACKFILL_QUIET_SECONDS)
     return private_api.set_daemon_loop_interval(seconds)
 
 
