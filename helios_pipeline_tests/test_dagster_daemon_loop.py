@@ -55,10 +55,9 @@ def test_the_shortened_interval_paces_dagsters_backfill_loop(monkeypatch: pytest
     import dagster as dg
     from dagster._core.test_utils import create_test_daemon_workspace_context
     from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon import backfill as backfill_daemon
     from dagster._daemon.backfill import execute_backfill_iteration_loop
     from dagster._daemon.daemon import SpanMarker
-
-    from dagster._daemon import backfill as backfill_daemon
 
     monkeypatch.setattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", controller.DEFAULT_DAEMON_INTERVAL_SECONDS)
     monkeypatch.setattr(backfill_daemon, "execute_backfill_iteration", backfill_daemon.execute_backfill_iteration)

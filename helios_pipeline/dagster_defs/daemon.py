@@ -30,7 +30,7 @@ from helios_pipeline.dagster_defs.settings import env_number
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
 BACKFILL_QUIET_SECONDS = 10.0
-"""A backfill none of whose runs changed is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
+"""An unchanged backfill is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
 
 
