@@ -171,3 +171,52 @@ def test_an_unchanged_backfill_is_still_evaluated_after_the_quiet_time(monkeypat
         assert loop.evaluates() and not loop.evaluates()
         time.sleep(0.6)
         assert loop.evaluates() and not loop.evaluates()
+
+
+def test_a_run_enqueued_in_the_daemon_is_dequeued_without_waiting_for_the_queue_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run queue's loop, with an interval of a minute, goes round again as soon as a run is submitted to the
+    queue in its process (as the backfill loop does); without a submit it waits, beating for the heartbeat."""
+    import threading
+
+    import dagster as dg
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.run_coordinator.base import SubmitRunContext
+    from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.daemon import SpanMarker
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    monkeypatch.setattr(QueuedRunCoordinator, "submit_run", QueuedRunCoordinator.submit_run)
+    monkeypatch.setattr(QueuedRunCoordinatorDaemon, "core_loop", QueuedRunCoordinatorDaemon.core_loop)
+    assert private_api.wake_run_queue_on_submit()
+    rounds: list[float] = []
+
+    def counted_round(self, _context):
+        rounds.append(time.monotonic())
+        yield None
+
+    monkeypatch.setattr(QueuedRunCoordinatorDaemon, "run_iteration", counted_round)
+    queue_config = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    with dg.instance_for_test(overrides={"run_coordinator": queue_config}) as instance:
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=60)
+        loop = daemon.core_loop(None, threading.Event())
+        beats = 0
+        while len(rounds) < 1 or beats < 3:  # the first round, then three heartbeats (each at most 0.5 s)
+            beats += next(loop) is None and len(rounds) == 1
+        assert len(rounds) == 1, "the loop went round again with nothing submitted"
+
+        repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("helios"), "__repository__")
+        origin = RemoteJobOrigin(repository, "job")
+        not_started = DagsterRunStatus.NOT_STARTED
+        run = create_run_for_test(instance, job_name="job", status=not_started, remote_job_origin=origin)
+        submitted = time.monotonic()
+        instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.QUEUED
+        while len(rounds) < 2 and time.monotonic() - submitted < 10:
+            marker = next(loop)
+            assert marker is None or marker in (SpanMarker.START_SPAN, SpanMarker.END_SPAN)
+    assert len(rounds) == 2, "the submit did not wake the queue's loop (its interval is 60 s)"
+    assert rounds[1] - submitted < 0.6

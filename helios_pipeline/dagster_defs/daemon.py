@@ -41,10 +41,12 @@ def backfill_loop_seconds() -> float:
 
 def shorten_backfill_loop(seconds: float) -> bool:
     """Set the backfill daemon's loop interval for this process, evaluating a backfill only when one of its runs
-    or its status changed (or every ``BACKFILL_QUIET_SECONDS``); False when this Dagster has no such knob."""
+    or its status changed (or every ``BACKFILL_QUIET_SECONDS``), and have the run queue launch what the backfill
+    submits at once; False when this Dagster has no such knob."""
     from helios_pipeline.dagster_defs import private_api
 
     private_api.gate_backfill_iterations(BACKFILL_QUIET_SECONDS)
+    private_api.wake_run_queue_on_submit()
     return private_api.set_daemon_loop_interval(seconds)
 
 
