@@ -22,7 +22,7 @@ from helios_pipeline.dagster_defs.settings import Settings
 
 def test_loop_interval_defaults_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(LOOP_SETTING, raising=False)
-    assert backfill_loop_seconds() == DEFAULT_BACKFILL_LOOP_SECONDS == 1.0
+    assert backfill_loop_seconds() == DEFAULT_BACKFILL_LOOP_SECONDS == 0.5
     monkeypatch.setenv(LOOP_SETTING, "2.5")
     assert backfill_loop_seconds() == 2.5
 

@@ -4,8 +4,10 @@ Dagster's backfill daemon wakes every 30 s (``DEFAULT_DAEMON_INTERVAL_SECONDS``,
 setting), and an asset backfill advances one stage per wake-up: plan, then chunks, then concat +
 mix. For a render that takes half a minute on one machine that wait dominated the wall time
 (a 20 s render through a backfill took 4x the library's time). This entry point runs the stock
-daemon with that loop shortened to ``HELIOS_BACKFILL_LOOP_SECONDS`` (default 1 s); an idle loop
-is one query on the instance's run storage.
+daemon with that loop shortened to ``HELIOS_BACKFILL_LOOP_SECONDS`` (default 0.5 s). A backfill is evaluated
+only when it or its runs changed (``private_api.gate_backfill_iterations``), so a loop that finds nothing new
+is three small queries on the instance's run storage, and the run queue launches what the backfill submits
+at once (``private_api.wake_run_queue_on_submit``).
 
 The constant is read when the backfill loop starts, so setting it before the daemon's CLI runs
 is enough. It is private Dagster API, pinned with dagster==1.13.27: if a Dagster upgrade
@@ -28,7 +30,7 @@ from pathlib import Path
 from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import env_number
 
-DEFAULT_BACKFILL_LOOP_SECONDS = 1.0
+DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
 """An unchanged backfill is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"

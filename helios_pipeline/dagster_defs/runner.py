@@ -78,6 +78,9 @@ __all__ = [  # what the CLI, the benchmarks and the tests use from here
 ]
 
 POLL_SECONDS = 0.5
+FINISHING_POLL_SECONDS = 0.2
+"""How often ``follow`` looks while the final run (concat + mix) is running: it ends within seconds, and the
+caller should hear of it at once."""
 WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_DECISION_SECONDS = 5.0  # how long a FAILURE may go without Dagster's will_retry tag before it counts
 CANCEL_WAIT_SECONDS = 30
@@ -252,7 +255,9 @@ def follow(
             watch()
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s{waiting_clause(stall)}")
-        time.sleep(POLL_SECONDS)
+        started = [run for run in active if run.status == dg.DagsterRunStatus.STARTED]
+        finishing = any(RENDER_PARTITION_TAG not in run.tags for run in started)  # the concat + mix run
+        time.sleep(FINISHING_POLL_SECONDS if finishing else POLL_SECONDS)
 
 
 def waiting_clause(stall: StallWatch) -> str:
