@@ -24,7 +24,9 @@ from helios_pipeline.dagster_defs.names import (
     RENDERS,
 )
 
-POLL_SECONDS = 0.5
+END_POLL_SECONDS = 0.1
+"""How often ``wait_for_backfill_end`` looks: the CLI's own daemon is stopped as soon as the backfill is recorded
+as ended, which its daemon does within a loop round (0.5 s) of the last run's end."""
 
 
 def utc(timestamp: float) -> datetime:
@@ -133,4 +135,4 @@ def wait_for_backfill_end(instance: dg.DagsterInstance, key: str, since: float, 
         backfill = render_backfill(instance, key, since)
         if backfill is None or private_api.is_terminal(backfill):
             return
-        time.sleep(POLL_SECONDS)
+        time.sleep(END_POLL_SECONDS)
