@@ -57,11 +57,12 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
     """Let the backfill loop evaluate the backfills only when ``backfill_activity`` changed, or at least every
     ``quiet_seconds``; False when this Dagster's loop is not where it was.
 
-    With the loop at 1 s, the daemon re-evaluated every unfinished asset backfill every second, each time loading
-    its asset graph and partition status: ~4 CPU-s of a 30 s render, taken from the chunks beside it. A
-    render's backfill can only advance when one of its runs ends or a run is added (a retry), or the backfill
-    changes (cancelled, added), which the check above sees with three small queries. The time limit covers
-    what it does not see (a retryable error of the last evaluation, partitions materialised outside backfills).
+    With a short loop the daemon re-evaluated every unfinished asset backfill every round, each time loading its
+    asset graph and partition status: the busiest of the daemon's threads during a render, on the CPU the chunks
+    beside it render with, and growing with every render in flight. A render's backfill can only advance when
+    one of its runs ends or a run is added (a retry), or the backfill changes (cancelled, added), which the check
+    above sees with three small queries. The time limit covers what it does not see (a retryable error of the
+    last evaluation, partitions materialised outside backfills).
     """
     from dagster._daemon import backfill as backfill_daemon
 
