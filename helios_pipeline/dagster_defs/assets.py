@@ -44,7 +44,7 @@ from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.poster import poster_path
-from helios_pipeline.engine.probe import count_video_frames, probe
+from helios_pipeline.engine.probe import probe
 from helios_pipeline.fingerprint import ENGINE_VERSION
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
@@ -487,8 +487,8 @@ def concat_video(context: dg.AssetExecutionContext, storage: RenderStorage):
         if storage.is_remote:  # the fetched chunks were only needed for the join
             for chunk_file in plan.concat_manifest:
                 Path(chunk_file).unlink(missing_ok=True)
-    frames = count_video_frames(plan.concat_output_file)
-    info = probe(plan.concat_output_file)
+    info = probe(plan.concat_output_file)  # its packet count is the frame count: one ffprobe for both
+    frames = info.video_frames
     yield dg.MaterializeResult(
         metadata={
             "seconds": result.seconds,
