@@ -88,6 +88,8 @@ BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is alrea
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
 INTERRUPT_RUNS_SECONDS = 4  # the deployment's terminated runs get this long to end, then are marked canceled
 INTERRUPT_DAEMON_SECONDS = 4  # our daemon's group (code server, run workers, Chromium, FFmpeg) gets this long
+STARTING_SETTLE_SECONDS = 2.0  # how long an interrupted render's STARTING runs get to record their start
+STARTING_POLL_SECONDS = 0.05
 PLAN_FINISH_SECONDS = 1  # an interrupted plan run gets this long to record its end before the render is cancelled
 # After a finished render our daemon's threads stop at once on SIGTERM; what follows is Dagster's code-server
 # teardown (7 s on a loaded 2-core machine), with nothing left to save: the CLI does not wait for all of it
@@ -348,6 +350,27 @@ def cancel_render(
     return _render_runs(instance, key, since)
 
 
+def let_starting_runs_start(instance: dg.DagsterInstance, key: str, since: float, timeout: float) -> None:
+    """Before an interrupted render's runs are marked and its daemon's group stopped: cancel its queued runs, and
+    give its STARTING runs up to ``timeout`` to record their start.
+
+    A STARTING run's worker checks that the run is not canceled and then records its start, which sets the run
+    STARTED whatever it was marked meanwhile; interrupted after that, a run no longer marked CANCELING ends
+    FAILURE (and may be retried). Once started, it is marked CANCELING like the others and ends CANCELED. With
+    runs launched the moment they are queued, a render interrupted early often has several runs starting.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [run for run in _render_runs(instance, key, since) if not run.is_finished]
+        for run in runs:
+            if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+                with contextlib.suppress(Exception):
+                    instance.report_run_canceled(run, message="canceled: the render was cancelled")
+        if time.monotonic() >= deadline or not any(run.status == dg.DagsterRunStatus.STARTING for run in runs):
+            return
+        time.sleep(STARTING_POLL_SECONDS)
+
+
 def mark_render_canceling(instance: dg.DagsterInstance, key: str, since: float) -> None:
     """Mark the render's started runs CANCELING and cancel its queued and starting ones, asking no code server.
 
@@ -440,6 +463,7 @@ def render_through_dagster(
             interrupted = True
             # no launches from here on; runs get a few seconds to end, then count as canceled
             if daemon.ours:  # its run workers end with its process group: no code server is asked
+                let_starting_runs_start(instance, key, since, STARTING_SETTLE_SECONDS)
                 mark_render_canceling(instance, key, since)  # first, so an interrupted run ends CANCELED
                 daemon.begin_stop(INTERRUPT_DAEMON_SECONDS)  # the group shuts down while the instance is updated
                 cancel_render_backfill(instance, key, since, daemon_alive=False)
