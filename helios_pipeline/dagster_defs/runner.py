@@ -375,10 +375,9 @@ def mark_render_canceling(instance: dg.DagsterInstance, key: str, since: float) 
     """Mark the render's started runs CANCELING and cancel its queued and starting ones, asking no code server.
 
     For runs of our own daemon, whose process group is stopped right after: a run worker interrupted
-    (SIGTERM) while its run is CANCELING ends the run CANCELED, after its step's own clean-up. A STARTING run
-    is canceled outright: its worker, still importing, finds it canceled and does not start it. Marked
-    CANCELING, the worker's start record set it back to STARTED, and the interrupt then ended it FAILURE,
-    to be retried (seen under load, more often with a chunk run launched ahead of the pool).
+    (SIGTERM) while its run is CANCELING ends the run CANCELED, after its step's own clean-up. Runs still
+    STARTING were first given time to record their start (``let_starting_runs_start``); one that has not is
+    canceled outright, so that its worker, if it has not yet checked, does not start it.
     """
     runs = [run for run in _render_runs(instance, key, since) if not run.is_finished]
     waiting = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING)
