@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +15,10 @@ import dagster as dg
 import psutil
 import pytest
 
-from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.daemon import RENDER_DAEMONS, daemon_command
 from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, ModuleEntry, module_entry
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS, stop_process_tree
+from helios_pipeline.dagster_defs.private_api import workspace_location_names
 from helios_pipeline_tests.helpers import (
     REPO,
     deployment_env,
@@ -89,8 +91,8 @@ def early_folders() -> set[Path]:
 
 def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_removes_it(tmp_path: Path) -> None:
     """One code server, the early one (no managed ``--lazy-load-user-code`` server), answering for the location
-    the UI knows: after a daemon with Dagster's managed server (the UI's), the own daemon's sensors tick on the
-    instigator states that one made (their cursors carry on), none added."""
+    the UI knows (the one the UI's daemon made the sensors' states under). The own daemon runs only what a render
+    needs: no sensor, schedule or automation loop beats, and the inbox sensor does not tick while it runs."""
     expected = {"composition_inbox", "plan_registered_render", "render_automation"}
     home = tmp_path / "home"
     write_instance_config(home)
@@ -101,7 +103,11 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         wait_for(lambda: _inbox_sensor_ticks(instance), 60, "a tick of the inbox sensor")
     instance.wipe_daemon_heartbeats()
     states = {state.selector_id for state in instance.all_instigator_state()}
+    origins = {state.origin.repository_origin for state in instance.all_instigator_state()}
+    (location,) = {origin.code_location_origin.location_name for origin in origins}
     ticks = len(_inbox_sensor_ticks(instance))
+    render_daemons = set(RENDER_DAEMONS) & set(instance.get_required_daemon_types())
+    assert {"BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= render_daemons
     folders_before = early_folders()
     with own_daemon(tmp_path, REPO / "workspace.yaml", tmp_path / "daemon.log") as (daemon, instance):
         wait_for(lambda: beating(instance), 120, "the daemon's heartbeats")
@@ -110,7 +116,10 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         assert "--lazy-load-user-code" not in servers[0]
         socket = Path(servers[0][servers[0].index("--socket") + 1])
         assert socket.parent.name.startswith(f"{FOLDER_PREFIX}{daemon.pid}-") and socket.is_socket()
-        wait_for(lambda: len(_inbox_sensor_ticks(instance)) > ticks, 60, "a tick of the inbox sensor")
+        assert workspace_location_names(socket.parent / "workspace.yaml") == [location]
+        time.sleep(3)  # every daemon thread starts at once: a sensor loop would have beaten and ticked by now
+        assert set(instance.get_daemon_heartbeats()) == render_daemons
+        assert len(_inbox_sensor_ticks(instance)) == ticks
         assert {state.selector_id for state in instance.all_instigator_state()} == states
     assert early_folders() == folders_before, "the socket folder is removed with the daemon"
 

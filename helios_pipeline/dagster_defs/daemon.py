@@ -17,7 +17,11 @@ removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
     python -m helios_pipeline.dagster_defs.daemon --early-code-server run -w workspace.yaml   # the CLI's own
 
 With ``--early-code-server`` (the CLI's own, short-lived daemon) the code server starts before this
-process imports Dagster (``early_code_server``). Dagster is imported only after that, in ``main``.
+process imports Dagster (``early_code_server``). Dagster is imported only after that, in ``main``. That daemon
+also runs only the daemons a render needs (``RENDER_DAEMONS``): it lives for one render and its process group is
+stopped when the render ends, so a run that a sensor, a schedule or automation started from it would be cut off
+half-way; and those loops' ticks (every 5 s, each evaluated in the code server) took CPU from the render's chunks.
+Sensors, schedules and automation are the deployment's (``helios-pipeline ui``, or this module without the flag).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
 """An unchanged backfill is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
+RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
+"""What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
+whose worker died ends FAILURE and frees its pool slot) and run retries."""
 
 
 def backfill_loop_seconds() -> float:
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     from helios_pipeline.dagster_defs import private_api, warm_launcher
 
     shorten_backfill_loop(seconds)
+    if own:
+        private_api.run_only_daemons(RENDER_DAEMONS)
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's

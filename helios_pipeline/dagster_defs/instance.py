@@ -23,7 +23,9 @@ DAEMON_FRESH_SECONDS = 90
 """Dagster's daemons beat every 30 s: three beats missed means the daemon process is gone. Two were too few on
 an overloaded machine (a load test saw a live daemon pass 60 s, and CLIs started second daemons that launched
 the same runs twice)."""
-REQUIRED_DAEMONS = {"SENSOR", "QUEUED_RUN_COORDINATOR", "ASSET"}
+REQUIRED_DAEMONS = {"BACKFILL", "QUEUED_RUN_COORDINATOR"}
+"""The daemons every render needs: a deployment's daemon runs them, and so does the CLI's own (``RENDER_DAEMONS``),
+which other CLIs' renders may then rely on while it beats."""
 DAEMON_STOP_SECONDS = 20
 DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
 DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails

@@ -153,6 +153,31 @@ def wake_run_queue_on_submit() -> bool:
     return True
 
 
+def run_only_daemons(kinds: Sequence[str]) -> bool:
+    """Have a ``dagster-daemon run`` in this process run only the daemons named in ``kinds`` (Dagster's daemon types,
+    such as ``BACKFILL``) of those the instance requires; False when this Dagster decides that elsewhere.
+
+    The controller starts, and checks the heartbeats of, the types ``get_required_daemon_types`` lists.
+    """
+    from dagster._core.instance.methods.daemon_methods import DaemonMethods
+
+    required = getattr(DaemonMethods, "get_required_daemon_types", None)
+    if required is None or not issubclass(dg.DagsterInstance, DaemonMethods):
+        logging.getLogger("helios_pipeline").warning(
+            "this Dagster's instance has no get_required_daemon_types: its daemon runs every daemon"
+        )
+        return False
+    original = getattr(required, "helios_original", required)
+    wanted = frozenset(kinds)
+
+    def only_these(self: Any) -> Sequence[str]:
+        return [kind for kind in original(self) if kind in wanted]
+
+    only_these.helios_original = original  # type: ignore[attr-defined]
+    DaemonMethods.get_required_daemon_types = only_these  # type: ignore[method-assign]
+    return True
+
+
 def daemon_loop_interval() -> float:
     from dagster._daemon import controller
 
