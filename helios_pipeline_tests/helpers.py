@@ -46,6 +46,8 @@ from helios_pipeline_tests.services import free_port
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT_MAX_CHUNKS = 3
 """HELIOS_MAX_CHUNKS of the deployments the daemon tests start (their daemon's and CLI's code location)."""
+TRIGGER_SECONDS = 2
+"""HELIOS_TRIGGER_SECONDS of those deployments: their inbox sensor and automation tick every 2 s (5 s by default)."""
 
 
 ALL_ASSETS = [render_plan, chunk_video, concat_video, mixed_video, final_video_valid]
@@ -154,6 +156,7 @@ def deployment_env(home: Path, storage: Path, inbox: Path) -> dict[str, str]:
         HELIOS_STORAGE=str(storage),
         HELIOS_INBOX=str(inbox),
         HELIOS_MAX_CHUNKS=str(DEPLOYMENT_MAX_CHUNKS),
+        HELIOS_TRIGGER_SECONDS=str(TRIGGER_SECONDS),
     )
     return env
 

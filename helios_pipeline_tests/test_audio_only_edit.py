@@ -28,10 +28,11 @@ from dagster._core.scheduler.instigation import TickStatus
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
 from helios_pipeline.dagster_defs.names import BACKFILL_PLAN_TAG, DATA_VERSION_TAG
-from helios_pipeline.dagster_defs.sensors import INBOX_INTERVAL_S, render_automation
+from helios_pipeline.dagster_defs.sensors import render_automation
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.helpers import (
     CHUNK_KEYS,
+    TRIGGER_SECONDS,
     deployment_env,
     open_instance,
     render_runs,
@@ -357,7 +358,7 @@ def test_an_edit_of_the_track_through_the_inbox_re_mixes_only(render: Render) ->
     pictures, samples = video_md5(video), sound(video)
     assert onset(samples) < 0.05
 
-    time.sleep(INBOX_INTERVAL_S)  # the edit must not fall within the sensor tick that saw the first version
+    time.sleep(TRIGGER_SECONDS)  # the edit must not fall within the sensor tick that saw the first version
     drop(volume=0.5, offset=0.2)
     wait_for(lambda: mixes() == 2, RENDER_TIMEOUT_S, "the re-mixed final video")
     assert settled(instance, key, quiet=True) - first == {"render_plan": 1, "mixed_video": 1}, "only the mix ran"

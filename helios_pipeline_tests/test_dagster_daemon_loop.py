@@ -17,7 +17,7 @@ from helios_pipeline.dagster_defs.daemon import (
     daemon_command,
     shorten_backfill_loop,
 )
-from helios_pipeline.dagster_defs.settings import Settings
+from helios_pipeline.dagster_defs.settings import TRIGGER_SETTING, Settings, trigger_seconds
 
 
 def test_loop_interval_defaults_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,17 +34,40 @@ def test_a_bad_loop_interval_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, v
         backfill_loop_seconds()
 
 
-def test_the_daemon_refuses_to_start_with_a_bad_loop_interval() -> None:
+@pytest.mark.parametrize("setting", [LOOP_SETTING, TRIGGER_SETTING])
+def test_the_daemon_refuses_to_start_with_a_bad_interval(setting: str) -> None:
     result = subprocess.run(
         daemon_command("run", "-w", "workspace.yaml"),
-        env={"PATH": "/usr/bin:/bin", LOOP_SETTING: "soon"},
+        env={"PATH": "/usr/bin:/bin", setting: "soon"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode != 0
-    assert LOOP_SETTING in result.stderr and "'soon'" in result.stderr
+    assert setting in result.stderr and "'soon'" in result.stderr
     assert daemon_command()[0] == sys.executable
+
+
+@pytest.mark.parametrize(("value", "reason"), [("2.5", "a whole number of seconds"), ("0", "between 1 and 86400")])
+def test_a_bad_trigger_interval_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, value: str, reason: str) -> None:
+    monkeypatch.delenv(TRIGGER_SETTING, raising=False)
+    assert trigger_seconds() == 5
+    monkeypatch.setenv(TRIGGER_SETTING, value)
+    with pytest.raises(ValueError, match=f"{TRIGGER_SETTING} must be {reason}.*{value}"):
+        trigger_seconds()
+
+
+def test_a_short_trigger_interval_lowers_dagsters_sensor_and_automation_loop_floors() -> None:
+    """Guards a Dagster upgrade: the constants its sensor and automation loops sleep by must be where they were."""
+    from dagster._daemon import asset_daemon, sensor
+
+    before = sensor.MIN_INTERVAL_LOOP_TIME, asset_daemon.MIN_INTERVAL_LOOP_SECONDS
+    assert before == (5, 5)
+    try:
+        assert private_api.set_trigger_loop_floor(2)
+        assert (sensor.MIN_INTERVAL_LOOP_TIME, asset_daemon.MIN_INTERVAL_LOOP_SECONDS) == (2, 2)
+    finally:
+        sensor.MIN_INTERVAL_LOOP_TIME, asset_daemon.MIN_INTERVAL_LOOP_SECONDS = before
 
 
 def test_the_shortened_interval_paces_dagsters_backfill_loop(monkeypatch: pytest.MonkeyPatch) -> None:

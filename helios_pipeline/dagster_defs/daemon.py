@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from helios_pipeline.dagster_defs import early_code_server
-from helios_pipeline.dagster_defs.settings import env_number
+from helios_pipeline.dagster_defs.settings import DEFAULT_TRIGGER_SECONDS, env_number, trigger_seconds
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(argv if argv is not None else sys.argv[1:])
     try:
         seconds = backfill_loop_seconds()
+        trigger = trigger_seconds()
     except ValueError as exc:
         sys.exit(f"helios-pipeline daemon: {exc}")
     own = argv[:1] == [early_code_server.FLAG]  # the CLI's own daemon
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     shorten_backfill_loop(seconds)
     if own:
         private_api.run_only_daemons(RENDER_DAEMONS)
+    elif trigger < DEFAULT_TRIGGER_SECONDS:
+        private_api.set_trigger_loop_floor(trigger)
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's

@@ -178,6 +178,22 @@ def run_only_daemons(kinds: Sequence[str]) -> bool:
     return True
 
 
+def set_trigger_loop_floor(seconds: float) -> bool:
+    """Let Dagster's sensor and automation loops go round every ``seconds`` (Dagster's floor is 5 s), so sensors
+    with a shorter ``minimum_interval_seconds`` tick that often; False when this Dagster keeps the floor elsewhere."""
+    from dagster._daemon import asset_daemon, sensor
+
+    floors = ((sensor, "MIN_INTERVAL_LOOP_TIME"), (asset_daemon, "MIN_INTERVAL_LOOP_SECONDS"))
+    if not all(isinstance(getattr(module, name, None), int | float) for module, name in floors):
+        logging.getLogger("helios_pipeline").warning(
+            "this Dagster has no MIN_INTERVAL_LOOP_TIME/MIN_INTERVAL_LOOP_SECONDS: sensors tick at most every 5 s"
+        )
+        return False
+    for module, name in floors:
+        setattr(module, name, seconds)
+    return True
+
+
 def daemon_loop_interval() -> float:
     from dagster._daemon import controller
 

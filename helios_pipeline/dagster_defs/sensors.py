@@ -15,11 +15,11 @@ from helios_pipeline.dagster_defs.inbox import Inbox, inbox_specs
 from helios_pipeline.dagster_defs.names import PLAN_JOB, RENDER_TAG
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.schedules import register_render_job
+from helios_pipeline.dagster_defs.settings import trigger_seconds
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import SpecError, load_spec, sanitize_key
 
-INBOX_INTERVAL_S = 5
-AUTOMATION_INTERVAL_S = 5
+INBOX_INTERVAL_S = AUTOMATION_INTERVAL_S = trigger_seconds()
 
 
 def _content_hash(path: Path) -> str:

@@ -10,6 +10,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 UI_SUBFOLDER = "ui"
 """The UI's spec folder inside the inbox when HELIOS_UI_SPECS is not set (the sensor reads only the top level)."""
 DEFAULT_MAX_CHUNKS = 4
+TRIGGER_SETTING = "HELIOS_TRIGGER_SECONDS"
+DEFAULT_TRIGGER_SECONDS = 5
+"""Dagster's own floor for its sensor and automation loops, and so the sensors' default interval."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ def env_number(name: str, default: float, low: float, high: float, *, whole: boo
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low:g} and {high:g}{' ' + unit if unit else ''}, got {raw!r}")
     return value
+
+
+def trigger_seconds() -> int:
+    """How often the inbox sensor looks for specs and automation advances renders (HELIOS_TRIGGER_SECONDS, whole
+    seconds, default 5): each render the inbox or a schedule starts waits up to this long at each of its stages."""
+    return int(env_number(TRIGGER_SETTING, DEFAULT_TRIGGER_SECONDS, 1, 86400, whole=True, unit="seconds"))
 
 
 def chunk_keys(max_chunks: int) -> list[str]:
