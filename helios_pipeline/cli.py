@@ -269,8 +269,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     """The Dagster UI and daemon on this project's workspace and instance (DAGSTER_HOME, default .dagster_home/).
 
-    What `dagster dev` starts, except that the daemon is ours: the same Dagster daemon with a 1 s
-    backfill loop instead of 30 s, so a backfill's stages follow each other without a pause.
+    What `dagster dev` starts, except that the daemon is ours: the same Dagster daemon with a 0.5 s backfill loop
+    (HELIOS_BACKFILL_LOOP_SECONDS) instead of 30 s, so a backfill's stages follow each other without a pause, and
+    sensor and automation loops that follow HELIOS_TRIGGER_SECONDS below Dagster's 5 s.
     """
     from helios_pipeline.dagster_defs.daemon import daemon_command
     from helios_pipeline.dagster_defs.runner import dagster_home
