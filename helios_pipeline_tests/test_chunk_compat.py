@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -152,3 +153,33 @@ def test_the_library_orchestrator_refuses_to_join_mismatched_chunks(tmp_path: Pa
             executor=MismatchedWorker(),
         )  # fmt: skip
     assert not output.exists() and not default_work_dir(output).exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compare with one")
+def test_a_chunk_encodes_to_the_same_bits_whatever_cpus_its_worker_has(tmp_path: Path) -> None:
+    """x264 left to itself runs 1.5 threads per CPU it may use, and the thread count changes the bits: a render
+    scaled out over workers of different sizes would not be reproducible."""
+    spec = validate_spec(
+        {"composition": "http://127.0.0.1/", "width": 640, "height": 360, "fps": 30, "frame_count": 30},
+        base_dir=tmp_path,
+        source="test",
+    )
+    command = [
+        ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+        "-frames:v", "30", "-q:v", "3", "-f", "image2pipe", "-c:v", "mjpeg", "-",
+    ]  # fmt: skip
+    frames = subprocess.run(command, capture_output=True, check=True).stdout
+
+    def encoded_with(cpus: set[int], name: str) -> str:
+        output = tmp_path / f"{name}.mov"
+        subprocess.run(
+            chunk_encode_command(spec, 30, output),
+            input=frames,
+            check=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
+        stream = [ffmpeg_path(), "-v", "error", "-i", str(output), "-map", "0:v", "-c", "copy", "-f", "md5", "-"]
+        return subprocess.run(stream, capture_output=True, text=True, check=True).stdout
+
+    every_cpu = os.sched_getaffinity(0)
+    assert encoded_with({min(every_cpu)}, "one-cpu") == encoded_with(every_cpu, "every-cpu")

@@ -29,6 +29,12 @@ PRESET_CODECS = ("libx264", "libx265", "libsvtav1")
 # and 6 % fewer bytes (benchmarks/README.md). The slow presets keep theirs: they are chosen for quality.
 SHORT_LOOKAHEAD_PRESETS = ("faster", "fast", "medium")
 X264_LOOKAHEAD = 10
+X264_THREADS = 2
+"""x264's threads per chunk. Left to x264, they are 1.5 per CPU the process may use, and they change the encoded
+bits: the same chunk came out different from a 1-CPU and a 2-CPU worker. A 16-CPU worker's encoder would run 24
+threads, each holding ~24 MB at 1080p (three threads: 251 MB, two: 227 MB), while the machine's other CPUs render
+other chunks. Two keep a chunk's bits the same on every worker, and on two CPUs encode as fast as three (150 1080p
+frames in 5.6-5.9 s either way); DOM capture, at 3-4 frames/s at 1080p, is far slower than either."""
 
 ENCODER_STALL_S = 30.0
 """Seconds FFmpeg may go without progress while it has work (input waiting, or a file to finish) before
@@ -79,7 +85,7 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
         x264_params = "scenecut=0:open-gop=0:repeat-headers=1"
         if (spec.preset or "medium") in SHORT_LOOKAHEAD_PRESETS:
             x264_params += f":rc-lookahead={X264_LOOKAHEAD}"
-        args += ["-bf", "0", "-sc_threshold", "0", "-x264-params", x264_params]
+        args += ["-bf", "0", "-sc_threshold", "0", "-threads", str(X264_THREADS), "-x264-params", x264_params]
     elif codec == "libx265":
         args += [
             "-tag:v", "hvc1",
