@@ -24,6 +24,7 @@ import dagster as dg
 import psutil
 import yaml
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.scheduler.instigation import TickStatus
 
 from helios_pipeline.dagster_defs import assets
 from helios_pipeline.dagster_defs.assets import (
@@ -38,6 +39,7 @@ from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.inbox import Inbox
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import stop_process_tree
+from helios_pipeline.dagster_defs.sensors import render_automation
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
@@ -254,6 +256,16 @@ def busy_composition(folder: Path) -> Path:
     makes their overlap a matter of luck; these outlast the start-up jitter of parallel runs.
     """
     return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
+
+
+def automation_ticks_since(instance: dg.DagsterInstance, since: float) -> int:
+    """Evaluations of the automation sensor that began after ``since`` and have ended (requested or skipped)."""
+    ended = [TickStatus.SUCCESS, TickStatus.SKIPPED]
+    return sum(
+        len(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, statuses=ended))
+        for state in instance.all_instigator_state()
+        if state.instigator_name == render_automation.name
+    )
 
 
 @contextlib.contextmanager

@@ -23,16 +23,15 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from dagster._core.scheduler.instigation import TickStatus
 
 from helios_pipeline.dagster_defs.assets import chunk_video, concat_video, mixed_video, render_plan, renders
 from helios_pipeline.dagster_defs.definitions import defs
 from helios_pipeline.dagster_defs.names import BACKFILL_PLAN_TAG, DATA_VERSION_TAG
-from helios_pipeline.dagster_defs.sensors import render_automation
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.helpers import (
     CHUNK_KEYS,
     TRIGGER_SECONDS,
+    automation_ticks_since,
     deployment_env,
     open_instance,
     render_runs,
@@ -240,16 +239,6 @@ def materializations(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, k
 
 def backfill_ids(instance: dg.DagsterInstance) -> set[str]:
     return {backfill.backfill_id for backfill in instance.get_backfills()}
-
-
-def automation_ticks_since(instance: dg.DagsterInstance, since: float) -> int:
-    """Evaluations of the automation sensor that began after ``since`` and have ended (requested or skipped)."""
-    ended = [TickStatus.SUCCESS, TickStatus.SKIPPED]
-    return sum(
-        len(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, statuses=ended))
-        for state in instance.all_instigator_state()
-        if state.instigator_name == render_automation.name
-    )
 
 
 def settled(instance: dg.DagsterInstance, key: str, quiet: bool = False) -> Counter[str]:

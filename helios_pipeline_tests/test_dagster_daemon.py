@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     CHUNK,
     DEPLOYMENT_MAX_CHUNKS,
+    automation_ticks_since,
     backfill_runs,
     busy_composition,
     chunk_runs,
@@ -343,6 +345,11 @@ def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployme
     assert final_wait < FINAL_RUN_START_BOUND_S, [(m.label, m.timestamp) for m in path]
     assert video == final_video(instance, "cli-exact")
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+    # the CLI's daemon ran no automation; the deployment's, started afterwards, finds nothing left to do
+    with running_daemon(cli_deployment.env, cli_deployment.home / "deployment.log"):
+        since = time.time()
+        wait_for(lambda: automation_ticks_since(instance, since) >= 2, 120, "two automation ticks")
+        assert len(render_runs(instance, "cli-exact")) == 4
 
 
 def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_deployment: CliDeployment) -> None:
