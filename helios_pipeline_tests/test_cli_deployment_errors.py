@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from helios_pipeline_tests.conftest import COMPOSITIONS
-from helios_pipeline_tests.helpers import write_spec
+from helios_pipeline_tests.helpers import deployment_processes, describe, write_spec
 from helios_pipeline_tests.services import S3Server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +73,19 @@ def test_submit_to_an_instance_whose_postgres_is_down_exits_2_naming_it(tmp_path
         assert "Traceback" not in result.stderr
         assert seconds < 30, f"{command[0]} took {seconds:.0f} s to report a dead Postgres"
     assert not (tmp_path / "storage").exists(), "nothing is registered"
+
+
+@pytest.mark.parametrize(("setting", "value"), [("HELIOS_TRIGGER_SECONDS", "0"), ("HELIOS_MAX_CHUNKS", "many")])
+def test_a_bad_numeric_setting_exits_2_naming_it_and_leaves_nothing_running(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    spec = write_spec(tmp_path, "badsetting", COMPOSITIONS / "frame_raf", frame_count=4)
+    env = {**clean_env(tmp_path), setting: value}
+
+    result, _ = cli(["render", str(spec)], env, timeout=120)
+
+    assert result.returncode == 2, result.stderr
+    assert f"invalid setting: {setting} must be" in result.stderr and f"'{value}'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (spec.parent / "out").exists()
+    assert not deployment_processes(tmp_path / "home"), describe(deployment_processes(tmp_path / "home"))

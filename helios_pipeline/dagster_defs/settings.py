@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from helios_pipeline.limits import SettingError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 UI_SUBFOLDER = "ui"
 """The UI's spec folder inside the inbox when HELIOS_UI_SPECS is not set (the sensor reads only the top level)."""
@@ -42,16 +44,16 @@ class Settings:
 
 
 def env_number(name: str, default: float, low: float, high: float, *, whole: bool = False, unit: str = "") -> float:
-    """A numeric setting from the environment, with an error that names it and the value it got."""
+    """A numeric setting from the environment; ``SettingError`` (a ValueError) names it and the value it got."""
     raw = os.environ.get(name, str(default))
     of_unit = f" of {unit}" if unit else ""
     try:
         value = int(raw) if whole else float(raw)
     except ValueError:
         kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{name} must be {kind}{of_unit}, got {raw!r}") from None
+        raise SettingError(f"{name} must be {kind}{of_unit}, got {raw!r}") from None
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}{' ' + unit if unit else ''}, got {raw!r}")
+        raise SettingError(f"{name} must be between {low:g} and {high:g}{' ' + unit if unit else ''}, got {raw!r}")
     return value
 
 
