@@ -19,7 +19,8 @@ from helios_pipeline.dagster_defs.settings import trigger_seconds
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import SpecError, load_spec, sanitize_key
 
-INBOX_INTERVAL_S = AUTOMATION_INTERVAL_S = trigger_seconds()
+TRIGGER_INTERVAL_S = trigger_seconds()
+"""Every sensor's ``minimum_interval_seconds`` (HELIOS_TRIGGER_SECONDS)."""
 
 
 def _content_hash(path: Path) -> str:
@@ -28,7 +29,7 @@ def _content_hash(path: Path) -> str:
 
 @dg.sensor(
     name="composition_inbox",
-    minimum_interval_seconds=INBOX_INTERVAL_S,
+    minimum_interval_seconds=TRIGGER_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=[render_plan],
     description="Each new or changed spec in the inbox folder (HELIOS_INBOX, default compositions/) becomes "
@@ -89,7 +90,7 @@ plan_render_job = dg.define_asset_job(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[register_render_job],
     request_job=plan_render_job,
-    minimum_interval_seconds=INBOX_INTERVAL_S,
+    minimum_interval_seconds=TRIGGER_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Plans each render a schedule has registered (schedules cannot add partitions, so their tick "
     "registers the render in a run, and this plans it once that run has succeeded).",
@@ -107,7 +108,7 @@ render_automation = dg.AutomationConditionSensorDefinition(
     "render_automation",
     target=dg.AssetSelection.groups("helios"),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+    minimum_interval_seconds=TRIGGER_INTERVAL_S,
     emit_backfills=False,
     description="Runs chunks -> concat -> mixed video for every planned render (one run per chunk).",
 )
