@@ -258,14 +258,21 @@ def busy_composition(folder: Path) -> Path:
     return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
 
 
+def sensor_ticks(
+    instance: dg.DagsterInstance, name: str, after: float | None = None, statuses: list[TickStatus] | None = None
+) -> list:
+    """The ticks of the sensor called ``name`` (``after``: that began after this time; ``statuses``: in these)."""
+    return [
+        tick
+        for state in instance.all_instigator_state()
+        if state.instigator_name == name
+        for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after, statuses=statuses)
+    ]
+
+
 def automation_ticks_since(instance: dg.DagsterInstance, since: float) -> int:
     """Evaluations of the automation sensor that began after ``since`` and have ended (requested or skipped)."""
-    ended = [TickStatus.SUCCESS, TickStatus.SKIPPED]
-    return sum(
-        len(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since, statuses=ended))
-        for state in instance.all_instigator_state()
-        if state.instigator_name == render_automation.name
-    )
+    return len(sensor_ticks(instance, render_automation.name, since, [TickStatus.SUCCESS, TickStatus.SKIPPED]))
 
 
 @contextlib.contextmanager

@@ -24,10 +24,10 @@ from helios_pipeline_tests.framecode import frame_indices
 SIDE = 64
 
 
-def jpeg_frames(count: int) -> list[bytes]:
+def jpeg_frames(count: int, size: str = f"{SIDE}x{SIDE}") -> list[bytes]:
     """``count`` distinct JPEG pictures from FFmpeg's test source, split at their end-of-image markers."""
     command = [
-        ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", f"testsrc=size={SIDE}x{SIDE}:rate=30",
+        ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=30",
         "-frames:v", str(count), "-c:v", "mjpeg", "-f", "image2pipe", "-",
     ]  # fmt: skip
     data = subprocess.run(command, capture_output=True, check=True).stdout
@@ -164,11 +164,7 @@ def test_a_chunk_encodes_to_the_same_bits_whatever_cpus_its_worker_has(tmp_path:
         base_dir=tmp_path,
         source="test",
     )
-    command = [
-        ffmpeg_path(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
-        "-frames:v", "30", "-q:v", "3", "-f", "image2pipe", "-c:v", "mjpeg", "-",
-    ]  # fmt: skip
-    frames = subprocess.run(command, capture_output=True, check=True).stdout
+    frames = b"".join(jpeg_frames(30, "640x360"))
 
     def encoded_with(cpus: set[int], name: str) -> str:
         output = tmp_path / f"{name}.mov"

@@ -20,16 +20,19 @@ from helios_pipeline.dagster_defs.daemon import RENDER_DAEMONS, daemon_command
 from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, ModuleEntry, module_entry
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS, stop_process_tree
 from helios_pipeline.dagster_defs.private_api import workspace_location_names
+from helios_pipeline.dagster_defs.sensors import composition_inbox
 from helios_pipeline_tests.helpers import (
     REPO,
     deployment_env,
     open_instance,
     running_daemon,
+    sensor_ticks,
     wait_for,
     write_instance_config,
 )
 
 pytestmark = pytest.mark.slow
+INBOX_SENSOR = composition_inbox.name
 
 
 def test_the_repos_workspace_is_one_python_module_and_anything_else_is_left_to_dagster(tmp_path: Path) -> None:
@@ -101,14 +104,14 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
     env = deployment_env(home, tmp_path / "storage", tmp_path / "inbox")
     with running_daemon(env, tmp_path / "managed.log"):
         wait_for(lambda: {s.instigator_name for s in instance.all_instigator_state()} == expected, 120, "3 sensors")
-        wait_for(lambda: len(_inbox_sensor_ticks(instance)) >= 3, 60, "three ticks of the inbox sensor")
+        wait_for(lambda: len(sensor_ticks(instance, INBOX_SENSOR)) >= 3, 60, "three ticks of the inbox sensor")
     instance.wipe_daemon_heartbeats()
-    times = sorted(tick.timestamp for tick in _inbox_sensor_ticks(instance))
+    times = sorted(tick.timestamp for tick in sensor_ticks(instance, INBOX_SENSOR))
     assert min(b - a for a, b in itertools.pairwise(times)) < 4, times  # HELIOS_TRIGGER_SECONDS=2, not Dagster's 5 s
     states = {state.selector_id for state in instance.all_instigator_state()}
     origins = {state.origin.repository_origin for state in instance.all_instigator_state()}
     (location,) = {origin.code_location_origin.location_name for origin in origins}
-    ticks = len(_inbox_sensor_ticks(instance))
+    ticks = len(sensor_ticks(instance, INBOX_SENSOR))
     render_daemons = set(RENDER_DAEMONS) & set(instance.get_required_daemon_types())
     assert {"BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= render_daemons
     folders_before = early_folders()
@@ -122,14 +125,9 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         assert workspace_location_names(socket.parent / "workspace.yaml") == [location]
         time.sleep(3)  # every daemon thread starts at once: a sensor loop would have beaten and ticked by now
         assert set(instance.get_daemon_heartbeats()) == render_daemons
-        assert len(_inbox_sensor_ticks(instance)) == ticks
+        assert len(sensor_ticks(instance, INBOX_SENSOR)) == ticks
         assert {state.selector_id for state in instance.all_instigator_state()} == states
     assert early_folders() == folders_before, "the socket folder is removed with the daemon"
-
-
-def _inbox_sensor_ticks(instance: dg.DagsterInstance) -> list:
-    states = [state for state in instance.all_instigator_state() if state.instigator_name == "composition_inbox"]
-    return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
 
 
 def test_a_killed_own_daemon_takes_its_code_server_along_and_the_next_one_sweeps_the_socket(tmp_path: Path) -> None:
