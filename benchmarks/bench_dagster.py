@@ -53,6 +53,79 @@ def cpu_since(before: dict[int, float]) -> float:
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in deployment_cpu().items())
 
 
+def process_kind(name: str, command: str) -> str:
+    """What a descendant process is to a render: a Dagster process or one of the rendering tools."""
+    if "chrom" in name or "headless_shell" in name:
+        return "chromium"
+    if name.startswith(("ffmpeg", "ffprobe")):
+        return "ffmpeg"
+    if name == "node":
+        return "driver"
+    if "helios_pipeline.dagster_defs.daemon" in command:
+        return "daemon"
+    if "dagster api grpc" in command or "dagster code-server" in command:
+        return "code server"
+    return "run workers" if "python" in name else "other"
+
+
+class CpuByKind:
+    """CPU seconds used by this process and its descendants during a round, by kind of process.
+
+    Samples every ``interval`` s (a process that ends loses what it used since its last sample: short
+    ffprobes, the tail of a chunk's FFmpeg), beside the machine's own CPU counters, which miss nothing
+    (and count whatever else ran, this sampler included; the caller's figure leaves the sampler out).
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.interval, self.seen, self.baseline = interval, {}, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                with process.oneshot():
+                    kind = "caller" if process is me else process_kind(process.name(), " ".join(process.cmdline()))
+                    times = process.cpu_times()
+                    self.seen[(process.pid, process.create_time())] = (kind, times.user + times.system)
+            except psutil.Error:
+                continue
+
+    def _sample_until_stopped(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._sample()
+        self.own_seconds = time.thread_time()  # the sampler's own CPU, taken out of the caller's
+
+    def __enter__(self) -> CpuByKind:
+        import psutil
+
+        self._sample()
+        self.baseline = {key: seconds for key, (_, seconds) in self.seen.items()}
+        self.machine_before = psutil.cpu_times()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        import psutil
+
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        after = psutil.cpu_times()
+        self.machine = sum(
+            getattr(after, field) - getattr(self.machine_before, field) for field in ("user", "system", "nice")
+        )
+        self.by_kind: dict[str, float] = {}
+        for key, (kind, seconds) in self.seen.items():
+            self.by_kind[kind] = self.by_kind.get(kind, 0.0) + seconds - self.baseline.get(key, 0.0)
+        self.by_kind["caller"] -= self.own_seconds
+
+
 def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
     """The slowest chunk's wall seconds as its materialisation recorded them."""
     import dagster as dg
@@ -68,6 +141,7 @@ def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
 
 
 PATHS = ("backfill", "cli", "cli-own")
+ENDED_BACKFILL = ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED")
 RUNS = {"backfill": 1 + CHUNKS + 1, "cli": CHUNKS + 1, "cli-own": CHUNKS + 1}  # (plan), chunks, concat+mix
 
 
@@ -140,38 +214,44 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         )  # fmt: skip
 
     def library_round(name: str) -> dict:
-        started = time.perf_counter()
-        result = RenderOrchestrator.render(spec_for(name))
-        seconds = time.perf_counter() - started
-        return {"seconds": seconds, "chunk_wall_seconds": max(chunk.wall_seconds for chunk in result.chunks)}
+        with CpuByKind() as cpu:
+            started = time.perf_counter()
+            result = RenderOrchestrator.render(spec_for(name))
+            seconds = time.perf_counter() - started
+        return {"seconds": seconds, "chunk_wall_seconds": max(chunk.wall_seconds for chunk in result.chunks),
+                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind}  # fmt: skip
 
     def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
         key, _ = register_spec(storage, spec_for(name), CHUNKS)
         cpu_before = deployment_cpu()
-        started, wall_started = time.perf_counter(), time.time()
-        instance.add_dynamic_partitions("renders", [key])
-        backfill_id = launch_backfill(instance, key)
-        while True:
-            backfill = instance.get_backfill(backfill_id)
-            if backfill is not None and backfill.status.value in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED"):
-                break
-            time.sleep(0.5)
-        if backfill.status.value != "COMPLETED_SUCCESS":
-            raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
-        seconds = time.perf_counter() - started
+        with CpuByKind() as cpu:
+            started, wall_started = time.perf_counter(), time.time()
+            instance.add_dynamic_partitions("renders", [key])
+            backfill_id = launch_backfill(instance, key)
+            while True:
+                backfill = instance.get_backfill(backfill_id)
+                if backfill is not None and backfill.status.value in ENDED_BACKFILL:
+                    break
+                time.sleep(0.5)
+            if backfill.status.value != "COMPLETED_SUCCESS":
+                raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
+            seconds = time.perf_counter() - started
         return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key),
+                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
                 "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
     def cli_round(name: str) -> dict:
         """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
         cpu_before = deployment_cpu()
-        started, wall_started = time.perf_counter(), time.time()
-        render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
-        seconds = time.perf_counter() - started
+        with CpuByKind() as cpu:
+            started, wall_started = time.perf_counter(), time.time()
+            render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
+            seconds = time.perf_counter() - started
         return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
+                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
                 "breakdown": breakdown(instance, name, wall_started, wall_started + seconds)}  # fmt: skip
 
     rounds: dict[str, list[dict]] = {"library": [], **{path: [] for path in args.paths}}
@@ -196,7 +276,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     results: dict = {"repeat": args.repeat, "load_average_1min": [round(load, 2) for load in loads]}
     for path, measured in rounds.items():
         for field in measured[0]:
-            if field != "breakdown":
+            if field not in ("breakdown", "cpu"):
                 results[f"{path}_{field}"] = statistics.median(m[field] for m in measured)
     for path in args.paths:  # fixed cost in each round against that round's library render, then the median
         costs = [m["seconds"] - lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
@@ -223,6 +303,14 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         + "; daemon + code server CPU: "
         + ", ".join(f"{path} {results[f'{path}_deployment_cpu_seconds']:.1f} s" for path in args.paths)
     )
+    print("  CPU seconds during the render, by process (median per kind; machine = every process on the VM):")
+    for path, measured in rounds.items():
+        kinds = sorted({kind for m in measured for kind in m["cpu"]})
+        results[f"{path}_cpu"] = {kind: statistics.median(m["cpu"].get(kind, 0.0) for m in measured) for kind in kinds}
+        print(
+            f"    {path:<9} machine {results[f'{path}_machine_cpu_seconds']:5.1f}: "
+            + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in results[f"{path}_cpu"].items())
+        )
     for path in args.paths:
         print(f"  where the time went, {names[path]} (median per stage, from the runs' event timestamps):")
         for label, seconds in results[f"{path}_breakdown"]:
