@@ -78,9 +78,15 @@ __all__ = [  # what the CLI, the benchmarks and the tests use from here
 ]
 
 POLL_SECONDS = 0.5
+RENDERING_POLL_SECONDS = 1.0
+"""How often ``follow`` looks while only chunk runs are going: the next stage is the daemon's to launch, so the
+CLI's looks only show progress and failures; each look is four queries on the instance (~2 CPU-s per 20 s
+render at 0.5 s on SQLite), which the chunks' Chromium and FFmpeg would otherwise have had."""
 FINISHING_POLL_SECONDS = 0.2
 """How often ``follow`` looks while the final run (concat + mix) is running: it ends within seconds, and the
 caller should hear of it at once."""
+BACKFILL_CHECK_SECONDS = 2.0
+"""How long ``follow`` goes without reading the render's backfill while none of its runs changed status."""
 WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_DECISION_SECONDS = 5.0  # how long a FAILURE may go without Dagster's will_retry tag before it counts
 CANCEL_WAIT_SECONDS = 30
@@ -216,31 +222,35 @@ def follow(
     total = total_frames or storage.load_spec(key).total_frames
     deadline = None if timeout is None else time.monotonic() + timeout
     failures_seen: dict[str, float] = {}
-    mixed = MIXED_ASSET
+    statuses_seen: dict[str, dg.DagsterRunStatus] = {}
+    backfill, backfill_read = None, float("-inf")
     while True:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=mixed, asset_partitions=[key], after_timestamp=since), limit=1
-        ).records
-        if records:
+        runs = _render_runs(instance, key, since)
+        # only the concat + mix run (or automation's mix run) records the final video: until one exists there is
+        # nothing to look up
+        record = _final_video_record(instance, key, since) if _has_final_run(runs) else None
+        if record is not None:
             # the final video exists; the render is done when its run (with the final check) has finished
-            run = instance.get_run_by_id(records[0].run_id)
+            run = instance.get_run_by_id(record.run_id)
             if run is None or run.is_finished:
                 if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
                     raise RenderError(f"render {key}: {_failed_run_message(instance, run)}")
-                metadata = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
+                metadata = record.asset_materialization.metadata if record.asset_materialization else {}
                 path = metadata.get("path")
                 status = RenderStatus(
                     total, total, "done", True, str(path.value) if path else None, blocked_note(instance, storage, key)
                 )
                 on_status(status)
                 return status
-        runs = _render_runs(instance, key, since)
         for run in runs:
             if run.status == dg.DagsterRunStatus.FAILURE and _fails_the_render(run, failures_seen):
                 raise RenderError(f"render {key}: {_failed_run_message(instance, run)}")
-        backfill = render_backfill(instance, key, since)
+        statuses = {run.run_id: run.status for run in runs}
+        if statuses != statuses_seen or time.monotonic() - backfill_read >= BACKFILL_CHECK_SECONDS:
+            statuses_seen, backfill_read = statuses, time.monotonic()
+            backfill = render_backfill(instance, key, since)
         ended_badly = backfill is not None and backfill.status.value in ("FAILED", "CANCELED", "COMPLETED_FAILED")
-        if ended_badly and not _final_video_recorded(instance, key, since):
+        if ended_badly and record is None and not _final_video_recorded(instance, key, since):
             # the backfill saw a failure before it counted here (a retry decision pending): report the failure
             failed = next((run for run in runs if run.status == dg.DagsterRunStatus.FAILURE), None)
             if failed is not None:
@@ -257,9 +267,22 @@ def follow(
             watch()
         if deadline is not None and time.monotonic() > deadline:
             raise RenderError(f"render {key} did not finish within {timeout:.0f} s{waiting_clause(stall)}")
-        started = [run for run in active if run.status == dg.DagsterRunStatus.STARTED]
-        finishing = any(RENDER_PARTITION_TAG not in run.tags for run in started)  # the concat + mix run
-        time.sleep(FINISHING_POLL_SECONDS if finishing else POLL_SECONDS)
+        time.sleep(_poll_seconds(active))
+
+
+def _has_final_run(runs: list[dg.DagsterRun]) -> bool:
+    """Whether one of the render's runs is not a chunk run: the concat + mix run, or a mix run of its own."""
+    return any(RENDER_PARTITION_TAG not in run.tags for run in runs)
+
+
+def _poll_seconds(active: list[dg.DagsterRun]) -> float:
+    """How long ``follow`` waits before its next look, from what the render's unfinished runs are doing."""
+    started = [run for run in active if run.status == dg.DagsterRunStatus.STARTED]
+    if _has_final_run(started):
+        return FINISHING_POLL_SECONDS
+    if started and len(started) == len(active):  # chunks rendering, nothing queued or starting
+        return RENDERING_POLL_SECONDS
+    return POLL_SECONDS
 
 
 def waiting_clause(stall: StallWatch) -> str:
@@ -306,9 +329,15 @@ def _fails_the_render(run: dg.DagsterRun, failures_seen: dict[str, float]) -> bo
     return time.monotonic() - first_seen > RETRY_DECISION_SECONDS
 
 
-def _final_video_recorded(instance: dg.DagsterInstance, key: str, since: float) -> bool:
+def _final_video_record(instance: dg.DagsterInstance, key: str, since: float) -> dg.EventLogRecord | None:
+    """The render's final video, when a run materialised it after ``since``."""
     filter_ = dg.AssetRecordsFilter(asset_key=MIXED_ASSET, asset_partitions=[key], after_timestamp=since)
-    return bool(instance.fetch_materializations(filter_, limit=1).records)
+    records = instance.fetch_materializations(filter_, limit=1).records
+    return records[0] if records else None
+
+
+def _final_video_recorded(instance: dg.DagsterInstance, key: str, since: float) -> bool:
+    return _final_video_record(instance, key, since) is not None
 
 
 def cancel_render(
