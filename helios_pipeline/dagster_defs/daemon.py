@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from helios_pipeline.dagster_defs import private_api, warm_launcher
 
     shorten_backfill_loop(seconds)
+    private_api.reuse_sqlite_engines()
     if own:
         private_api.run_only_daemons(RENDER_DAEMONS)
     elif trigger < DEFAULT_TRIGGER_SECONDS:

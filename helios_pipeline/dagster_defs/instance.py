@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.daemon import daemon_command
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
@@ -51,6 +52,7 @@ def get_instance() -> dg.DagsterInstance:
     """
     home = dagster_home()
     check_instance_config(home / "dagster.yaml")
+    private_api.reuse_sqlite_engines()  # the CLI follows a render with a few queries a second
     return dg.DagsterInstance.get()
 
 

@@ -11,12 +11,14 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.pool import NullPool
 
 
 def set_daemon_loop_interval(seconds: float) -> bool:
@@ -191,6 +193,57 @@ def set_trigger_loop_floor(seconds: float) -> bool:
         return False
     for module, name in floors:
         setattr(module, name, seconds)
+    return True
+
+
+SQLITE_STORAGE_MODULES = (
+    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
+    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
+    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
+)
+SQLITE_ENGINES_KEPT = 128
+"""Engines kept per process: the instance's index, runs and schedules databases, and the per-run event logs the
+process touched most recently."""
+
+
+def reuse_sqlite_engines() -> bool:
+    """Have Dagster's SQLite storages reuse one SQLAlchemy engine per database file; False when they do not create
+    engines where this expects.
+
+    They create a new engine (``NullPool``: a new sqlite3 connection per use) for every query, so SQLAlchemy, whose
+    compiled-statement cache lives on the engine, compiles every statement afresh: ~40 % of the CPU of a query set
+    a render's follower, daemon and run workers repeat (``bench_dagster.py``). A reused ``NullPool`` engine still
+    opens a new connection per use and holds none between uses, so it is safe across threads and a fork.
+    """
+    import importlib
+
+    modules = [importlib.import_module(name) for name in SQLITE_STORAGE_MODULES]
+    if not all(callable(getattr(module, "create_engine", None)) for module in modules):
+        logging.getLogger("helios_pipeline").warning(
+            "this Dagster's SQLite storages create no engines where expected: each query compiles its statement"
+        )
+        return False
+    original = getattr(modules[0].create_engine, "helios_original", modules[0].create_engine)
+    engines: OrderedDict[tuple[str, str], Any] = OrderedDict()
+    lock = threading.Lock()
+
+    def reused_engine(url: Any, **options: Any) -> Any:
+        if options.get("poolclass") is not NullPool:
+            return original(url, **options)
+        key = (str(url), repr(sorted(options.items())))
+        with lock:
+            engine = engines.get(key)
+            if engine is None:
+                engine = engines[key] = original(url, **options)
+            engines.move_to_end(key)
+            while len(engines) > SQLITE_ENGINES_KEPT:
+                engines.popitem(last=False)
+        return engine
+
+    reused_engine.helios_original = original  # type: ignore[attr-defined]
+    for module in modules:
+        module.create_engine = reused_engine  # type: ignore[attr-defined]
     return True
 
 
