@@ -59,7 +59,7 @@ def process_kind(name: str, command: str) -> str:
         return "chromium"
     if name.startswith(("ffmpeg", "ffprobe")):
         return "ffmpeg"
-    if name == "node":
+    if name.startswith("node"):  # the Playwright driver (its main thread names the process node-MainThread)
         return "driver"
     if "helios_pipeline.dagster_defs.daemon" in command:
         return "daemon"
