@@ -61,6 +61,8 @@ def process_kind(name: str, command: str) -> str:
         return "ffmpeg"
     if name.startswith("node"):  # the Playwright driver (its main thread names the process node-MainThread)
         return "driver"
+    if name.startswith("helios-") or "multiprocessing.forkserver" in command:  # the warm launcher's processes
+        return "run workers"
     if "helios_pipeline.dagster_defs.daemon" in command:
         return "daemon"
     if "dagster api grpc" in command or "dagster code-server" in command:

@@ -37,6 +37,7 @@ from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.dagster_defs.timeline import critical_path, time_of
 from helios_pipeline.dagster_defs.timeline import render_runs as timeline_runs
 from helios_pipeline.dagster_defs.warm_launcher import PID_TAG as RUN_WORKER_PID_TAG
+from helios_pipeline.dagster_defs.warm_launcher import RUN_WORKER_TITLE
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -366,6 +367,12 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
             return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
 
         wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+        # ps names each run worker by its run (forked from the daemon, it would otherwise show the daemon's command)
+        started = [r.dagster_run for runs in chunk_runs(render_runs(instance, "cli-cancel")).values() for r in runs]
+        started = [run for run in started if run.status == dg.DagsterRunStatus.STARTED]
+        for run in started:
+            title = " ".join(psutil.Process(int(run.tags[RUN_WORKER_PID_TAG])).cmdline()).strip()
+            assert title == RUN_WORKER_TITLE.format(run_id=run.run_id), title
         os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the foreground group on Ctrl-C
         process.wait(timeout=60)
     finally:

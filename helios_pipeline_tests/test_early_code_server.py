@@ -21,6 +21,7 @@ from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, Module
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS, stop_process_tree
 from helios_pipeline.dagster_defs.private_api import workspace_location_names
 from helios_pipeline.dagster_defs.sensors import composition_inbox
+from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
 from helios_pipeline_tests.helpers import (
     REPO,
     deployment_env,
@@ -123,6 +124,9 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         socket = Path(servers[0][servers[0].index("--socket") + 1])
         assert socket.parent.name.startswith(f"{FOLDER_PREFIX}{daemon.pid}-") and socket.is_socket()
         assert workspace_location_names(socket.parent / "workspace.yaml") == [location]
+        # the warm launcher's fork server is the daemon forked, not an interpreter importing Dagster again
+        titles = [" ".join(child.cmdline()).strip() for child in psutil.Process(daemon.pid).children()]
+        assert titles.count(FORK_SERVER_TITLE.format(pid=daemon.pid)) == 1, titles
         time.sleep(3)  # every daemon thread starts at once: a sensor loop would have beaten and ticked by now
         assert set(instance.get_daemon_heartbeats()) == render_daemons
         assert len(sensor_ticks(instance, INBOX_SENSOR)) == ticks
