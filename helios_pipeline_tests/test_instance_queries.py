@@ -50,6 +50,8 @@ def test_sqlite_storages_reuse_one_engine_per_database_and_still_read_and_write(
     engines = _engines_of(sqlite_instance, run.run_id)
     runs, events = engines[0::2], engines[1::2]
     assert runs[0] is runs[1] and events[0] is events[1] and runs[0] is not events[0]
+    assert private_api.reuse_sqlite_engines()  # asked again (the daemon, then its run workers' preload): kept
+    assert _engines_of(sqlite_instance, run.run_id)[0] is runs[0]
     # the statement cache lives on the engine: a query run twice is compiled once
     cache = runs[0]._compiled_cache
     sqlite_instance.get_runs(filters=dg.RunsFilter(tags={"k": "v"}))

@@ -224,6 +224,8 @@ def reuse_sqlite_engines() -> bool:
             "this Dagster's SQLite storages create no engines where expected: each query compiles its statement"
         )
         return False
+    if all(hasattr(module.create_engine, "helios_original") for module in modules):
+        return True  # already reusing: the CLI, the daemon and the run workers' preload each ask, in one process too
     original = getattr(modules[0].create_engine, "helios_original", modules[0].create_engine)
     engines: OrderedDict[tuple[str, str], Any] = OrderedDict()
     lock = threading.Lock()
