@@ -32,27 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2
 
 
-def deployment_cpu() -> dict[int, float]:
-    """CPU seconds used so far by each process of the daemon and its code servers (not by the run workers)."""
-    import psutil
-
-    used = {}
-    for process in psutil.process_iter(["cmdline"]):
-        command = " ".join(process.info["cmdline"] or [])
-        if "helios_pipeline.dagster_defs.daemon" in command or "dagster api grpc" in command:
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            used[process.pid] = times.user + times.system
-    return used
-
-
-def cpu_since(before: dict[int, float]) -> float:
-    """CPU the deployment used since ``before`` (processes that ended meanwhile are not counted)."""
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in deployment_cpu().items())
-
-
 def process_kind(name: str, command: str) -> str:
     """What a descendant process is to a render: a Dagster process or one of the rendering tools."""
     if "chrom" in name or "headless_shell" in name:
@@ -68,6 +47,11 @@ def process_kind(name: str, command: str) -> str:
     if "dagster api grpc" in command or "dagster code-server" in command:
         return "code server"
     return "run workers" if "python" in name else "other"
+
+
+def deployment_cpu(cpu: CpuByKind) -> float:
+    """What the daemon and its code servers used during the round (not the run workers)."""
+    return cpu.by_kind.get("daemon", 0.0) + cpu.by_kind.get("code server", 0.0)
 
 
 class CpuByKind:
@@ -226,7 +210,6 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
         key, _ = register_spec(storage, spec_for(name), CHUNKS)
-        cpu_before = deployment_cpu()
         with CpuByKind() as cpu:
             started, wall_started = time.perf_counter(), time.time()
             instance.add_dynamic_partitions("renders", [key])
@@ -239,19 +222,18 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
             if backfill.status.value != "COMPLETED_SUCCESS":
                 raise SystemExit(f"backfill {backfill_id} of {key} ended {backfill.status.value}")
             seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
+        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu(cpu),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key),
                 "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
                 "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
     def cli_round(name: str) -> dict:
         """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
-        cpu_before = deployment_cpu()
         with CpuByKind() as cpu:
             started, wall_started = time.perf_counter(), time.time()
             render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
             seconds = time.perf_counter() - started
-        return {"seconds": seconds, "deployment_cpu_seconds": cpu_since(cpu_before),
+        return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu(cpu),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
                 "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
                 "breakdown": breakdown(instance, name, wall_started, wall_started + seconds)}  # fmt: skip
