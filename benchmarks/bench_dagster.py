@@ -1,16 +1,18 @@
 """Dagster overhead: one render through Dagster against the same render through the library.
 
 Renders the example composition (examples/promo) at 1280x720, 30 fps, 20 s, in 2 chunks:
-1. with the library orchestrator (RenderOrchestrator.render, local worker processes);
+1. with the library orchestrator, as `helios-pipeline render --local` (a process of its own, timed from its
+   start to its exit);
 2. through Dagster as the UI's backfill (plan run, 2 chunk runs, concat+mix run) on a running daemon;
-3. through Dagster the way `helios-pipeline render` does it (plan in-process, then a backfill of
-   the 2 chunk runs and the concat+mix run), with a running deployment (its daemon already up);
+3. as `helios-pipeline render` (a process of its own: its start, its imports of Dagster, the plan in-process,
+   then a backfill of the 2 chunk runs and the concat+mix run), with a running deployment (its daemon already up);
 4. the same when the CLI starts its own daemon (none running), as on a fresh checkout.
 The daemon is the project's (`helios_pipeline.dagster_defs.daemon`: Dagster's daemon with a short
 backfill loop), as `helios-pipeline ui` and the CLI run it.
 Prints wall times, the ratios Dagster/library, the fixed cost (Dagster's wall time minus the
-library's, same round) and, for each Dagster path, where that time went: the gaps between the
-milestones of the render's critical path, read from the runs' own event timestamps.
+library's, same round: what `helios-pipeline render` costs over `helios-pipeline render --local`) and, for
+each Dagster path, where that time went: the gaps between the milestones of the render's critical path,
+read from the runs' own event timestamps ("asked for" is the CLI's start).
 
     python benchmarks/bench_dagster.py [--repeat 3] [--seconds 20] [--width 1280 --height 720]
     python benchmarks/bench_dagster.py --paths cli cli-own      # leave out the UI backfill
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +36,7 @@ CHUNKS = 2
 
 
 def process_kind(name: str, command: str) -> str:
-    """What a descendant process is to a render: a Dagster process or one of the rendering tools."""
+    """What a descendant process is to a render: the CLI, a Dagster process or one of the rendering tools."""
     if "chrom" in name or "headless_shell" in name:
         return "chromium"
     if name.startswith(("ffmpeg", "ffprobe")):
@@ -42,6 +45,8 @@ def process_kind(name: str, command: str) -> str:
         return "driver"
     if name.startswith("helios-") or "multiprocessing.forkserver" in command:  # the warm launcher's processes
         return "run workers"
+    if "helios_pipeline.cli" in command:  # the `helios-pipeline render` being timed
+        return "caller"
     if "helios_pipeline.dagster_defs.daemon" in command:
         return "daemon"
     if "dagster api grpc" in command or "dagster code-server" in command:
@@ -184,11 +189,10 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         ensure_daemon,
         get_instance,
         launch_backfill,
-        render_through_dagster,
     )
     from helios_pipeline.dagster_defs.settings import Settings
     from helios_pipeline.dagster_defs.storage import RenderStorage
-    from helios_pipeline.orchestrator import RenderOrchestrator, resolve_spec
+    from helios_pipeline.orchestrator import resolve_spec
 
     def spec_for(name: str):
         return resolve_spec(
@@ -199,13 +203,26 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
              "input_props": {"title": "benchmark", "duration": args.seconds}},
         )  # fmt: skip
 
+    def spec_file(name: str) -> Path:
+        """The same render as a spec file, for `helios-pipeline render`."""
+        path = scratch / f"{name}.json"
+        path.write_text(spec_for(name).model_dump_json(), encoding="utf-8")
+        return path
+
+    def run_cli(name: str, *options: str) -> tuple[float, float]:
+        """`helios-pipeline render` of the round's spec in a process of its own: its wall time, start to exit."""
+        command = [sys.executable, "-m", "helios_pipeline.cli", "render", str(spec_file(name)), "-q", *options]
+        wall_started, started = time.time(), time.perf_counter()
+        finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        seconds = time.perf_counter() - started
+        if finished.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} exited {finished.returncode}:\n{finished.stderr}")
+        return seconds, wall_started
+
     def library_round(name: str) -> dict:
         with CpuByKind() as cpu:
-            started = time.perf_counter()
-            result = RenderOrchestrator.render(spec_for(name))
-            seconds = time.perf_counter() - started
-        return {"seconds": seconds, "chunk_wall_seconds": max(chunk.wall_seconds for chunk in result.chunks),
-                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind}  # fmt: skip
+            seconds, _ = run_cli(name, "--local")
+        return {"seconds": seconds, "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind}
 
     def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
@@ -228,11 +245,9 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
                 "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
     def cli_round(name: str) -> dict:
-        """What `helios-pipeline render` does: plan in-process, then a backfill of chunks + concat + mix."""
+        """`helios-pipeline render`: plan in-process, then a backfill of chunks + concat + mix."""
         with CpuByKind() as cpu:
-            started, wall_started = time.perf_counter(), time.time()
-            render_through_dagster(spec_for(name), lambda _status: None, timeout=1800)
-            seconds = time.perf_counter() - started
+            seconds, wall_started = run_cli(name)
         return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu(cpu),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
                 "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
@@ -274,7 +289,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         f"{args.width}x{args.height}, 30 fps, {args.seconds:g} s, {CHUNKS} chunks, medians of {args.repeat}; "
         f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}"
     )
-    print(f"  library orchestrator       {library:7.1f} s")
+    print(f"  library (render --local)   {library:7.1f} s")
     names = {"backfill": "backfill (UI)", "cli": "cli, running daemon", "cli-own": "cli, own daemon"}
     for path in args.paths:
         print(
@@ -283,7 +298,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         )
     print(
         "  slowest chunk: "
-        + ", ".join(f"{path} {results[f'{path}_chunk_wall_seconds']:.1f} s" for path in rounds)
+        + ", ".join(f"{path} {results[f'{path}_chunk_wall_seconds']:.1f} s" for path in args.paths)
         + "; daemon + code server CPU: "
         + ", ".join(f"{path} {results[f'{path}_deployment_cpu_seconds']:.1f} s" for path in args.paths)
     )
