@@ -196,6 +196,68 @@ def test_an_unchanged_backfill_is_still_evaluated_after_the_quiet_time(monkeypat
         assert loop.evaluates() and not loop.evaluates()
 
 
+def test_the_backfill_loop_goes_round_as_soon_as_a_run_ends_not_at_its_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a loop interval of a minute, the backfill loop waits while nothing is written, and goes round within a
+    fraction of a second when another process (here a thread) records a run's end in the SQLite run storage."""
+    import threading
+    import types
+
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon import backfill as backfill_daemon
+    from dagster._daemon.daemon import BackfillDaemon, SpanMarker
+
+    monkeypatch.setattr(BackfillDaemon, "core_loop", BackfillDaemon.core_loop)
+    monkeypatch.setattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", 60)
+    assert private_api.wake_backfill_loop_on_run_changes()
+    rounds: list[float] = []
+
+    def counted_round(*_args, **_kwargs):
+        rounds.append(time.monotonic())
+        yield None
+
+    monkeypatch.setattr(backfill_daemon, "execute_backfill_iteration", counted_round)
+    with dg.instance_for_test() as instance:
+        run = create_run_for_test(instance, job_name="job")
+        written: list[float] = []
+
+        def end_the_run_later() -> None:
+            time.sleep(1.5)
+            written.append(time.monotonic())
+            instance.report_run_failed(run)
+
+        daemon = BackfillDaemon({"use_threads": False})
+        loop = daemon.core_loop(types.SimpleNamespace(instance=instance), threading.Event())
+        writer = threading.Thread(target=end_the_run_later)
+        writer.start()
+        while len(rounds) < 2:
+            marker = next(loop)
+            assert marker is None or marker in (SpanMarker.START_SPAN, SpanMarker.END_SPAN)
+        writer.join()
+    assert written, "the loop went round again before anything was written (its interval is 60 s)"
+    assert rounds[1] - written[0] < 0.5, f"the loop went round {rounds[1] - written[0]:.2f} s after the run ended"
+
+
+def test_the_run_storage_watch_sees_writes_to_a_sqlite_instance_only() -> None:
+    import types
+
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    with dg.instance_for_test() as instance:
+        watch = private_api.RunStorageWatch(instance)
+        assert watch.files and not watch.changed()
+        create_run_for_test(instance, job_name="job")
+        assert watch.changed() and not watch.changed()
+        instance.get_runs()  # reading writes nothing
+        assert not watch.changed()
+    other_storage = types.SimpleNamespace(run_storage=object())  # an instance on Postgres or MySQL
+    assert private_api.RunStorageWatch(other_storage).files == ()
+    assert not private_api.RunStorageWatch(other_storage).changed()
+
+
 def test_a_run_enqueued_in_the_daemon_is_dequeued_without_waiting_for_the_queue_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

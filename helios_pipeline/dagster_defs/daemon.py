@@ -6,8 +6,9 @@ mix. For a render that takes half a minute on one machine that wait dominated th
 (a 20 s render through a backfill took 4x the library's time). This entry point runs the stock
 daemon with that loop shortened to ``HELIOS_BACKFILL_LOOP_SECONDS`` (default 0.5 s). A backfill is evaluated
 only when it or its runs changed (``private_api.gate_backfill_iterations``), so a loop that finds nothing new
-is three small queries on the instance's run storage, and the run queue launches what the backfill submits
-at once (``private_api.wake_run_queue_on_submit``).
+is three small queries on the instance's run storage; with SQLite the loop also goes round as soon as a run
+storage write (a run ended) shows in ``runs.db`` (``private_api.wake_backfill_loop_on_run_changes``), and the run
+queue launches what the backfill submits at once (``private_api.wake_run_queue_on_submit``).
 
 The constant is read when the backfill loop starts, so setting it before the daemon's CLI runs
 is enough. It is private Dagster API, pinned with dagster==1.13.27: if a Dagster upgrade
@@ -50,11 +51,12 @@ def backfill_loop_seconds() -> float:
 
 def shorten_backfill_loop(seconds: float) -> bool:
     """Set the backfill daemon's loop interval for this process, evaluating a backfill only when one of its runs
-    or its status changed (or every ``BACKFILL_QUIET_SECONDS``), and have the run queue launch what the backfill
-    submits at once; False when this Dagster has no such knob."""
+    or its status changed (or every ``BACKFILL_QUIET_SECONDS``) and going round when a run storage write shows,
+    and have the run queue launch what the backfill submits at once; False when this Dagster has no such knob."""
     from helios_pipeline.dagster_defs import private_api
 
     private_api.gate_backfill_iterations(BACKFILL_QUIET_SECONDS)
+    private_api.wake_backfill_loop_on_run_changes()
     private_api.wake_run_queue_on_submit()
     return private_api.set_daemon_loop_interval(seconds)
 
