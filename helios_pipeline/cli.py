@@ -274,12 +274,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     sensor and automation loops that follow HELIOS_TRIGGER_SECONDS below Dagster's 5 s.
     """
     from helios_pipeline.dagster_defs.daemon import daemon_command
-    from helios_pipeline.dagster_defs.runner import dagster_home
+    from helios_pipeline.dagster_defs.runner import dagster_home, get_instance
     from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
     from helios_pipeline.processes import start_group, stop_groups
 
     stop_seconds = 5.0  # webserver and daemon together, inside a service manager's 10 s grace
     home = dagster_home()
+    # a new DAGSTER_HOME's databases are made here: the webserver and the daemon making them at once can leave
+    # alembic's version table with two heads, an instance neither can open again
+    get_instance().dispose()
     workspace = str(PROJECT_ROOT / "workspace.yaml")
     webserver_command = [sys.executable, "-m", "dagster_webserver", "-w", workspace]
     webserver_command += ["-h", args.host, "-p", str(args.port)]
