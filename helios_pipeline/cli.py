@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -191,6 +192,16 @@ def _render_local(spec: RenderSpec, quiet: bool) -> int:
 
 def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
     """Through the Dagster definitions and instance: one run per chunk, visible in `dagster dev`."""
+    from helios_pipeline.dagster_defs.own_daemon import start_ahead, stop_unless_adopted
+
+    ahead = start_ahead()  # before Dagster's import (~1 s), which its start then overlaps
+    try:
+        return _render_dagster_with(spec, args, ahead)
+    finally:
+        stop_unless_adopted(ahead)
+
+
+def _render_dagster_with(spec: RenderSpec, args: argparse.Namespace, ahead: subprocess.Popen | None) -> int:
     from helios_pipeline.dagster_defs.runner import RenderStatus, render_through_dagster
 
     started = time.monotonic()
@@ -206,7 +217,7 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
             _report("note", "yellow", message)
 
         try:
-            status = render_through_dagster(spec, on_status, source=str(args.source), on_note=on_note)
+            status = render_through_dagster(spec, on_status, source=str(args.source), on_note=on_note, ahead=ahead)
         except RenderCancelled as exc:  # the message says what the render was waiting on, if it had stopped moving
             _report("cancelled", "yellow", f"{exc}; the render's runs were terminated; no output written")
             return EXIT_CANCELLED

@@ -16,6 +16,7 @@ removes it, the daemon still runs, with Dagster's own 30 s loop, and says so.
 
     python -m helios_pipeline.dagster_defs.daemon run -w workspace.yaml
     python -m helios_pipeline.dagster_defs.daemon --early-code-server run -w workspace.yaml   # the CLI's own
+    python -m helios_pipeline.dagster_defs.daemon --early-code-server --unless-another-daemon-beats run -w ...
 
 With ``--early-code-server`` (the CLI's own, short-lived daemon) the code server starts before this
 process imports Dagster (``early_code_server``). Dagster is imported only after that, in ``main``. That daemon
@@ -39,6 +40,11 @@ DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
 """An unchanged backfill is evaluated again after this long (``private_api.gate_backfill_iterations``)."""
 LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
+AHEAD_FLAG = "--unless-another-daemon-beats"
+"""Given after ``--early-code-server`` to a daemon the CLI starts before it has read the heartbeats
+(``own_daemon.start_ahead``): it reads them itself, before Dagster's daemon starts."""
+STOOD_DOWN = 3
+"""The exit code of such a daemon that found another daemon beating (it started nothing)."""
 RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
 """What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
 whose worker died ends FAILURE and frees its pool slot) and run retries."""
@@ -80,10 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     if own:
         argv = argv[1:]
         early = early_code_server.EarlyCodeServer.start(argv)  # before Dagster's imports: they overlap
+    ahead = own and argv[:1] == [AHEAD_FLAG]
+    argv = argv[1:] if ahead else argv
     from helios_pipeline.dagster_defs import private_api, warm_launcher
 
     shorten_backfill_loop(seconds)
     private_api.reuse_sqlite_engines()
+    if ahead and _another_daemon_beats():
+        if early is not None:
+            early.stop()
+        _exit_now(STOOD_DOWN)
     if own:
         private_api.run_only_daemons(RENDER_DAEMONS)
     elif trigger < DEFAULT_TRIGGER_SECONDS:
@@ -103,14 +115,30 @@ def main(argv: list[str] | None = None) -> None:
         _exit_now()
 
 
-def _exit_now() -> None:
+def _another_daemon_beats() -> bool:
+    """The daemons a render needs beat on this instance, from another daemon process (read as the CLI reads them)."""
+    import dagster as dg
+
+    from helios_pipeline.dagster_defs.instance import daemon_running, newest_daemon_id
+
+    with dg.DagsterInstance.get() as instance:
+        if not daemon_running(instance):
+            return False
+        print(
+            f"helios-pipeline daemon: daemon {newest_daemon_id(instance)} beats on this instance: standing down",
+            file=sys.stderr,
+        )
+        return True
+
+
+def _exit_now(code: int = 0) -> None:
     """End the CLI's own daemon once Dagster's daemon has shut its threads down: nothing is left to save, and
     the interpreter's teardown (multiprocessing's exit handlers, freeing modules) took ~0.65 s that the CLI
     waited for at the end of every render."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import dagster as dg
 
 from helios_pipeline.dagster_defs import private_api
-from helios_pipeline.dagster_defs.daemon import daemon_command
+from helios_pipeline.dagster_defs.daemon import STOOD_DOWN
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
-from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
+from helios_pipeline.dagster_defs.own_daemon import daemon_log, start_daemon
+from helios_pipeline.dagster_defs.settings import dagster_home
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.processes import Stopping, begin_stop, start_group, stop_group
+from helios_pipeline.processes import Stopping, begin_stop, stop_group
 
-DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DAEMON_FRESH_SECONDS = 90
 """Dagster's daemons beat every 30 s: three beats missed means the daemon process is gone. Two were too few on
 an overloaded machine (a load test saw a live daemon pass 60 s, and CLIs started second daemons that launched
@@ -32,17 +30,6 @@ DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's dae
 DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails
 BEAT_OVERDUE_SECONDS = 45
 """Dagster's daemons beat every 30 s: a beat this old is late, and worth naming when a render stops moving."""
-
-
-def dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to .dagster_home/ in the project with the repo's dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists() and (PROJECT_ROOT / "dagster.yaml").is_file():
-        shutil.copy(PROJECT_ROOT / "dagster.yaml", config)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 def get_instance() -> dg.DagsterInstance:
@@ -78,17 +65,6 @@ def daemon_running(instance: dg.DagsterInstance) -> bool:
     return age is not None and age < DAEMON_FRESH_SECONDS
 
 
-def _start_daemon() -> subprocess.Popen:
-    log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
-    with log.open("ab") as stream:
-        return start_group(
-            daemon_command("run", "-w", str(PROJECT_ROOT / "workspace.yaml"), early_code_server_start=True),
-            cwd=PROJECT_ROOT,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-
-
 class RenderDaemon:
     """The daemon one CLI render relies on: the deployment's while it keeps beating, else one of its own.
 
@@ -98,10 +74,17 @@ class RenderDaemon:
     where it stands. Nothing waits on a daemon that is gone for more than that bound.
     """
 
-    def __init__(self, instance: dg.DagsterInstance, on_note: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        on_note: Callable[[str], None] | None = None,
+        ahead: subprocess.Popen | None = None,
+    ) -> None:
         self.instance = instance
         self.on_note = on_note or (lambda _message: None)
         self.process: subprocess.Popen | None = None
+        self.ahead = ahead
+        """Our daemon, started before this process imported Dagster (``own_daemon.start_ahead``), if it was."""
         self._exited: list[subprocess.Popen] = []
         self._stopping: Stopping | None = None
         self._next_check = 0.0
@@ -111,16 +94,26 @@ class RenderDaemon:
         return self.process is not None
 
     def start_unless_alive(self) -> None:
-        if self.process is None and not daemon_running(self.instance):
-            self.process = _start_daemon()
+        """Use the deployment's daemon while it beats, else ours: the one started ahead, or one started now."""
+        if self.process is not None:
+            return
+        if daemon_running(self.instance):
+            if self.ahead is not None:  # it stands down by itself once it reads the same heartbeats: stop it now
+                stop_group(self.ahead, DAEMON_STOP_SECONDS)
+            return
+        self.process = self.ahead if self.ahead is not None else start_daemon()
 
     def check(self) -> None:
         """Called while following: take over from a deployment daemon whose heartbeats went stale, and start
         our daemon again if it exited (killed, out of memory): the render's backfill is picked up where it stands."""
         if self.process is not None:
+            if self.process is self.ahead and self.process.poll() == STOOD_DOWN:
+                # another daemon began to beat between its look at the heartbeats and ours: rely on that one
+                self.process = None
+                return
             if self.process.poll() is not None:
                 if len(self._exited) >= DAEMON_RESTARTS:  # it exits for a reason of its own (config, workspace)
-                    log = Path(os.environ["DAGSTER_HOME"]) / "helios-daemon.log"
+                    log = daemon_log()
                     raise RenderError(
                         f"this render's Dagster daemon exited {len(self._exited) + 1} times (last with code "
                         f"{self.process.returncode}); see {log}. Run the render again to resume it"
@@ -130,7 +123,7 @@ class RenderDaemon:
                     f"{self.process.returncode}; starting another (it picks the render's backfill up where it stands)"
                 )
                 self._exited.append(self.process)  # its code server and run workers are stopped with ours
-                self.process = _start_daemon()
+                self.process = start_daemon()
             return
         if time.monotonic() < self._next_check:
             return
@@ -143,7 +136,7 @@ class RenderDaemon:
             f"the deployment's Dagster daemon stopped heart-beating ({since}); "
             "starting one for this render (it picks the render's backfill up where it stands)"
         )
-        self.process = _start_daemon()
+        self.process = start_daemon()
 
     def problem(self) -> str | None:
         """What is wrong with the daemon this render relies on, said when the render stops moving (None: it beats)."""
@@ -186,7 +179,7 @@ def ensure_daemon(instance: dg.DagsterInstance) -> Iterator[subprocess.Popen | N
     if daemon_running(instance):
         yield None
         return
-    process = _start_daemon()
+    process = start_daemon()
     try:
         yield process
     finally:

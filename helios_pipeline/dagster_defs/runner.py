@@ -10,6 +10,7 @@ backfills in ``backfills``.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -442,8 +443,10 @@ def render_through_dagster(
     timeout: float | None = None,
     source: str = "spec",
     on_note: Callable[[str], None] | None = None,
+    ahead: subprocess.Popen | None = None,
 ) -> RenderStatus:
-    """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed).
+    """Submit and follow a render on this machine's Dagster instance (starting a daemon if needed, or taking on
+    the one the CLI started ahead, ``ahead``).
 
     The deployment's daemon is used while it keeps beating; when its heartbeats go stale (a UI
     or daemon stopped without wiping them) a daemon is started here and the render carries on;
@@ -457,7 +460,7 @@ def render_through_dagster(
     instance = get_instance()
     since = time.time()
     failure: RenderError | None = None
-    daemon = RenderDaemon(instance, on_note)
+    daemon = RenderDaemon(instance, on_note, ahead)
     stall = StallWatch(instance, daemon.problem)
     key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
     interrupted = done = False

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from helios_pipeline.limits import SettingError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 UI_SUBFOLDER = "ui"
 """The UI's spec folder inside the inbox when HELIOS_UI_SPECS is not set (the sensor reads only the top level)."""
 DEFAULT_MAX_CHUNKS = 4
 TRIGGER_SETTING = "HELIOS_TRIGGER_SECONDS"
 DEFAULT_TRIGGER_SECONDS = 5
 """Dagster's own floor for its sensor and automation loops, and so the sensors' default interval."""
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to .dagster_home/ in the project with the repo's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists() and (PROJECT_ROOT / "dagster.yaml").is_file():
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""The CLI's own daemon started ahead of the CLI's Dagster import, and when it stands down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster._daemon.types import DaemonHeartbeat
+
+from helios_pipeline.dagster_defs.daemon import STOOD_DOWN
+from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX
+from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
+from helios_pipeline.dagster_defs.own_daemon import daemon_serving, local_instance, start_daemon
+from helios_pipeline.processes import process_tree, stop_group
+from helios_pipeline_tests.helpers import REPO, open_instance, wait_for, write_instance_config
+
+
+def test_an_instance_is_local_when_its_runs_are_kept_in_existing_sqlite_databases_under_dagster_home(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    write_instance_config(home)
+    assert not local_instance(home), "a new DAGSTER_HOME: the CLI creates its databases before any daemon starts"
+    open_instance(home).dispose()
+    assert local_instance(home)
+    config = home / "dagster.yaml"
+    for storage in (
+        {"storage": {"sqlite": {"base_dir": str(tmp_path / "elsewhere")}}},
+        {"storage": {"postgres": {"postgres_url": "postgresql://db/dagster"}}},
+        {"run_storage": {"module": "dagster_postgres", "class": "PostgresRunStorage"}},
+    ):
+        config.write_text(yaml.safe_dump(storage), encoding="utf-8")
+        assert not local_instance(home), storage
+    config.write_text("storage: [unclosed", encoding="utf-8")
+    assert not local_instance(home), "a config Dagster will refuse: nothing is started ahead of it"
+
+
+def test_a_daemon_process_is_found_by_its_dagster_home(tmp_path: Path) -> None:
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir()
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "helios_pipeline.dagster_defs.daemon", "run"],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+    )
+    try:
+        wait_for(lambda: daemon_serving(home), 10, "the daemon-like process")
+        assert not daemon_serving(other)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not daemon_serving(home)
+
+
+def test_a_daemon_started_ahead_stands_down_when_another_daemon_beats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon this machine cannot see (a container sharing DAGSTER_HOME) beats: the daemon the CLI started ahead
+    exits ``STOOD_DOWN`` before Dagster's daemon starts, with its code server, and writes no heartbeat."""
+    home = tmp_path / "home"
+    write_instance_config(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = open_instance(home)
+    for kind in REQUIRED_DAEMONS:
+        instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), kind, "elsewhere", errors=[]))
+
+    daemon = start_daemon(ahead=True)
+    try:
+        started = time.monotonic()
+        code = daemon.wait(timeout=120)
+    finally:
+        stop_group(daemon, 10)
+    log = (home / "helios-daemon.log").read_text(encoding="utf-8")
+    assert code == STOOD_DOWN, log
+    assert "daemon elsewhere beats on this instance: standing down" in log
+    assert time.monotonic() - started < 60
+    assert {beat.daemon_id for beat in instance.get_daemon_heartbeats().values()} == {"elsewhere"}
+    assert not list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{daemon.pid}-*")), "its code server's folder"
+    assert not process_tree(daemon.pid)
+
+
+def test_the_cli_starts_its_daemon_before_it_imports_dagster_and_not_beside_one_that_runs(tmp_path: Path) -> None:
+    """``start_ahead`` in a process without Dagster: a daemon that runs a render's daemons once nothing else beats;
+    asked again while that daemon runs, it starts none."""
+    home = tmp_path / "home"
+    write_instance_config(home)
+    open_instance(home).dispose()  # databases made (``local_instance``)
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    probe = (
+        "import json, sys\n"
+        "from helios_pipeline.dagster_defs.own_daemon import start_ahead\n"
+        "daemon = start_ahead()\n"
+        "print(json.dumps({'pid': daemon and daemon.pid, 'dagster_imported': 'dagster' in sys.modules}))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
+    started = json.loads(first.stdout)
+    assert started["pid"] and not started["dagster_imported"], first.stderr
+    try:
+        instance = open_instance(home)
+        wait_for(lambda: set(instance.get_daemon_heartbeats()) >= REQUIRED_DAEMONS, 120, "the daemon's heartbeats")
+        second = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
+        assert json.loads(second.stdout)["pid"] is None, "a second daemon beside the running one"
+    finally:
+        os.killpg(started["pid"], 15)
+        wait_for(lambda: not process_tree(started["pid"]), 30, "the daemon's exit")
