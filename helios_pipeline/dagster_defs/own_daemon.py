@@ -37,6 +37,7 @@ DAEMON_COMMAND_MARKS = ("helios_pipeline.dagster_defs.daemon", "dagster-daemon",
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
 """An instance config with none of these keeps everything in SQLite databases under DAGSTER_HOME."""
 SQLITE_DATABASES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+AHEAD_STOP_SECONDS = 20
 
 
 def daemon_log() -> Path:
@@ -78,7 +79,7 @@ def daemon_serving(home: Path) -> bool:
         try:
             their_home = process.environ().get("DAGSTER_HOME")
         except psutil.AccessDenied:
-            return True  # another user's daemon may serve this instance: let the heartbeats decide
+            return True  # another user's daemon may serve this instance: none ahead, the CLI reads the heartbeats
         except psutil.Error:
             continue
         with contextlib.suppress(OSError):
@@ -94,9 +95,6 @@ def start_ahead() -> subprocess.Popen | None:
     if not local_instance(home) or daemon_serving(home):
         return None
     return start_daemon(ahead=True)
-
-
-AHEAD_STOP_SECONDS = 20
 
 
 def stop_unless_adopted(ahead: subprocess.Popen | None) -> None:
