@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from helios_pipeline_tests.conftest import COMPOSITIONS
-from helios_pipeline_tests.helpers import deployment_processes, describe, write_spec
+from helios_pipeline_tests.helpers import (
+    deployment_processes,
+    describe,
+    open_instance,
+    write_instance_config,
+    write_spec,
+)
 from helios_pipeline_tests.services import S3Server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +81,19 @@ def test_submit_to_an_instance_whose_postgres_is_down_exits_2_naming_it(tmp_path
     assert not (tmp_path / "storage").exists(), "nothing is registered"
 
 
-@pytest.mark.parametrize(("setting", "value"), [("HELIOS_TRIGGER_SECONDS", "0"), ("HELIOS_MAX_CHUNKS", "many")])
+@pytest.mark.parametrize(
+    ("setting", "value", "existing_instance"),
+    [("HELIOS_TRIGGER_SECONDS", "0", False), ("HELIOS_MAX_CHUNKS", "many", True), ("HELIOS_STALL_SECONDS", "0", True)],
+)
 def test_a_bad_numeric_setting_exits_2_naming_it_and_leaves_nothing_running(
-    tmp_path: Path, setting: str, value: str
+    tmp_path: Path, setting: str, value: str, existing_instance: bool
 ) -> None:
+    """On a new DAGSTER_HOME, and on one whose databases exist, where the CLI starts its daemon before its imports."""
     spec = write_spec(tmp_path, "badsetting", COMPOSITIONS / "frame_raf", frame_count=4)
     env = {**clean_env(tmp_path), setting: value}
+    if existing_instance:
+        write_instance_config(tmp_path / "home")
+        open_instance(tmp_path / "home").dispose()
 
     result, _ = cli(["render", str(spec)], env, timeout=120)
 

@@ -35,6 +35,7 @@ from helios_pipeline.dagster_defs.instance import (
     daemon_running,
 )
 from helios_pipeline.dagster_defs.names import CHUNK_PARTITION_TAG, CHUNK_POOL, CONCAT_ASSET
+from helios_pipeline.dagster_defs.stall import STALL_SECONDS, STALL_SETTING
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
@@ -279,13 +280,14 @@ def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deplo
     note and on exit), and SIGTERM in that state cancels both."""
     instance = deployment.instance
     instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, 0)
+    deployment.env[STALL_SETTING] = "4"  # the CLI says why after 4 s standing still, not 15
     process, video = render(deployment, "term-queue", COMPOSITIONS / "frame_raf", frame_count=30)
 
     def explained() -> bool:
         assert process.poll() is None, deployment.log("term-queue")
         return "has 0 slots" in " ".join(deployment.log("term-queue").split())
 
-    wait_for(explained, 240, "the CLI to say why the render waits", 0.5)  # a daemon start, then STALL_SECONDS
+    wait_for(explained, 240, "the CLI to say why the render waits", 0.5)  # a daemon start, then HELIOS_STALL_SECONDS
     statuses = sorted(record.dagster_run.status.value for record in chunk_runs_of(instance, "term-queue"))
     launched = [status for status in statuses if status != "QUEUED"]
     assert len(statuses) >= 2 and launched in (["STARTED"], ["STARTING"]), statuses  # one ahead of the pool
@@ -294,9 +296,11 @@ def test_a_render_waiting_in_the_queue_says_on_what_and_sigterm_cancels_it(deplo
     log = " ".join(deployment.log("term-queue").split())  # the terminal wraps long lines
     assert code == 130, log
     assert seconds < GRACE_SECONDS, f"exited {seconds:.1f} s after SIGTERM"
-    assert re.search(r"cancelled: render term-queue cancelled; it had not moved for \d+ s: chunk .*has 0 slots", log), (
-        log
+    stood_still = re.search(
+        r"cancelled: render term-queue cancelled; it had not moved for (\d+) s: chunk .*has 0 slots", log
     )
+    assert stood_still, log
+    assert int(stood_still.group(1)) < STALL_SECONDS, "said after the default 15 s, not after HELIOS_STALL_SECONDS"
     runs = chunk_runs_of(instance, "term-queue")
     assert runs and all(r.dagster_run.status == dg.DagsterRunStatus.CANCELED for r in runs), [
         (r.dagster_run.run_id, r.dagster_run.status) for r in runs

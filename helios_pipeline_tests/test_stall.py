@@ -20,7 +20,7 @@ from dagster._daemon.types import DaemonHeartbeat
 
 from helios_pipeline.dagster_defs.instance import BEAT_OVERDUE_SECONDS, REQUIRED_DAEMONS, RenderDaemon
 from helios_pipeline.dagster_defs.names import CHUNK_ASSET, CHUNK_POOL
-from helios_pipeline.dagster_defs.stall import StallWatch, explain
+from helios_pipeline.dagster_defs.stall import STALL_SECONDS, STALL_SETTING, StallWatch, explain, stall_seconds
 from helios_pipeline_tests.helpers import chunk_key, open_instance, write_instance_config
 
 STARTED, QUEUED, STARTING = dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING
@@ -174,3 +174,14 @@ def test_a_daemon_that_stopped_beating_is_named_with_how_to_resume(instance: dg.
     instance.wipe_daemon_heartbeats()
     problem = daemon.problem()
     assert problem is not None and "no Dagster daemon heart-beats" in problem, problem
+
+
+def test_how_long_a_render_may_stand_still_is_a_setting_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STALL_SETTING, raising=False)
+    assert stall_seconds() == STALL_SECONDS == 15
+    monkeypatch.setenv(STALL_SETTING, "2.5")
+    assert stall_seconds() == 2.5
+    for bad, reason in (("soon", "a number of seconds"), ("0", "between 1 and 3600 seconds")):
+        monkeypatch.setenv(STALL_SETTING, bad)
+        with pytest.raises(ValueError, match=f"{STALL_SETTING} must be {reason}, got '{bad}'"):
+            stall_seconds()

@@ -51,7 +51,7 @@ from helios_pipeline.dagster_defs.pending import pending_work
 from helios_pipeline.dagster_defs.registry import register_spec
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
-from helios_pipeline.dagster_defs.stall import Stall, StallWatch
+from helios_pipeline.dagster_defs.stall import Stall, StallWatch, stall_seconds
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
 from helios_pipeline.engine.page_network import REPORTED_URLS
@@ -457,11 +457,12 @@ def render_through_dagster(
     daemon is ours, its backfill and remaining runs are ended first, so nothing in the instance is
     left looking alive.
     """
+    stalled_after = stall_seconds()  # a bad setting is said before anything is submitted
     instance = get_instance()
     since = time.time()
     failure: RenderError | None = None
     daemon = RenderDaemon(instance, on_note, ahead)
-    stall = StallWatch(instance, daemon.problem)
+    stall = StallWatch(instance, daemon.problem, stalled_after)
     key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
     interrupted = done = False
     try:

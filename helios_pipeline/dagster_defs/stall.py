@@ -24,14 +24,22 @@ from helios_pipeline.dagster_defs.names import (
     RENDER_PARTITION_TAG,
     RENDER_TAG,
 )
+from helios_pipeline.dagster_defs.settings import env_number
 
 STALL_SECONDS = 15.0
 """No new frame and no run changing state for this long: the render is waiting on something, say what."""
+STALL_SETTING = "HELIOS_STALL_SECONDS"
 EXPLAIN_EVERY_SECONDS = 3.0  # the explanation reads the instance a few times: not on every poll
 NO_WORKER_SECONDS = 60.0
 """A run launched this long ago and still STARTING has no worker (a run process starts in seconds)."""
 NAMED_RUNS = 4  # blocking runs named one by one; more are counted
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def stall_seconds() -> float:
+    """How long a render may stand still before the CLI says what it waits on (``HELIOS_STALL_SECONDS``, default
+    15 s): longer where renders routinely queue behind others, shorter to hear sooner; a clear error out of 1..3600."""
+    return env_number(STALL_SETTING, STALL_SECONDS, 1, 3600, unit="seconds")
 
 
 @dataclass(frozen=True)
