@@ -20,7 +20,8 @@ from typing import Any
 
 import psutil
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.05
+"""How often a stop looks whether its processes are gone: a render's end waits on its daemon's stop."""
 CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"
 """Set to the chunk's output file in every process a chunk starts (its worker, Chromium, FFmpeg): finds strays."""
 

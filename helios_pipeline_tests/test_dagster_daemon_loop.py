@@ -305,3 +305,40 @@ def test_a_run_enqueued_in_the_daemon_is_dequeued_without_waiting_for_the_queue_
             assert marker is None or marker in (SpanMarker.START_SPAN, SpanMarker.END_SPAN)
     assert len(rounds) == 2, "the submit did not wake the queue's loop (its interval is 60 s)"
     assert rounds[1] - submitted < 0.6
+
+
+def test_the_run_queue_loop_lets_a_stopping_daemon_go_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon stops once every loop thread has seen its shutdown: the queue's loop, waiting out an interval of a
+    minute for a submit, sees it within a fraction of a second (its waits were 0.5 s: the CLI's render ended that
+    much later)."""
+    import threading
+
+    from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    monkeypatch.setattr(QueuedRunCoordinator, "submit_run", QueuedRunCoordinator.submit_run)
+    monkeypatch.setattr(QueuedRunCoordinatorDaemon, "core_loop", QueuedRunCoordinatorDaemon.core_loop)
+    assert private_api.wake_run_queue_on_submit()
+
+    def one_round(self, _context):
+        yield None
+
+    monkeypatch.setattr(QueuedRunCoordinatorDaemon, "run_iteration", one_round)
+    shutdown = threading.Event()
+    loop = QueuedRunCoordinatorDaemon(interval_seconds=60).core_loop(None, shutdown)
+    ended: list[float] = []
+
+    def run_loop() -> None:
+        for _marker in loop:
+            if shutdown.is_set():
+                ended.append(time.monotonic())
+                return
+
+    thread = threading.Thread(target=run_loop, daemon=True)
+    thread.start()
+    time.sleep(1.2)  # the round, then waiting for a submit
+    stopped = time.monotonic()
+    shutdown.set()
+    thread.join(5)
+    assert ended, "the loop did not yield after the shutdown"
+    assert ended[0] - stopped < 0.25, f"the queue's loop saw the shutdown {ended[0] - stopped:.2f} s after it"

@@ -99,6 +99,9 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
     return True
 
 
+WATCH_SECONDS = 0.05
+"""How often a waiting loop looks: the backfill loop at the run storage's files (``RunStorageWatch``: two ``stat``
+calls), the run queue's loop at the shutdown it must not hold up."""
 _RUN_QUEUE_WAKE = threading.Event()
 """Set when this process enqueues a run: the run queue's loop (``wake_run_queue_on_submit``) goes round at once."""
 
@@ -143,20 +146,20 @@ def wake_run_queue_on_submit() -> bool:
                 self._logger.error("Caught error:\n%s", error_info)
                 yield error_info
             yield SpanMarker.END_SPAN
+            beat = time.monotonic()
             while (left := self.interval_seconds - (time.monotonic() - started)) > 0 and not shutdown_event.is_set():
-                if _RUN_QUEUE_WAKE.wait(min(0.5, left)):  # 0.5 s: the daemon's heartbeat still comes as often
+                # short waits: a stopping daemon waits for this thread, and sees it go within WATCH_SECONDS
+                if _RUN_QUEUE_WAKE.wait(min(WATCH_SECONDS, left)):
                     break
-                yield None
+                if time.monotonic() - beat >= 0.5:  # the daemon's heartbeat comes as often as with Dagster's loop
+                    beat = time.monotonic()
+                    yield None
             yield None
 
     submit_and_wake.helios_wakes = True  # type: ignore[attr-defined]
     QueuedRunCoordinator.submit_run = submit_and_wake  # type: ignore[method-assign]
     QueuedRunCoordinatorDaemon.core_loop = core_loop  # type: ignore[method-assign]
     return True
-
-
-WATCH_SECONDS = 0.05
-"""How often a waiting backfill loop looks at the run storage's files (``RunStorageWatch``): two ``stat`` calls."""
 
 
 class RunStorageWatch:
