@@ -342,3 +342,18 @@ def test_the_run_queue_loop_lets_a_stopping_daemon_go_at_once(monkeypatch: pytes
     thread.join(5)
     assert ended, "the loop did not yield after the shutdown"
     assert ended[0] - stopped < 0.25, f"the queue's loop saw the shutdown {ended[0] - stopped:.2f} s after it"
+
+
+def test_a_dagster_without_the_backfill_iteration_keeps_its_own_loop_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dagster._daemon import backfill as backfill_daemon
+    from dagster._daemon.daemon import BackfillDaemon
+
+    own_loop = BackfillDaemon.core_loop
+    monkeypatch.setattr(BackfillDaemon, "core_loop", own_loop)
+    monkeypatch.delattr(backfill_daemon, "execute_backfill_iteration")
+    with caplog.at_level("WARNING", logger="helios_pipeline"):
+        assert not private_api.wake_backfill_loop_on_run_changes()
+    assert "has no execute_backfill_iteration: it goes round on its interval only" in caplog.text
+    assert BackfillDaemon.core_loop is own_loop

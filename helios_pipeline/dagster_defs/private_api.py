@@ -21,15 +21,20 @@ import dagster as dg
 from sqlalchemy.pool import NullPool
 
 
+def _not_applied(message: str) -> bool:
+    """Say what this Dagster lacks for a patch below and what happens instead; the patch is left out (False)."""
+    logging.getLogger("helios_pipeline").warning(message)
+    return False
+
+
 def set_daemon_loop_interval(seconds: float) -> bool:
     """Set the daemon's loop interval (backfills advance one stage per loop); False when Dagster lacks it."""
     from dagster._daemon import controller
 
     if not isinstance(getattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", None), int | float):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster version has no DEFAULT_DAEMON_INTERVAL_SECONDS: backfills advance on Dagster's own loop"
         )
-        return False
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # type: ignore[assignment]
     return True
 
@@ -70,10 +75,9 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
 
     iterate = getattr(backfill_daemon, "execute_backfill_iteration", None)
     if iterate is None or not hasattr(backfill_daemon, "execute_backfill_iteration_loop"):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster's backfill loop has no execute_backfill_iteration: backfills are evaluated on every loop"
         )
-        return False
     if getattr(iterate, "helios_gated", False):
         return True
     last: dict[str, Any] = {"activity": None, "at": 0.0}
@@ -121,10 +125,9 @@ def wake_run_queue_on_submit() -> bool:
     from dagster._utils.error import serializable_error_info_from_exc_info
 
     if not hasattr(QueuedRunCoordinatorDaemon, "run_iteration") or not hasattr(QueuedRunCoordinator, "submit_run"):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster's run queue has no run_iteration/submit_run: runs are dequeued on Dagster's own loop"
         )
-        return False
     if getattr(QueuedRunCoordinator.submit_run, "helios_wakes", False):
         return True
     submit = QueuedRunCoordinator.submit_run
@@ -213,10 +216,9 @@ def wake_backfill_loop_on_run_changes() -> bool:
     from dagster._daemon.utils import DaemonErrorCapture
 
     if not hasattr(backfill_daemon, "execute_backfill_iteration") or not hasattr(BackfillDaemon, "core_loop"):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster's backfill loop has no execute_backfill_iteration: it goes round on its interval only"
         )
-        return False
     if getattr(BackfillDaemon.core_loop, "helios_wakes", False):
         return True
 
@@ -260,10 +262,7 @@ def run_only_daemons(kinds: Sequence[str]) -> bool:
 
     required = getattr(DaemonMethods, "get_required_daemon_types", None)
     if required is None or not issubclass(dg.DagsterInstance, DaemonMethods):
-        logging.getLogger("helios_pipeline").warning(
-            "this Dagster's instance has no get_required_daemon_types: its daemon runs every daemon"
-        )
-        return False
+        return _not_applied("this Dagster's instance has no get_required_daemon_types: its daemon runs every daemon")
     original = getattr(required, "helios_original", required)
     wanted = frozenset(kinds)
 
@@ -282,10 +281,9 @@ def set_trigger_loop_floor(seconds: float) -> bool:
 
     floors = ((sensor, "MIN_INTERVAL_LOOP_TIME"), (asset_daemon, "MIN_INTERVAL_LOOP_SECONDS"))
     if not all(isinstance(getattr(module, name, None), int | float) for module, name in floors):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster has no MIN_INTERVAL_LOOP_TIME/MIN_INTERVAL_LOOP_SECONDS: sensors tick at most every 5 s"
         )
-        return False
     for module, name in floors:
         setattr(module, name, seconds)
     return True
@@ -315,10 +313,9 @@ def reuse_sqlite_engines() -> bool:
 
     modules = [importlib.import_module(name) for name in SQLITE_STORAGE_MODULES]
     if not all(callable(getattr(module, "create_engine", None)) for module in modules):
-        logging.getLogger("helios_pipeline").warning(
+        return _not_applied(
             "this Dagster's SQLite storages create no engines where expected: each query compiles its statement"
         )
-        return False
     if all(hasattr(module.create_engine, "helios_original") for module in modules):
         return True  # already reusing: the CLI, the daemon and the run workers' preload each ask, in one process too
     original = getattr(modules[0].create_engine, "helios_original", modules[0].create_engine)
