@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from dagster._daemon.types import DaemonHeartbeat
@@ -18,6 +19,7 @@ from helios_pipeline.dagster_defs.daemon import STOOD_DOWN
 from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
 from helios_pipeline.dagster_defs.own_daemon import daemon_serving, local_instance, start_daemon
+from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
 from helios_pipeline.processes import process_tree, stop_group
 from helios_pipeline_tests.helpers import REPO, open_instance, wait_for, write_instance_config
 
@@ -104,6 +106,9 @@ def test_the_cli_starts_its_daemon_before_it_imports_dagster_and_not_beside_one_
     try:
         instance = open_instance(home)
         wait_for(lambda: set(instance.get_daemon_heartbeats()) >= REQUIRED_DAEMONS, 120, "the daemon's heartbeats")
+        # its look at the heartbeats left it one thread: the warm launcher's fork server is the daemon forked
+        titles = [" ".join(child.cmdline()).strip() for child in psutil.Process(started["pid"]).children()]
+        assert titles.count(FORK_SERVER_TITLE.format(pid=started["pid"])) == 1, titles
         second = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
         assert json.loads(second.stdout)["pid"] is None, "a second daemon beside the running one"
     finally:
