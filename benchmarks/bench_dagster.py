@@ -281,6 +281,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         costs = [m["seconds"] - lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
         ratios = [m["seconds"] / lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
         results[f"{path}_fixed_cost_seconds"] = statistics.median(costs)
+        results[f"{path}_fixed_cost_rounds"] = [round(cost, 2) for cost in costs]
         results[f"{path}_ratio"] = statistics.median(ratios)
         results[f"{path}_overhead_per_run_seconds"] = results[f"{path}_fixed_cost_seconds"] / RUNS[path]
         # the wall time around the slowest chunk's own rendering: steadier than the fixed cost, which also holds how
@@ -299,7 +300,9 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     for path in args.paths:
         print(
             f"  dagster {names[path]:<20} {results[f'{path}_seconds']:7.1f} s  ratio {results[f'{path}_ratio']:.2f}  "
-            f"fixed cost {results[f'{path}_fixed_cost_seconds']:.1f} s ({RUNS[path]} runs)"
+            f"fixed cost {results[f'{path}_fixed_cost_seconds']:.1f} s ({RUNS[path]} runs; rounds "
+            + ", ".join(f"{cost:.1f}" for cost in results[f"{path}_fixed_cost_rounds"])
+            + ")"
         )
     print(
         "  slowest chunk (outside it): "
