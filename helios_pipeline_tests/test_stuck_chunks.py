@@ -290,6 +290,9 @@ def _stop_the_first_browser_once_it_captures(stopped: list[psutil.Process], done
         time.sleep(0.05)
 
 
+STALLED_FRAMES = 30
+
+
 def test_dagster_retries_a_chunk_whose_chromium_stopped_answering(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,7 +301,10 @@ def test_dagster_retries_a_chunk_whose_chromium_stopped_answering(
     composition = busy_composition(tmp_path / "busy")
     storage = RenderStorage(location=str(tmp_path / "storage"))
     with dg.instance_for_test() as instance:
-        spec_file = write_spec(tmp_path, "stalls", composition, frame_count=10, concurrency=1, stability_timeout=500)
+        # 30 busy frames: on a fast machine 10 were captured in ~1 s, before the watcher saw the encoder take any
+        spec_file = write_spec(
+            tmp_path, "stalls", composition, frame_count=STALLED_FRAMES, concurrency=1, stability_timeout=500
+        )
         key = register(instance, storage, spec_file)
         run(instance, storage, [render_plan], key)
         stopped: list[psutil.Process] = []
@@ -320,5 +326,5 @@ def test_dagster_retries_a_chunk_whose_chromium_stopped_answering(
         assert re.search(r"frame \d+: Chromium stopped answering while capturing the frame", reason), reason
         assert not any(e.is_step_failure for e in events)
         metadata = latest_metadata(instance, chunk_video.key, chunk_key(key, "000"))
-        assert frame_indices(Path(metadata["path"].value)) == list(range(10))
+        assert frame_indices(Path(metadata["path"].value)) == list(range(STALLED_FRAMES))
     _wait_gone(stopped, "the first attempt's stopped Chromium")
