@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,26 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
 
 
 WATCH_SECONDS = 0.05
-"""How often a waiting loop looks: the backfill loop at the run storage's files (``RunStorageWatch``: two ``stat``
-calls), the run queue's loop at the shutdown it must not hold up."""
+"""How often a loop waiting for its next round looks (``_between_rounds``): the backfill loop at the run storage's
+files (``RunStorageWatch``: two ``stat`` calls), both loops at the shutdown they must not hold up."""
+HEARTBEAT_YIELD_SECONDS = 0.5
+"""A waiting loop yields this often, as Dagster's own loops do: the daemon's heartbeat comes as often."""
+
+
+def _between_rounds(
+    started: float, interval: float, shutdown_event: threading.Event, woken: Callable[[float], bool]
+) -> Iterator[None]:
+    """Wait for a daemon loop's next round: until ``interval`` after ``started``, the daemon's shutdown, or
+    ``woken`` (called with at most ``WATCH_SECONDS`` to wait) says to go round early."""
+    beat = time.monotonic()
+    while (left := interval - (time.monotonic() - started)) > 0 and not shutdown_event.is_set():
+        if woken(min(WATCH_SECONDS, left)):
+            return
+        if time.monotonic() - beat >= HEARTBEAT_YIELD_SECONDS:
+            beat = time.monotonic()
+            yield None
+
+
 _RUN_QUEUE_WAKE = threading.Event()
 """Set when this process enqueues a run: the run queue's loop (``wake_run_queue_on_submit``) goes round at once."""
 
@@ -149,14 +167,7 @@ def wake_run_queue_on_submit() -> bool:
                 self._logger.error("Caught error:\n%s", error_info)
                 yield error_info
             yield SpanMarker.END_SPAN
-            beat = time.monotonic()
-            while (left := self.interval_seconds - (time.monotonic() - started)) > 0 and not shutdown_event.is_set():
-                # short waits: a stopping daemon waits for this thread, and sees it go within WATCH_SECONDS
-                if _RUN_QUEUE_WAKE.wait(min(WATCH_SECONDS, left)):
-                    break
-                if time.monotonic() - beat >= 0.5:  # the daemon's heartbeat comes as often as with Dagster's loop
-                    beat = time.monotonic()
-                    yield None
+            yield from _between_rounds(started, self.interval_seconds, shutdown_event, _RUN_QUEUE_WAKE.wait)
             yield None
 
     submit_and_wake.helios_wakes = True  # type: ignore[attr-defined]
@@ -241,10 +252,12 @@ def wake_backfill_loop_on_run_changes() -> bool:
                     exc_info=sys.exc_info(), logger=self._logger, log_message="BackfillDaemon caught an error"
                 )
             yield SpanMarker.END_SPAN
-            interval = controller.DEFAULT_DAEMON_INTERVAL_SECONDS
-            while (left := interval - (time.monotonic() - started)) > 0 and not watch.changed():
-                if shutdown_event.wait(min(WATCH_SECONDS, left) if watch.files else left):
-                    break
+            yield from _between_rounds(
+                started,
+                controller.DEFAULT_DAEMON_INTERVAL_SECONDS,
+                shutdown_event,
+                lambda seconds: watch.changed() or shutdown_event.wait(seconds),
+            )
             yield None
 
     core_loop.helios_wakes = True  # type: ignore[attr-defined]
