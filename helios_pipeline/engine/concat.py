@@ -12,7 +12,7 @@ from helios_pipeline.engine.encode import fps_fraction, timescale_args
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
-from helios_pipeline.engine.probe import count_video_frames
+from helios_pipeline.engine.probe import probe
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def concat_chunks(chunk_files: list[Path], output: Path, *, fps: float, expected
             _same_file(Path(chunk_files[0]), partial)
         else:
             _concat_demux(chunk_files, partial, fps, output)
-        frames = count_video_frames(partial)
+        frames = probe(partial).video_frames  # the same probe then serves the output's metadata
         if frames != expected_frames:
             raise RenderError(f"concat into {output} holds {frames} frames, the plan has {expected_frames}")
         size = partial.stat().st_size

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,8 +40,41 @@ def count_video_frames(path: Path) -> int:
     return int(streams[0].get("nb_read_packets") or 0)
 
 
+PROBES_KEPT = 64
+"""Probes remembered per process (see ``probe``): a render's final run probes a handful of files."""
+
+
 def probe(path: Path) -> MediaInfo:
-    """Read streams, duration and frame count of ``path``."""
+    """Read streams, duration and frame count of ``path``.
+
+    One ffprobe per file content: a render's last run asked it of the same file up to three times (the
+    mix, the asset's metadata, the check), at ~50 ms each on its critical path. A file is the same while
+    its device, inode, size and modification time are (a rename keeps them: a probe of an output's
+    temporary name serves its final name); a file rewritten or replaced is probed again.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return _probe_file(path)  # ffprobe says why it cannot be read
+    content = _FileContent((stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns), path)
+    return dataclasses.replace(_probe_content(content), path=path)
+
+
+@dataclass(frozen=True)
+class _FileContent:
+    """A file's content as the cache knows it: equal when the identity is, whatever the name it is reached by."""
+
+    identity: tuple[int, int, int, int]
+    path: Path = dataclasses.field(compare=False)
+
+
+@functools.lru_cache(maxsize=PROBES_KEPT)
+def _probe_content(content: _FileContent) -> MediaInfo:
+    return _probe_file(content.path)
+
+
+def _probe_file(path: Path) -> MediaInfo:
     data = run_ffprobe(
         path,
         "-count_packets",

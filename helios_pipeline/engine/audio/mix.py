@@ -187,7 +187,7 @@ def mix_final(options: MixOptions, video: Path, output: Path) -> MixResult:
     """
     started = time.monotonic()
     video, output = Path(video), Path(output)
-    input_has_audio = probe_mod.has_audio_stream(video)
+    input_has_audio = probe_mod.probe(video).audio_codec is not None  # the concat's own probe, when it was here
     durations = [probe_audio_duration(track.path) for track in options.audio_tracks]
     graph = mix_filter_graph(options, input_has_audio=input_has_audio, source_durations=durations)
     with atomic_output(output) as temp:
