@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helios_pipeline.dagster_defs.previews import embedded_image
+from helios_pipeline.engine import thumbnail
 from helios_pipeline.engine.contact_sheet import write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.thumbnail import START_WIDTH, source_width
@@ -53,6 +55,29 @@ def test_a_big_picture_is_scaled_down_until_its_markdown_fits_the_budget(
     assert 16 <= width <= START_WIDTH
     if budget == 150_000:
         assert width == START_WIDTH, "a roomy budget keeps the widest preview"
+
+
+def test_a_usual_budget_is_met_by_one_ffmpeg_run_that_leaves_no_folder(
+    big_picture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's preview is on the render's critical path: one FFmpeg run must find the widest JPEG under the
+    budget (it took one run per width tried, up to three on a 720p chunk), and its scratch folder must go."""
+    runs: list[list[str]] = []
+    for name in ("run_ffmpeg", "ffmpeg_stdout", "run_ffprobe"):
+        real = getattr(thumbnail, name)
+        monkeypatch.setattr(
+            thumbnail, name, lambda *args, _real=real, **kwargs: runs.append(args[0]) or _real(*args, **kwargs)
+        )
+    scratch_before = set(Path(tempfile.gettempdir()).glob("helios-preview-*"))
+    for budget in (150_000, 40_000, 12_000):
+        runs.clear()
+        _, jpeg = decoded_jpeg(embedded_image(big_picture, budget).value, tmp_path)
+        assert len(runs) == 1, f"budget {budget}: {len(runs)} FFmpeg/ffprobe runs"
+        widths = [int(width) for width in re.findall(r"min\(iw,(\d+)\)", " ".join(runs[0]))]
+        jpeg_budget = (budget - len("![big.png](data:image/jpeg;base64,)")) * 3 // 4
+        fitting = max(width for width in widths if len(thumbnail.jpeg_at_width(big_picture, width)) <= jpeg_budget)
+        assert source_width(jpeg) == fitting, f"budget {budget}: not the widest rung that fits"
+    assert set(Path(tempfile.gettempdir()).glob("helios-preview-*")) == scratch_before, "a scratch folder was left"
 
 
 def test_a_small_picture_is_never_scaled_up(tmp_path: Path) -> None:
