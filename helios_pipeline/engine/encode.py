@@ -36,6 +36,12 @@ threads, each holding ~24 MB at 1080p (three threads: 251 MB, two: 227 MB), whil
 other chunks. Two keep a chunk's bits the same on every worker, and on two CPUs encode as fast as three (150 1080p
 frames in 5.6-5.9 s either way); DOM capture, at 3-4 frames/s at 1080p, is far slower than either."""
 
+X264_SYNC_LOOKAHEAD = 0
+"""Frames buffered between x264's look-ahead thread and its encoding threads. Left to x264 it buffers some, each
+~8 MB at 1080p; none changes no bit of the output (the same chunk came out byte-identical at veryfast, medium and
+slow) nor the encoder's speed, and FFmpeg's peak PSS fell from 219 to 211 MB on a 1080p chunk
+(benchmarks/README.md)."""
+
 ENCODER_STALL_S = 30.0
 """Seconds FFmpeg may go without progress while it has work (input waiting, or a file to finish) before
 it counts as stuck: a slow encoder takes every frame well within this, a stopped one never does."""
@@ -82,7 +88,7 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
         args += ["-b:v", spec.video_bitrate]
     args += ["-g", str(gop), "-keyint_min", str(gop)]
     if codec == "libx264":
-        x264_params = "scenecut=0:open-gop=0:repeat-headers=1"
+        x264_params = f"scenecut=0:open-gop=0:repeat-headers=1:sync-lookahead={X264_SYNC_LOOKAHEAD}"
         if (spec.preset or "medium") in SHORT_LOOKAHEAD_PRESETS:
             x264_params += f":rc-lookahead={X264_LOOKAHEAD}"
         args += ["-bf", "0", "-sc_threshold", "0", "-threads", str(X264_THREADS), "-x264-params", x264_params]
