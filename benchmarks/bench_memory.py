@@ -3,8 +3,10 @@
 
 For each variant of launch flags it starts Playwright (its node driver) and one Chromium, opens the
 render page the engine's way (``new_render_page``, ``load_composition``), seeks and screenshots
-``--frames`` frames with the engine's capture parameters (``DomCapture``), and samples the PSS of
-every process every ~0.25 s. A process's type comes from its command line: Chromium's ``--type=``
+``--frames`` frames as chunks do (``dom_capture``: BeginFrame where the browser has it, else
+screenshots; the method is in the report), and samples the PSS of every process every ~0.25 s, and the
+driver's once more before the first frame (what it holds before any frame crosses it). A process's
+type comes from its command line: Chromium's ``--type=``
 (``renderer``, ``gpu-process``, ``zygote``, ``utility`` with its ``--utility-sub-type``: network,
 storage, audio...), no ``--type`` for the browser process, and Playwright's ``node`` driver.
 
@@ -38,7 +40,7 @@ import psutil
 from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine import browser as engine_browser
-from helios_pipeline.engine.capture import DomCapture
+from helios_pipeline.engine.begin_frame import dom_capture
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.tools import chromium_path
@@ -107,8 +109,9 @@ def merge_features(args: list[str]) -> list[str]:
 
 def variant_args(name: str, extra: list[str]) -> list[str]:
     if name == ENGINE:
-        return engine_browser.launch_args()
-    return merge_features([*engine_browser.launch_args(memory=False), *CANDIDATES.get(name, []), *extra])
+        return engine_browser.launch_args(begin_frame_control=True)
+    base = engine_browser.launch_args(begin_frame_control=True, memory=False)
+    return merge_features([*base, *CANDIDATES.get(name, []), *extra])
 
 
 def driver_env(name: str) -> dict[str, str]:
@@ -197,6 +200,16 @@ class PssSampler:
             self._stop.wait(SAMPLE_INTERVAL_S)
 
 
+def pss_of_type(kind: str) -> int:
+    """The summed PSS of this process's descendants of ``kind`` now (see ``process_type``)."""
+    total = 0
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process_type(process) == kind:
+                total += process.memory_full_info().pss
+    return total
+
+
 # -- one variant ---------------------------------------------------------------------------------------
 
 
@@ -227,8 +240,9 @@ def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -
             try:
                 context, page, errors = new_render_page(browser, spec)
                 cdp = load_composition(context, page, url, spec, errors)
-                capture = DomCapture(spec, cdp)
+                capture = dom_capture(spec, cdp)  # BeginFrame where the browser has it, as chunks capture
                 startup = time.perf_counter() - started
+                driver_idle = pss_of_type("node")  # the page is loaded, no frame has crossed the driver yet
                 loop_started = time.perf_counter()
                 for index, frame in enumerate(range(spec.start_frame, spec.start_frame + spec.total_frames)):
                     data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
@@ -247,6 +261,8 @@ def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -
         "args": args,
         "driver_env": driver_env,
         "browser_version": version,
+        "capture_method": capture.description,
+        "node_pss_mb_before_first_frame": round(driver_idle / MB, 1),
         "startup_s": round(startup, 2),
         "capture_fps": round(spec.total_frames / capture_s, 2),
         "peak_pss_mb": round(peaks.total / MB, 1),
@@ -292,6 +308,8 @@ def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
         },
         "processes_at_peak": runs[0]["processes_at_peak"],
         "capture_fps": median([r["capture_fps"] for r in runs]),
+        "capture_method": runs[0]["capture_method"],
+        "node_pss_mb_before_first_frame": median([r["node_pss_mb_before_first_frame"] for r in runs]),
         "startup_s": median([r["startup_s"] for r in runs]),
         "frames_changed": len(changed),
         "first_changed_frames": changed[:10],
@@ -317,7 +335,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['config']['repeat']} repetition(s); frames vs the first variant"
     )
     header = f"{'variant':<22}" + "".join(f"{c:>9}" for c in (*COLUMNS, "other")) + f"{'chromium':>9}{'total':>8}"
-    header += f"{'USS':>6}{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}"
+    header += f"{'USS':>6}{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}{'node idle':>10}  capture"
     print(header)
     print("-" * len(header))
     for name, run in report["variants"].items():
@@ -329,6 +347,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"{name:<22}{cells}{run['chromium_pss_mb_at_peak']:>9.0f}{run['peak_pss_mb']:>8.0f}"
             f"{run['uss_mb_at_peak']:>6.0f}{same:>9}{run['capture_fps']:>6.1f}{procs:>6}{max(run['load1_after']):>6.1f}"
+            f"{run['node_pss_mb_before_first_frame']:>10.0f}  {run['capture_method']}"
         )
 
 
