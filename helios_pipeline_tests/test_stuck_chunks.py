@@ -275,16 +275,22 @@ def test_a_stopped_process_group_gets_to_clean_up_when_it_is_stopped(tmp_path: P
     _wait_gone([stopped], "the stopped child")
 
 
+CAPTURING_AFTER_S = 0.3
+"""How long after the chunk's encoder appears its capture loop is surely on a frame: the encoder starts right
+before the first frame, and each busy frame takes 50-100 ms (30 of them outlast this even on a fast machine)."""
+
+
 def _stop_the_first_browser_once_it_captures(stopped: list[psutil.Process], done: threading.Event) -> None:
-    """Watch this process's children; SIGSTOP the first chunk browser once its FFmpeg has taken frames, then quit."""
+    """Watch this process's children; SIGSTOP the first chunk browser once its capture is under way, then quit.
+
+    Under way: its FFmpeg has been running for ``CAPTURING_AFTER_S``. (Waiting for FFmpeg to use CPU instead
+    lost the race on a loaded machine: the capture ended before FFmpeg, behind it, had used 50 ms.)"""
+    encoder_seen: float | None = None
     while not done.is_set():
         children = _children()
-        encoders = [p for p in children if p.name() == "ffmpeg" and "pipe:0" in p.cmdline()]
-        try:
-            capturing = encoders and sum(encoders[0].cpu_times()[:2]) >= 0.05
-        except psutil.Error:
-            capturing = False
-        if capturing:
+        if encoder_seen is None and any(p.name() == "ffmpeg" and "pipe:0" in p.cmdline() for p in children):
+            encoder_seen = time.monotonic()
+        if encoder_seen is not None and time.monotonic() - encoder_seen >= CAPTURING_AFTER_S:
             stopped.extend(_stop(_browser_tree(children)))
             return
         time.sleep(0.05)
@@ -301,7 +307,7 @@ def test_dagster_retries_a_chunk_whose_chromium_stopped_answering(
     composition = busy_composition(tmp_path / "busy")
     storage = RenderStorage(location=str(tmp_path / "storage"))
     with dg.instance_for_test() as instance:
-        # 30 busy frames: on a fast machine 10 were captured in ~1 s, before the watcher saw the encoder take any
+        # 30 busy frames: the capture must outlast the watcher's CAPTURING_AFTER_S
         spec_file = write_spec(
             tmp_path, "stalls", composition, frame_count=STALLED_FRAMES, concurrency=1, stability_timeout=500
         )
