@@ -3,10 +3,7 @@ folder, and a chunk can use a Playwright its worker started while importing the 
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -53,71 +50,28 @@ def _drivers() -> set[int]:
     }
 
 
-def test_a_chunk_run_worker_starts_its_driver_beside_the_run_and_renders_on_the_drivers_thread(
+def test_a_chunk_run_worker_hands_its_chunk_a_driver_started_beside_its_imports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The warm launcher's chunk worker starts the driver while Dagster starts the run (not before: the driver
-    here cannot finish starting until the run has begun); the step's render runs on the driver's thread with
-    that driver (Playwright's sync API is bound to its thread), and the driver is stopped when the run ends."""
+    """The warm launcher's chunk worker starts the driver before Dagster runs the step; only the step's
+    thread gets it (Playwright's sync API is bound to its thread), and it is stopped when the run ends."""
     from helios_pipeline.dagster_defs import run_worker
-    from helios_pipeline.engine import browser
-
-    run_started = threading.Event()
-    real_launch = browser.launch_playwright
-
-    def launch_once_the_run_started():  # type: ignore[no-untyped-def]
-        assert run_started.wait(10), "the run waited for the driver"
-        return real_launch()
 
     seen: dict[str, object] = {}
-
-    def render(playwright: object, cancel: object) -> str:
-        seen.update(thread=threading.get_ident(), driver=playwright, cancel=cancel, drivers=_drivers())
-        return "rendered"
 
     def execute_run(serialized_args: str) -> None:  # where Dagster runs the chunk step, on this thread
-        run_started.set()
-        seen["result"] = run_worker.on_chunk_thread(render)
+        seen["driver"] = run_worker.prestarted_playwright()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            seen["on another thread"] = pool.submit(run_worker.prestarted_playwright).result()
+        seen["drivers"] = _drivers()
 
     before = _drivers()
-    monkeypatch.setattr(browser, "launch_playwright", launch_once_the_run_started)
     monkeypatch.setattr(run_worker.private_api, "execute_run", execute_run)
     run_worker.execute("run args", start_driver=True)
-    assert seen["result"] == "rendered"
-    assert seen["driver"] is not None, "the render did not get the worker's driver"
-    assert seen["thread"] != threading.get_ident() and isinstance(seen["cancel"], threading.Event)
-    assert len(seen["drivers"] - before) == 1, "the worker's driver was not running while the step ran"  # type: ignore[operator]
+    assert seen["driver"] is not None and seen["on another thread"] is None
+    assert len(seen["drivers"] - before) == 1, "the worker's driver was not running while the step ran"
     assert _drivers() == before, "the worker's driver outlived its run"
+    assert run_worker.prestarted_playwright() is None
 
-    seen.clear()
-    run_worker.execute("run args", start_driver=False)  # the final run (or another launcher): no chunk thread
-    assert seen["driver"] is None and seen["cancel"] is None and seen["thread"] == threading.get_ident()
-    assert seen["drivers"] == before
-
-
-def test_an_interrupted_chunk_step_cancels_its_render_and_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dagster terminates a run by interrupting its main thread, where the step waits: the render on the chunk
-    thread must be told (its chunk then kills its browser) and must end before the interrupt goes on."""
-    from helios_pipeline.dagster_defs import run_worker
-
-    seen: dict[str, object] = {}
-
-    def render(playwright: object, cancel: threading.Event) -> str:
-        seen["cancelled"] = cancel.wait(10)
-        time.sleep(0.3)  # the chunk winding down: its browser killed, its partial file removed
-        seen["render ended"] = time.monotonic()
-        return "cancelled"
-
-    def execute_run(serialized_args: str) -> None:
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-        try:
-            run_worker.on_chunk_thread(render)
-        except KeyboardInterrupt:
-            seen["interrupt reached the step"] = time.monotonic()
-            raise
-
-    monkeypatch.setattr(run_worker.private_api, "execute_run", execute_run)
-    with pytest.raises(KeyboardInterrupt):
-        run_worker.execute("run args", start_driver=True)
-    assert seen["cancelled"] is True, "the render was not told"
-    assert seen["render ended"] <= seen["interrupt reached the step"], "the step went on before its render ended"  # type: ignore[operator]
+    run_worker.execute("run args", start_driver=False)  # the final run: no browser, so no driver
+    assert seen["driver"] is None and seen["drivers"] == before

@@ -362,15 +362,11 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 context.log.warning(f"progress not recorded: {exc}")
 
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
-    from helios_pipeline.dagster_defs.run_worker import on_chunk_thread  # the warm launcher's head start
+    from helios_pipeline.dagster_defs.run_worker import prestarted_playwright  # the warm launcher's head start
     from helios_pipeline.engine.chunk import render_chunk  # Playwright: only chunk runs import it
 
     try:
-        result = on_chunk_thread(
-            lambda playwright, cancel: render_chunk(
-                plan.spec, chunk, on_progress=on_progress, cancel=cancel, playwright=playwright
-            )
-        )
+        result = render_chunk(plan.spec, chunk, on_progress=on_progress, playwright=prestarted_playwright())
     except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
         raise _fail(exc, retryable=False) from None
     except BaseException as exc:
