@@ -1,9 +1,10 @@
 """Small JPEG previews: an image, or a video's first frame, scaled down until it fits a byte budget.
 
 Previews travel inside Dagster's event log (as data URIs), so their size matters more than their
-sharpness: the picture is never scaled up, and each attempt that is too big is scaled down by the
-square root of the excess (a JPEG's size grows with its area); a picture already small is
-quantised more coarsely instead, as shrinking it further would lose more.
+sharpness: the picture is never scaled up. One FFmpeg run writes it at a ladder of widths and the widest
+that fits is kept; below the ladder, each attempt that is too big is scaled down by the square root of
+the excess (a JPEG's size grows with its area), and a picture already small is quantised more coarsely
+instead, as shrinking it further would lose more.
 """
 
 from __future__ import annotations
