@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +42,7 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import stop_process_tree
 from helios_pipeline.dagster_defs.sensors import render_automation
 from helios_pipeline.dagster_defs.storage import RenderStorage
+from helios_pipeline.engine.browser import DRIVER_TEMP_PREFIX
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
 from helios_pipeline_tests.services import free_port
@@ -291,6 +293,13 @@ def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]
         yield process
     finally:
         stop_process_tree(process)  # SIGTERM to the group, then SIGKILL to whatever is left after 20 s
+
+
+def driver_scratch() -> set[str]:
+    """Playwright's folders in the system's temporary folder: each browser's profile and artifacts, and a driver's
+    own (``DRIVER_TEMP_PREFIX``). A killed browser used to leave the first two behind."""
+    prefixes = ("playwright-artifacts-", "playwright_chromiumdev_profile-", DRIVER_TEMP_PREFIX)
+    return {path.name for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith(prefixes)}
 
 
 def assert_nothing_left(output: Path) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 from playwright.sync_api import Browser, Playwright, sync_playwright
@@ -53,6 +57,11 @@ DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
 at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
 holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benchmarks/README.md) and
 relays the same bytes."""
+DRIVER_TEMP_PREFIX = "helios-playwright-"
+"""The driver's own temporary folder (its ``TMPDIR``), removed when it stops (or, the process killed outright,
+by the next driver's start on the host). The driver makes each browser's profile and artifacts folders there and
+removes them when the browser closes; a browser killed (a cancelled or stuck chunk) left them in the system's
+temporary folder, ~0.2 MB each."""
 _ENVIRON_LOCK = threading.Lock()
 
 BEGIN_FRAME_ARGS = (
@@ -96,23 +105,49 @@ def launch_playwright() -> Playwright:
     """``sync_playwright().start()`` with the driver's compile cache and ``DRIVER_NODE_OPTIONS``; the caller stops it.
 
     Playwright gives its driver a copy of this process's environment when it starts, and has no other
-    way in: ``NODE_OPTIONS`` (other ``NODE_OPTIONS`` kept) and this thread's ``tag_children`` variables are
-    set for the moment of the start only.
+    way in: ``NODE_OPTIONS`` (other ``NODE_OPTIONS`` kept), ``TMPDIR`` (see ``DRIVER_TEMP_PREFIX``) and this
+    thread's ``tag_children`` variables are set for the moment of the start only.
     """
     enable_node_compile_cache()
+    scratch = _driver_scratch_folder()  # before TMPDIR changes: tempfile keeps the real one
     with _ENVIRON_LOCK:
         options = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), *DRIVER_NODE_OPTIONS)))
-        changed = {"NODE_OPTIONS": options, **thread_tags()}  # tags: see processes.tag_children
+        changed = {"NODE_OPTIONS": options, "TMPDIR": scratch, **thread_tags()}  # tags: see processes.tag_children
         saved = {name: os.environ.get(name) for name in changed}
         os.environ.update(changed)
         try:
-            return sync_playwright().start()
+            playwright = sync_playwright().start()
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+    stop = playwright.stop
+
+    def stop_then_remove_scratch() -> None:
+        try:
+            stop()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    playwright.stop = stop_then_remove_scratch  # type: ignore[method-assign]  (Playwright sets it the same way)
+    return playwright
+
+
+def _driver_scratch_folder() -> str:
+    """A new temporary folder for one driver, named for this process (``<prefix><pid>@<host>-<random>``). First the
+    folders of this host's processes that are gone are removed: a process killed outright (an out-of-memory kill of
+    a chunk worker) never stopped its driver."""
+    host = socket.gethostname()
+    for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TEMP_PREFIX}*@*"):
+        owner, _, rest = folder.name.removeprefix(DRIVER_TEMP_PREFIX).partition("@")
+        if rest.rpartition("-")[0] == host and owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{DRIVER_TEMP_PREFIX}{os.getpid()}@{host}-")
 
 
 @contextlib.contextmanager
