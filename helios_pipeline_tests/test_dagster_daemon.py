@@ -28,6 +28,7 @@ from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, Bulk
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from helios_pipeline.dagster_defs.own_daemon import LOG_NAME as DAEMON_LOG_NAME
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import (
     launch_backfill,
@@ -392,6 +393,36 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
     rendered = [key for key in instance.get_materialized_partitions(CHUNK) if key.endswith("|cli-cancel")]
     assert rendered == [], "a terminated chunk run must not render its chunk after all (by a step retry)"
     assert [b.status for b in render_backfills(instance, "cli-cancel")] == [BulkActionStatus.CANCELED]
+
+
+def test_a_cli_killed_outright_takes_its_own_daemon_with_it(cli_deployment: CliDeployment) -> None:
+    """SIGKILL (or the out-of-memory killer) leaves the CLI no chance to stop the daemon it started: the daemon,
+    in a session of its own, sees its parent gone and stops itself with everything it started, instead of running
+    on with nobody following its render."""
+    instance = cli_deployment.instance
+    spec = write_spec(cli_deployment.specs, "cli-killed", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
+    process = cli_render(cli_deployment, spec)
+    try:
+
+        def chunk_rendering() -> bool:
+            assert process.poll() is None, cli_output(cli_deployment)
+            records = chunk_runs(render_runs(instance, "cli-killed")).values()
+            return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
+
+        wait_for(chunk_rendering, 90, "a chunk run to start", 0.2)
+        process.kill()  # the CLI alone: its daemon runs in a session of its own
+        process.wait(timeout=10)
+        wait_for(lambda: not deployment_processes(cli_deployment.home), 30, "the CLI's daemon and its runs to stop")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (cli_deployment.home / DAEMON_LOG_NAME).read_text(encoding="utf-8", errors="replace")
+    assert f"the CLI that started it (pid {process.pid}) is gone" in log, log[-2000:]
+    assert not instance.get_daemon_heartbeats(), "a stopped daemon's heartbeats would make the next CLI wait on it"
+    chunks = chunk_runs(render_runs(instance, "cli-killed"))
+    statuses = {chunk: [r.dagster_run.status for r in runs] for chunk, runs in chunks.items()}
+    assert all(status in ENDED_RUN for runs in statuses.values() for status in runs), statuses
 
 
 def test_a_failing_page_on_the_cli_exits_1_and_leaves_no_run_or_backfill_going(

@@ -94,23 +94,28 @@ def test_the_cli_starts_its_daemon_before_it_imports_dagster_and_not_beside_one_
     write_instance_config(home)
     open_instance(home).dispose()  # databases made (``local_instance``)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    probe = (
+    probe = (  # a CLI's first step; it then lives on until its stdin closes (its daemon stops once it is gone)
         "import json, sys\n"
         "from helios_pipeline.dagster_defs.own_daemon import start_ahead\n"
         "daemon = start_ahead()\n"
-        "print(json.dumps({'pid': daemon and daemon.pid, 'dagster_imported': 'dagster' in sys.modules}))\n"
+        "print(json.dumps({'pid': daemon and daemon.pid, 'dagster_imported': 'dagster' in sys.modules}), flush=True)\n"
+        "sys.stdin.read()\n"
     )
-    first = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
-    started = json.loads(first.stdout)
-    assert started["pid"] and not started["dagster_imported"], first.stderr
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    first = subprocess.Popen([sys.executable, "-c", probe], env=env, cwd=REPO, **pipes)
+    started = json.loads(first.stdout.readline())
+    assert started["pid"] and not started["dagster_imported"]
     try:
         instance = open_instance(home)
         wait_for(lambda: set(instance.get_daemon_heartbeats()) >= REQUIRED_DAEMONS, 120, "the daemon's heartbeats")
         # its look at the heartbeats left it one thread: the warm launcher's fork server is the daemon forked
         titles = [" ".join(child.cmdline()).strip() for child in psutil.Process(started["pid"]).children()]
         assert titles.count(FORK_SERVER_TITLE.format(pid=started["pid"])) == 1, titles
-        second = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
+        second = subprocess.run(
+            [sys.executable, "-c", probe], env=env, cwd=REPO, input="", capture_output=True, text=True
+        )
         assert json.loads(second.stdout)["pid"] is None, "a second daemon beside the running one"
     finally:
         os.killpg(started["pid"], 15)
+        first.communicate()  # the starter ends (it never reaps the daemon: init does)
         wait_for(lambda: not process_tree(started["pid"]), 30, "the daemon's exit")

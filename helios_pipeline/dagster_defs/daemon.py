@@ -28,9 +28,13 @@ Sensors, schedules and automation are the deployment's (``helios-pipeline ui``, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from helios_pipeline.dagster_defs import early_code_server
@@ -45,6 +49,11 @@ AHEAD_FLAG = "--unless-another-daemon-beats"
 (``own_daemon.start_ahead``): it reads them itself, before Dagster's daemon starts."""
 STOOD_DOWN = 3
 """The exit code of such a daemon that found another daemon beating (it started nothing)."""
+PARENT_POLL_SECONDS = 0.5
+"""How often the CLI's own daemon looks whether the CLI that started it is still there."""
+ORPHAN_STOP_SECONDS = 10.0
+"""Once the CLI is gone: how long the daemon's group gets to end on SIGTERM before what is left is killed (the
+CLI's own stop gives the same)."""
 RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
 """What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
 whose worker died ends FAILURE and frees its pool slot) and run retries."""
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"helios-pipeline daemon: {exc}")
     own = argv[:1] == [early_code_server.FLAG]  # the CLI's own daemon
     early = None
+    cli_gone = threading.Event()
+    started_by = os.getppid()  # the CLI; read now, so that a CLI killed while this daemon starts is seen
     if own:
         argv = argv[1:]
         early = early_code_server.EarlyCodeServer.start(argv)  # before Dagster's imports: they overlap
@@ -103,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
+    if own:  # a thread: only now, as the fork server is this process forked only while it runs one thread
+        _stop_when_the_cli_is_gone(started_by, cli_gone)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
     except SystemExit as exc:
@@ -111,8 +124,43 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if early is not None:
             early.stop()
+        if cli_gone.is_set():
+            _finish_stop_without_the_cli()
     if own:
         _exit_now()
+
+
+def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
+    """The CLI's own daemon lives as long as the CLI that started it. A CLI killed outright (SIGKILL, the
+    out-of-memory killer) cannot stop it, and in a session of its own it would run on, rendering for nobody:
+    once this process's parent is another (it was re-parented), the daemon's group gets SIGTERM, as from the
+    CLI's stop; what is left after ``ORPHAN_STOP_SECONDS`` is killed, this process included."""
+
+    def watch() -> None:
+        while os.getppid() == started_by:
+            time.sleep(PARENT_POLL_SECONDS)
+        print(f"helios-pipeline daemon: the CLI that started it (pid {started_by}) is gone: stopping", file=sys.stderr)
+        sys.stderr.flush()
+        gone.set()
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        time.sleep(ORPHAN_STOP_SECONDS + 5)  # the main thread normally ends the process long before
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cli-watch", daemon=True).start()
+
+
+def _finish_stop_without_the_cli() -> None:
+    """What the CLI's stop does after its SIGTERM: kill what outlived the grace, and wipe the heartbeats, so that
+    the next render does not count on this daemon."""
+    import dagster as dg
+    import psutil
+
+    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=ORPHAN_STOP_SECONDS)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+        instance.wipe_daemon_heartbeats()
 
 
 def _another_daemon_beats() -> bool:
