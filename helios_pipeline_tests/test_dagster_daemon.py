@@ -354,6 +354,17 @@ def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployme
         assert len(render_runs(instance, "cli-exact")) == 4
 
 
+def wait_for_a_chunk_run(deployment: CliDeployment, cli: subprocess.Popen, key: str) -> None:
+    """Until one of render ``key``'s chunk runs has started (the CLI that submitted it must still be running)."""
+
+    def chunk_started() -> bool:
+        assert cli.poll() is None, cli_output(deployment)
+        records = chunk_runs(render_runs(deployment.instance, key)).values()
+        return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
+
+    wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+
+
 def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_deployment: CliDeployment) -> None:
     instance = cli_deployment.instance
     spec = write_spec(cli_deployment.specs, "cli-cancel", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
@@ -361,13 +372,7 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
 
     process = cli_render(cli_deployment, spec, start_new_session=True)
     try:
-
-        def chunk_started() -> bool:
-            assert process.poll() is None, cli_output(cli_deployment)
-            records = chunk_runs(render_runs(instance, "cli-cancel")).values()
-            return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
-
-        wait_for(chunk_started, 90, "a chunk run to start", 0.2)
+        wait_for_a_chunk_run(cli_deployment, process, "cli-cancel")
         # ps names each run worker by its run (forked from the daemon, it would otherwise show the daemon's command)
         started = [r.dagster_run for runs in chunk_runs(render_runs(instance, "cli-cancel")).values() for r in runs]
         started = [run for run in started if run.status == dg.DagsterRunStatus.STARTED]
@@ -403,13 +408,7 @@ def test_a_cli_killed_outright_takes_its_own_daemon_with_it(cli_deployment: CliD
     spec = write_spec(cli_deployment.specs, "cli-killed", COMPOSITIONS / "slow", width=160, height=120, frame_count=300)
     process = cli_render(cli_deployment, spec)
     try:
-
-        def chunk_rendering() -> bool:
-            assert process.poll() is None, cli_output(cli_deployment)
-            records = chunk_runs(render_runs(instance, "cli-killed")).values()
-            return any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for runs in records for r in runs)
-
-        wait_for(chunk_rendering, 90, "a chunk run to start", 0.2)
+        wait_for_a_chunk_run(cli_deployment, process, "cli-killed")
         process.kill()  # the CLI alone: its daemon runs in a session of its own
         process.wait(timeout=10)
         wait_for(lambda: not deployment_processes(cli_deployment.home), 30, "the CLI's daemon and its runs to stop")
