@@ -60,16 +60,21 @@ def test_a_chunk_run_worker_hands_its_chunk_a_driver_started_beside_its_imports(
     seen: dict[str, object] = {}
 
     def execute_run(serialized_args: str) -> None:  # where Dagster runs the chunk step, on this thread
-        seen["driver"] = run_worker.prestarted_playwright()
         with ThreadPoolExecutor(max_workers=1) as pool:
             seen["on another thread"] = pool.submit(run_worker.prestarted_playwright).result()
+        seen["driver"] = run_worker.prestarted_playwright()
         seen["drivers"] = _drivers()
+        seen["retry's driver"] = run_worker.prestarted_playwright()  # the step's retry: a driver of its own
+        seen["drivers at the retry"] = _drivers()
 
     before = _drivers()
     monkeypatch.setattr(run_worker.private_api, "execute_run", execute_run)
     run_worker.execute("run args", start_driver=True)
     assert seen["driver"] is not None and seen["on another thread"] is None
     assert len(seen["drivers"] - before) == 1, "the worker's driver was not running while the step ran"
+    # a retry may follow the driver's death (a stuck browser's watchdog kills it): it must not be handed the same
+    assert seen["retry's driver"] is None
+    assert seen["drivers at the retry"] == before, "the first attempt's driver was left running beside the retry"
     assert _drivers() == before, "the worker's driver outlived its run"
     assert run_worker.prestarted_playwright() is None
 

@@ -121,3 +121,38 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
         waits = {run_id: pool_waits(instance, run_id) for run_id in runs}
         assert not any(waits.values()), f"a chunk step waited for a slot: {waits}"
     instance.dispose()
+
+
+def test_a_chunk_whose_driver_died_is_retried_with_a_driver_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm run worker starts Playwright's driver for its chunk ahead of the step. When that driver dies
+    mid-chunk (killed here; a stuck browser's watchdog kills a driver whose call stays blocked), the step fails
+    and is retried in the same run: the retry must start a driver of its own, not be handed the dead one."""
+    home = tmp_path / "home"
+    write_instance_config(home)
+    (tmp_path / "inbox").mkdir()
+    env = deployment_env(home, tmp_path / "storage", tmp_path / "inbox")
+    for name in ("DAGSTER_HOME", "HELIOS_STORAGE", "HELIOS_INBOX", "HELIOS_MAX_CHUNKS"):
+        monkeypatch.setenv(name, env[name])
+    instance = open_instance(home)
+    page = busy_composition(tmp_path / "busy")
+
+    def rendering_driver() -> psutil.Process | None:
+        for process in deployment_processes(home):
+            with contextlib.suppress(psutil.Error):
+                if "run-driver" in process.cmdline() and any("chrom" in c.name().lower() for c in process.children()):
+                    return process
+        return None
+
+    with running_daemon(env, tmp_path / "daemon.log"):
+        spec = write_spec(tmp_path / "specs", "driver-died", page, **SIZE, frame_count=30, concurrency=1)
+        key, since = submit(env, spec)
+        wait_for(rendering_driver, 120, "a chunk's driver with its Chromium", 0.2).kill()
+        status = follow(instance, key, since, lambda _status: None, timeout=300)
+        assert frame_indices(Path(status.output)) == list(range(30))
+        (runs,) = chunk_runs(render_runs(instance, key)).values()
+        assert len(runs) == 1, "a step retry in the same run was expected, not a run retry"
+        retried = instance.all_logs(runs[0].dagster_run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        assert retried, "the chunk step was not retried after its driver died"
+    instance.dispose()

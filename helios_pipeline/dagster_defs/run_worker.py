@@ -37,9 +37,10 @@ def execute(serialized_args: str, start_driver: bool) -> None:
     """Run ``dagster api execute_run`` in this worker. A chunk run (``start_driver``) first starts Playwright's
     driver while a thread imports the code location, as the library's chunk workers do: the ~0.5 s the
     driver takes to start leaves the chunk's critical path."""
-    global _prestarted
+    global _handed_out, _prestarted
     playwright = _start_driver_while_importing() if start_driver else None
     _prestarted = (threading.get_ident(), playwright) if playwright is not None else None
+    _handed_out = False
     try:
         private_api.execute_run(serialized_args)
     finally:
@@ -49,10 +50,24 @@ def execute(serialized_args: str, start_driver: bool) -> None:
                 playwright.stop()
 
 
+_handed_out = False
+"""Whether the chunk step took the driver already: a second ask is a retry of the step."""
+
+
 def prestarted_playwright() -> Playwright | None:
-    """The driver this run worker started for its chunk, when asked on the thread that may use it."""
-    if _prestarted is not None and _prestarted[0] == threading.get_ident():
+    """The driver this run worker started for its chunk, when asked on the thread that may use it; for the
+    step's first attempt only. A retry gets None (the chunk starts a driver of its own) and the first one is
+    stopped: the failure may have been its death (a stuck browser's watchdog kills a driver whose call stays
+    blocked), and every retry given the dead driver failed at once with "Playwright connection closed"."""
+    global _handed_out, _prestarted
+    if _prestarted is None or _prestarted[0] != threading.get_ident():
+        return None
+    if not _handed_out:
+        _handed_out = True
         return _prestarted[1]
+    playwright, _prestarted = _prestarted[1], None
+    with contextlib.suppress(Exception):  # dead already, or not: a retry starts afresh either way
+        playwright.stop()
     return None
 
 
