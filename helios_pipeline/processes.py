@@ -58,7 +58,8 @@ def kill_tree(root: psutil.Process) -> None:
                 process.kill()
 
 
-def _signal_group(group: int, signum: int) -> None:
+def signal_group(group: int, signum: int) -> None:
+    """``signum`` to process group ``group``; nothing when the group is gone (or not ours)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signum)
 
@@ -104,7 +105,7 @@ class Stopping:
             for leftover in alive(tree):
                 with contextlib.suppress(psutil.Error):
                     leftover.kill()
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -116,8 +117,8 @@ def begin_stop(processes: Sequence[subprocess.Popen], grace: float) -> Stopping:
     """
     trees = [process_tree(process.pid) if process.poll() is None else [] for process in processes]
     for process in processes:
-        _signal_group(process.pid, signal.SIGTERM)
-        _signal_group(process.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
+        signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     return Stopping(processes, trees, time.monotonic() + grace)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import DEFAULT_TRIGGER_SECONDS, env_number, trigger_seconds
+from helios_pipeline.processes import signal_group
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
@@ -51,9 +52,9 @@ STOOD_DOWN = 3
 """The exit code of such a daemon that found another daemon beating (it started nothing)."""
 PARENT_POLL_SECONDS = 0.5
 """How often the CLI's own daemon looks whether the CLI that started it is still there."""
-ORPHAN_STOP_SECONDS = 10.0
-"""Once the CLI is gone: how long the daemon's group gets to end on SIGTERM before what is left is killed (the
-CLI's own stop gives the same)."""
+DAEMON_STOP_SECONDS = 20
+"""How long the CLI's own daemon's group gets to end on SIGTERM before what is left is killed: by the CLI's stop,
+or by the daemon itself once that CLI is gone."""
 RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
 """What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
 whose worker died ends FAILURE and frees its pool slot) and run retries."""
@@ -134,7 +135,7 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
     """The CLI's own daemon lives as long as the CLI that started it. A CLI killed outright (SIGKILL, the
     out-of-memory killer) cannot stop it, and in a session of its own it would run on, rendering for nobody:
     once this process's parent is another (it was re-parented), the daemon's group gets SIGTERM, as from the
-    CLI's stop; what is left after ``ORPHAN_STOP_SECONDS`` is killed, this process included."""
+    CLI's stop; what is left after ``DAEMON_STOP_SECONDS`` is killed, this process included."""
 
     def watch() -> None:
         while os.getppid() == started_by:
@@ -142,9 +143,10 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
         print(f"helios-pipeline daemon: the CLI that started it (pid {started_by}) is gone: stopping", file=sys.stderr)
         sys.stderr.flush()
         gone.set()
-        os.killpg(os.getpgrp(), signal.SIGTERM)
-        time.sleep(ORPHAN_STOP_SECONDS + 5)  # the main thread normally ends the process long before
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        signal_group(os.getpgrp(), signal.SIGTERM)
+        signal_group(os.getpgrp(), signal.SIGCONT)  # as the CLI's stop: a stopped process acts once continued
+        time.sleep(DAEMON_STOP_SECONDS + 5)  # the main thread normally ends the process long before
+        signal_group(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="cli-watch", daemon=True).start()
 
@@ -155,7 +157,7 @@ def _finish_stop_without_the_cli() -> None:
     import dagster as dg
     import psutil
 
-    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=ORPHAN_STOP_SECONDS)
+    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=DAEMON_STOP_SECONDS)
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()

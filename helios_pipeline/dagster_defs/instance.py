@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import dagster as dg
 
 from helios_pipeline.dagster_defs import private_api
-from helios_pipeline.dagster_defs.daemon import STOOD_DOWN
+from helios_pipeline.dagster_defs.daemon import DAEMON_STOP_SECONDS, STOOD_DOWN
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
 from helios_pipeline.dagster_defs.own_daemon import daemon_log, start_daemon
 from helios_pipeline.dagster_defs.settings import dagster_home
@@ -25,7 +25,6 @@ the same runs twice)."""
 REQUIRED_DAEMONS = {"BACKFILL", "QUEUED_RUN_COORDINATOR"}
 """The daemons every render needs: a deployment's daemon runs them, and so does the CLI's own (``RENDER_DAEMONS``),
 which other CLIs' renders may then rely on while it beats."""
-DAEMON_STOP_SECONDS = 20
 DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's daemon checks its heartbeats
 DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails
 BEAT_OVERDUE_SECONDS = 45
