@@ -53,8 +53,10 @@ STOOD_DOWN = 3
 PARENT_POLL_SECONDS = 0.5
 """How often the CLI's own daemon looks whether the CLI that started it is still there."""
 DAEMON_STOP_SECONDS = 20
-"""How long the CLI's own daemon's group gets to end on SIGTERM before what is left is killed: by the CLI's stop,
-or by the daemon itself once that CLI is gone."""
+"""How long the CLI's own daemon's group gets to end on SIGTERM before what is left is killed, after a failed render."""
+INTERRUPT_DAEMON_SECONDS = 4
+"""The same for an abandoned render (an interrupted CLI, or one gone, for the daemon's own stop): its code server,
+run workers, Chromium and FFmpeg get this long, inside a service manager's grace."""
 RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
 """What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
 whose worker died ends FAILURE and frees its pool slot) and run retries."""
@@ -135,7 +137,7 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
     """The CLI's own daemon lives as long as the CLI that started it. A CLI killed outright (SIGKILL, the
     out-of-memory killer) cannot stop it, and in a session of its own it would run on, rendering for nobody:
     once this process's parent is another (it was re-parented), the daemon's group gets SIGTERM, as from the
-    CLI's stop; what is left after ``DAEMON_STOP_SECONDS`` is killed, this process included."""
+    CLI's interrupt; what is left after ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included."""
 
     def watch() -> None:
         while os.getppid() == started_by:
@@ -145,7 +147,7 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
         gone.set()
         signal_group(os.getpgrp(), signal.SIGTERM)
         signal_group(os.getpgrp(), signal.SIGCONT)  # as the CLI's stop: a stopped process acts once continued
-        time.sleep(DAEMON_STOP_SECONDS + 5)  # the main thread normally ends the process long before
+        time.sleep(INTERRUPT_DAEMON_SECONDS + 5)  # the main thread normally ends the process long before
         signal_group(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="cli-watch", daemon=True).start()
@@ -157,7 +159,7 @@ def _finish_stop_without_the_cli() -> None:
     import dagster as dg
     import psutil
 
-    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=DAEMON_STOP_SECONDS)
+    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=INTERRUPT_DAEMON_SECONDS)
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()

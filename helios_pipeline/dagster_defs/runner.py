@@ -27,6 +27,7 @@ from helios_pipeline.dagster_defs.backfills import (
     utc,
     wait_for_backfill_end,
 )
+from helios_pipeline.dagster_defs.daemon import INTERRUPT_DAEMON_SECONDS
 from helios_pipeline.dagster_defs.instance import (
     DAEMON_STOP_SECONDS,
     RenderDaemon,
@@ -94,7 +95,6 @@ CANCEL_WAIT_SECONDS = 30
 BACKFILL_END_WAIT_SECONDS = 30  # a few backfill loops; the final video is already there
 # A cancelled render (Ctrl-C, SIGTERM, SIGHUP) must be gone within a service manager's ~10 s grace:
 INTERRUPT_RUNS_SECONDS = 4  # the deployment's terminated runs get this long to end, then are marked canceled
-INTERRUPT_DAEMON_SECONDS = 4  # our daemon's group (code server, run workers, Chromium, FFmpeg) gets this long
 STARTING_SETTLE_SECONDS = 2.0  # how long an interrupted render's STARTING runs get to record their start
 STARTING_POLL_SECONDS = 0.05
 PLAN_FINISH_SECONDS = 1  # an interrupted plan run gets this long to record its end before the render is cancelled
