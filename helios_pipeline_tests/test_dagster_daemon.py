@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,6 +284,11 @@ class CliDeployment:
     instance: dg.DagsterInstance
     specs: Path
     log: Path  # the CLI's stdout and stderr
+    scratch: Path  # the CLI's TMPDIR: what it and every process it starts leave in their temporary folder
+
+    def assert_no_scratch_left(self) -> None:
+        left = sorted(str(path.relative_to(self.scratch)) for path in self.scratch.rglob("*"))
+        assert not left, f"left in the temporary folder: {left}"
 
 
 @pytest.fixture
@@ -291,10 +297,12 @@ def cli_deployment(tmp_path: Path) -> Iterator[CliDeployment]:
     inbox.mkdir()
     write_instance_config(home)
     instance = open_instance(home)  # creates the sqlite storage before the CLI and its daemon open it
+    scratch = Path(tempfile.mkdtemp(prefix="helios-cli-tmp-"))  # short: sockets go in it (108-byte path limit)
     try:
-        env = deployment_env(home, tmp_path / "storage", inbox)
-        yield CliDeployment(home, env, instance, tmp_path / "specs", tmp_path / "cli.log")
+        env = {**deployment_env(home, tmp_path / "storage", inbox), "TMPDIR": str(scratch)}
+        yield CliDeployment(home, env, instance, tmp_path / "specs", tmp_path / "cli.log", scratch)
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         for process in deployment_processes(home):  # only if a test failed half-way
             with contextlib.suppress(psutil.Error):
                 process.kill()
@@ -347,6 +355,7 @@ def test_cli_render_runs_through_dagster_and_leaves_nothing_running(cli_deployme
     assert final_wait < FINAL_RUN_START_BOUND_S, [(m.label, m.timestamp) for m in path]
     assert video == final_video(instance, "cli-exact")
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+    cli_deployment.assert_no_scratch_left()
     # the CLI's daemon ran no automation; the deployment's, started afterwards, finds nothing left to do
     with running_daemon(cli_deployment.env, cli_deployment.home / "deployment.log"):
         since = time.time()
@@ -389,6 +398,7 @@ def test_ctrl_c_on_the_cli_terminates_the_runs_and_leaves_nothing_running(cli_de
     assert process.returncode == 130, cli_output(cli_deployment)
     assert "cancelled" in cli_output(cli_deployment)
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+    cli_deployment.assert_no_scratch_left()
     assert not output.exists()
     assert "cli-cancel" not in instance.get_materialized_partitions(MIXED)
     chunks = chunk_runs(render_runs(instance, "cli-cancel"))
@@ -418,6 +428,7 @@ def test_a_cli_killed_outright_takes_its_own_daemon_with_it(cli_deployment: CliD
             process.wait()
     log = (cli_deployment.home / DAEMON_LOG_NAME).read_text(encoding="utf-8", errors="replace")
     assert f"the CLI that started it (pid {process.pid}) is gone" in log, log[-2000:]
+    cli_deployment.assert_no_scratch_left()
     assert not instance.get_daemon_heartbeats(), "a stopped daemon's heartbeats would make the next CLI wait on it"
     chunks = chunk_runs(render_runs(instance, "cli-killed"))
     statuses = {chunk: [r.dagster_run.status for r in runs] for chunk, runs in chunks.items()}

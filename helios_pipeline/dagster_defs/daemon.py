@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -186,7 +187,12 @@ def _another_daemon_beats() -> bool:
 def _exit_now(code: int = 0) -> None:
     """End the CLI's own daemon once Dagster's daemon has shut its threads down: nothing is left to save, and
     the interpreter's teardown (multiprocessing's exit handlers, freeing modules) took ~0.65 s that the CLI
-    waited for at the end of every render."""
+    waited for at the end of every render. Of those handlers' work, one thing matters: multiprocessing's scratch
+    folder (``pymp-*``, holding the warm launcher's fork-server socket) is removed here, or every render through
+    the CLI left one in the temporary folder."""
+    from multiprocessing import util
+
+    shutil.rmtree(util.get_temp_dir(), ignore_errors=True)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
