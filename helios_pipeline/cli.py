@@ -11,6 +11,8 @@ import atexit
 import contextlib
 import gc
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +38,8 @@ from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 err = Console(stderr=True)
+UI_TEMP_PREFIX = "helios-ui-"
+"""The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
 
 # The interpreter's last garbage collection at exit walks every object Dagster's definitions left: 2-6 s on a
 # busy 2-core machine, after all was done, eating most of a SIGTERM's 10 s grace. Nothing left at exit needs
@@ -288,6 +292,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from helios_pipeline.dagster_defs.runner import dagster_home, get_instance
     from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
     from helios_pipeline.processes import start_group, stop_groups
+    from helios_pipeline.scratch import process_folder
 
     stop_seconds = 5.0  # webserver and daemon together, inside a service manager's 10 s grace
     home = dagster_home()
@@ -297,9 +302,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     workspace = str(PROJECT_ROOT / "workspace.yaml")
     webserver_command = [sys.executable, "-m", "dagster_webserver", "-w", workspace]
     webserver_command += ["-h", args.host, "-p", str(args.port)]
+    # their temporary files (code-server sockets, the run workers' fork server, …) in a folder removed at the end:
+    # what outlives the stop's grace is killed, and leaves them behind
+    scratch = process_folder(UI_TEMP_PREFIX)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    daemon = daemon_command("run", "-w", workspace, stop_with_parent=True)  # both stop if this CLI is killed
     processes = {
-        "webserver": start_group(webserver_command, cwd=PROJECT_ROOT),
-        "daemon": start_group(daemon_command("run", "-w", workspace), cwd=PROJECT_ROOT),
+        "webserver": start_group(webserver_command, cwd=PROJECT_ROOT, env=env, term_with_parent=True),
+        "daemon": start_group(daemon, cwd=PROJECT_ROOT, env=env),
     }
     err.print(f"DAGSTER_HOME={home}; open http://{args.host}:{args.port} (Ctrl-C stops the UI and the daemon)")
     try:
@@ -313,6 +323,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         stop_groups(list(processes.values()), stop_seconds)
+        shutil.rmtree(scratch, ignore_errors=True)
         _wipe_daemon_heartbeats()
 
 
@@ -339,7 +350,6 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker for chunk runs, checked before it starts: exit 2 when its config or servers are wrong."""
-    import os
     from pathlib import Path
 
     from helios_pipeline.dagster_defs.worker import (

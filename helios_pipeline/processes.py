@@ -9,6 +9,8 @@ of the group). One place holds these semantics; callers never send signals thems
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -26,9 +28,24 @@ CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"
 """Set to the chunk's output file in every process a chunk starts (its worker, Chromium, FFmpeg): finds strays."""
 
 
-def start_group(command: Sequence[str], **popen_args: Any) -> subprocess.Popen:
-    """``subprocess.Popen`` in a new session (so a new process group, whose id is the child's pid)."""
+def start_group(command: Sequence[str], *, term_with_parent: bool = False, **popen_args: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a new session (so a new process group, whose id is the child's pid).
+
+    With ``term_with_parent`` the child gets SIGTERM when this process ends, even killed outright (Linux's
+    parent-death signal): in a session of its own it would otherwise run on, orphaned."""
+    if term_with_parent:
+        popen_args["preexec_fn"] = functools.partial(_term_when_gone, os.getpid())
     return subprocess.Popen(list(command), start_new_session=True, **popen_args)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _term_when_gone(parent: int) -> None:
+    """In the child, before it executes: SIGTERM once ``parent`` ends (already, if it ended before this ran)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

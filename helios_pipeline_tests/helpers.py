@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,7 @@ class Ui:
     env: dict[str, str]
     instance: dg.DagsterInstance
     root: Path
+    scratch: Path  # the UI's TMPDIR, where it makes the temporary folder of its webserver and daemon
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         return graphql(self.url, query, **variables)
@@ -375,7 +377,9 @@ def running_ui(root: Path, max_chunks: int) -> Iterator[Ui]:
     inbox.mkdir(parents=True)
     write_instance_config(home)
     instance = open_instance(home)
+    scratch = Path(tempfile.mkdtemp(prefix="helios-ui-tmp-"))  # short: sockets go in it (108-byte path limit)
     env = {**deployment_env(home, root / "storage", inbox), "HELIOS_MAX_CHUNKS": str(max_chunks)}
+    env["TMPDIR"] = str(scratch)
     port = free_port()
     command = [sys.executable, "-m", "helios_pipeline.cli", "ui", "--port", str(port)]
     with (root / "ui.log").open("wb") as log:
@@ -383,7 +387,7 @@ def running_ui(root: Path, max_chunks: int) -> Iterator[Ui]:
             command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        yield Ui(f"http://127.0.0.1:{port}", process, home, env, instance, root)
+        yield Ui(f"http://127.0.0.1:{port}", process, home, env, instance, root, scratch)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -393,6 +397,7 @@ def running_ui(root: Path, max_chunks: int) -> Iterator[Ui]:
                 leftover.kill()
         instance.wipe_daemon_heartbeats()
         instance.dispose()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def wait_until_up(ui: Ui) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from helios_pipeline.cli import UI_TEMP_PREFIX
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline_tests.conftest import COMPOSITIONS
@@ -106,6 +107,21 @@ def test_ui_backfill_renders_the_chunks_then_the_final_video_and_ctrl_c_stops_ev
     os.killpg(ui.process.pid, signal.SIGINT)  # Ctrl-C in the terminal running `helios-pipeline ui`
     assert ui.process.wait(timeout=60) == 0, ui.log()
     assert not deployment_processes(ui.home), describe(deployment_processes(ui.home))
+    assert not list(ui.scratch.iterdir()), "the webserver's and daemon's temporary folder must go with them"
+
+
+def test_a_ui_killed_outright_takes_its_webserver_and_daemon_with_it(ui: Ui) -> None:
+    """SIGKILL (or the out-of-memory killer) on `helios-pipeline ui` alone: its webserver and daemon, each in a
+    session of its own, stop themselves and what they started, instead of running on, orphaned, holding the port
+    and beating on the instance."""
+    wait_until_up(ui)
+    ui.process.kill()
+    ui.process.wait(timeout=10)
+    wait_for(lambda: not deployment_processes(ui.home), 30, "the webserver and the daemon to stop", 0.5)
+    assert not ui.instance.get_daemon_heartbeats(), "a stopped daemon's heartbeats would make a CLI wait on it"
+    (folder,) = ui.scratch.iterdir()  # the killed UI's temporary folder, removed by the next UI on this host
+    assert folder.name.startswith(f"{UI_TEMP_PREFIX}{ui.process.pid}@"), folder.name
+    assert not list(folder.rglob("*")), "what the webserver and the daemon left in it"
 
 
 def test_a_spec_dropped_into_the_inbox_is_rendered_to_the_final_video_with_no_click(ui: Ui) -> None:

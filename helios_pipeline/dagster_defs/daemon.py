@@ -49,6 +49,9 @@ LOOP_SETTING = "HELIOS_BACKFILL_LOOP_SECONDS"
 AHEAD_FLAG = "--unless-another-daemon-beats"
 """Given after ``--early-code-server`` to a daemon the CLI starts before it has read the heartbeats
 (``own_daemon.start_ahead``): it reads them itself, before Dagster's daemon starts."""
+WITH_PARENT_FLAG = "--stop-with-parent"
+"""A daemon that lives as long as the process that started it (``helios-pipeline ui``), as the CLI's own does: see
+``_stop_when_the_cli_is_gone``."""
 STOOD_DOWN = 3
 """The exit code of such a daemon that found another daemon beating (it started nothing)."""
 PARENT_POLL_SECONDS = 0.5
@@ -80,11 +83,11 @@ def shorten_backfill_loop(seconds: float) -> bool:
     return private_api.set_daemon_loop_interval(seconds)
 
 
-def daemon_command(*args: str, early_code_server_start: bool = False) -> list[str]:
+def daemon_command(*args: str, early_code_server_start: bool = False, stop_with_parent: bool = False) -> list[str]:
     """The command line that starts this daemon (what the CLI and `helios-pipeline ui` run); the CLI's own
-    daemon starts its code server early (``early_code_server``)."""
-    early = [early_code_server.FLAG] if early_code_server_start else []
-    return [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", *early, *args]
+    daemon starts its code server early (``early_code_server``); both stop when their starter is gone."""
+    flags = [early_code_server.FLAG] if early_code_server_start else [WITH_PARENT_FLAG] if stop_with_parent else []
+    return [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", *flags, *args]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"helios-pipeline daemon: {exc}")
     own = argv[:1] == [early_code_server.FLAG]  # the CLI's own daemon
+    with_parent = own or argv[:1] == [WITH_PARENT_FLAG]
+    argv = argv[1:] if argv[:1] == [WITH_PARENT_FLAG] else argv
     early = None
     cli_gone = threading.Event()
     started_by = os.getppid()  # the CLI; read now, so that a CLI killed while this daemon starts is seen
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
-    if own:  # a thread: only now, as the fork server is this process forked only while it runs one thread
+    if with_parent:  # a thread: only now, as the fork server is this process forked only while it runs one thread
         _stop_when_the_cli_is_gone(started_by, cli_gone)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
@@ -135,10 +140,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
-    """The CLI's own daemon lives as long as the CLI that started it. A CLI killed outright (SIGKILL, the
-    out-of-memory killer) cannot stop it, and in a session of its own it would run on, rendering for nobody:
-    once this process's parent is another (it was re-parented), the daemon's group gets SIGTERM, as from the
-    CLI's interrupt; what is left after ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included."""
+    """The CLI's own daemon, and `helios-pipeline ui`'s (``WITH_PARENT_FLAG``), live as long as the CLI that
+    started them. A CLI killed outright (SIGKILL, the out-of-memory killer) cannot stop its daemon, and in a
+    session of its own that would run on, rendering for nobody: once this process's parent is another (it was
+    re-parented), the daemon's group gets SIGTERM, as from the CLI's interrupt; what is left after
+    ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included."""
 
     def watch() -> None:
         while os.getppid() == started_by:

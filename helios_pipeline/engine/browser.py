@@ -6,12 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 from playwright.sync_api import Browser, Playwright, sync_playwright
@@ -20,6 +17,7 @@ from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
 from helios_pipeline.processes import child_env, thread_tags
+from helios_pipeline.scratch import process_folder
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -109,7 +107,7 @@ def launch_playwright() -> Playwright:
     thread's ``tag_children`` variables are set for the moment of the start only.
     """
     enable_node_compile_cache()
-    scratch = _driver_scratch_folder()  # before TMPDIR changes: tempfile keeps the real one
+    scratch = str(process_folder(DRIVER_TEMP_PREFIX))  # before TMPDIR changes: tempfile keeps the real one
     with _ENVIRON_LOCK:
         options = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), *DRIVER_NODE_OPTIONS)))
         changed = {"NODE_OPTIONS": options, "TMPDIR": scratch, **thread_tags()}  # tags: see processes.tag_children
@@ -136,18 +134,6 @@ def launch_playwright() -> Playwright:
 
     playwright.stop = stop_then_remove_scratch  # type: ignore[method-assign]  (Playwright sets it the same way)
     return playwright
-
-
-def _driver_scratch_folder() -> str:
-    """A new temporary folder for one driver, named for this process (``<prefix><pid>@<host>-<random>``). First the
-    folders of this host's processes that are gone are removed: a process killed outright (an out-of-memory kill of
-    a chunk worker) never stopped its driver."""
-    host = socket.gethostname()
-    for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TEMP_PREFIX}*@*"):
-        owner, _, rest = folder.name.removeprefix(DRIVER_TEMP_PREFIX).partition("@")
-        if rest.rpartition("-")[0] == host and owner.isdigit() and not psutil.pid_exists(int(owner)):
-            shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{DRIVER_TEMP_PREFIX}{os.getpid()}@{host}-")
 
 
 @contextlib.contextmanager
