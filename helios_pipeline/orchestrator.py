@@ -30,6 +30,7 @@ from helios_pipeline.engine.chunk_compat import ChunkFacts
 from helios_pipeline.engine.concat import ConcatResult
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
+from helios_pipeline.engine.fileio import remove_orphaned_partials
 from helios_pipeline.engine.page_network import REPORTED_URLS
 from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.network import describe_refusals
@@ -215,6 +216,7 @@ def run_plan(
     work_dir = render_plan.work_dir
     created_work_dir = not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_partials(work_dir)  # a render killed outright left them (a live one's are its own)
     progress = _Progress(render_plan, on_progress)
     try:
         chunk_results = _render_chunks(render_plan, executor, progress, abort, outside_cancel)
@@ -338,9 +340,13 @@ def _render_chunks(
 
 
 def _cleanup(render_plan: RenderPlan, *, remove_dir: bool) -> None:
+    """Remove the work folder this render made; in one that was there before (the caller's, or what a render killed
+    outright left), only this render's files, and the folder too once nothing else is in it."""
     if remove_dir:
         shutil.rmtree(render_plan.work_dir, ignore_errors=True)
         return
     for path in render_plan.cleanup_files:
         with contextlib.suppress(FileNotFoundError):
             Path(path).unlink()
+    with contextlib.suppress(OSError):  # not empty: another render's, or the caller's own files
+        render_plan.work_dir.rmdir()

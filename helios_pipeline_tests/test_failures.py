@@ -17,6 +17,7 @@ from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderErro
 from helios_pipeline.orchestrator import InProcessExecutor, LocalExecutor, RenderOrchestrator
 from helios_pipeline.plan import default_work_dir
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
+from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     assert_nothing_left,
     driver_scratch,
@@ -112,6 +113,41 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Pat
     assert "cancelled" in stderr
     assert_nothing_left(output)
     assert driver_scratch() <= scratch_before, "the killed browsers' profile folders were left in the temp folder"
+
+
+def test_a_render_killed_outright_leaves_nothing_once_it_is_rendered_again(tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer) gives the CLI no chance to clean up: its browsers and FFmpeg end with their
+    pipes, and its partial chunk files stay in the work folder. The same render run again renders every frame and
+    leaves only the video and its contact sheet beside it."""
+    output = tmp_path / "out" / "video.mp4"
+    frames = 600
+    command = [
+        sys.executable, "-m", "helios_pipeline.cli", "render", "--local", str(COMPOSITIONS / "frame_raf"),
+        "-o", str(output), "--width", "160", "--height", "120", "--fps", "30", "--frames", str(frames),
+        "--concurrency", "2", "-q",
+    ]  # fmt: skip
+    work_dir = default_work_dir(output)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len([p for p in work_dir.glob(".chunk_*.partial-*") if p.stat().st_size]) < 2:
+            assert time.monotonic() < deadline, "the render never wrote both chunks"
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.05)
+        process.kill()  # the CLI alone, as the out-of-memory killer would
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while processes_for(work_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_for(work_dir) == [], "the killed render's Chromium or FFmpeg ran on"
+    assert list(work_dir.glob(".chunk_*.partial-*")), "the kill left no partial chunk (nothing for this test to show)"
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert frame_indices(output) == list(range(frames))
+    assert sorted(path.name for path in output.parent.iterdir()) == ["video.contact.png", "video.mp4"]
 
 
 def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ sound at the same samples.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from helios_pipeline.engine.audio.timeline import (
 from helios_pipeline.engine.encode import timescale_args
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
-from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.fileio import atomic_output, partial_path
 from helios_pipeline.engine.probe import audio_stream_duration
 from helios_pipeline.plan import MixOptions
 from helios_pipeline.spec import AudioTrack
@@ -194,10 +192,8 @@ def mix_final(options: MixOptions, video: Path, output: Path) -> MixResult:
         script: Path | None = None
         try:
             if graph is not None:
-                fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".filtergraph")
-                script = Path(name)
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(graph[0])
+                script = partial_path(output, ".filtergraph")  # removed with the partial video if this is killed
+                script.write_text(graph[0], encoding="utf-8")
             command = mix_command(
                 options,
                 video,
