@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from helios_pipeline.engine.assemble import join_chunks, mix_with_preview
+from helios_pipeline.engine.assemble import Finished, join_chunks, mix_with_preview
 from helios_pipeline.engine.audio.mix import MixResult
 from helios_pipeline.engine.chunk import ChunkResult, render_chunk
 from helios_pipeline.engine.chunk_compat import ChunkFacts
 from helios_pipeline.engine.concat import ConcatResult
 from helios_pipeline.engine.contact_sheet import contact_sheet_path
 from helios_pipeline.engine.errors import PageError, RenderCancelled, RenderError
-from helios_pipeline.engine.fileio import remove_orphaned_partials
+from helios_pipeline.engine.fileio import claimed_folder, remove_orphaned_partials
 from helios_pipeline.engine.page_network import REPORTED_URLS
 from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.network import describe_refusals
@@ -211,13 +211,39 @@ def run_plan(
     """Execute a plan: chunks in parallel, then concat and mix; the work folder is always removed."""
     started = time.perf_counter()
     executor = executor or default_executor()
-    abort = threading.Event()
     outside_cancel = cancel or threading.Event()
-    work_dir = render_plan.work_dir
-    created_work_dir = not work_dir.exists()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_partials(work_dir)  # a render killed outright left them (a live one's are its own)
-    progress = _Progress(render_plan, on_progress)
+    output = render_plan.final_output_uri or render_plan.final_output_file
+    with claimed_folder(render_plan.work_dir, output) as created_work_dir:
+        remove_orphaned_partials(render_plan.work_dir)  # a render killed outright left them
+        chunk_results, concat, finished, poster = _render_all(
+            render_plan, executor, _Progress(render_plan, on_progress), outside_cancel, created_work_dir
+        )
+    if on_progress is not None:
+        on_progress(1.0)
+    result = RenderResult(
+        output=output,
+        plan=render_plan,
+        chunks=chunk_results,
+        concat=concat,
+        mix=finished.mix,
+        seconds=time.perf_counter() - started,
+        contact_sheet=None if render_plan.final_output_uri else finished.contact_sheet,
+        poster=poster,
+    )
+    if result.blocked_note:
+        LOG.warning(result.blocked_note)
+    return result
+
+
+def _render_all(
+    render_plan: RenderPlan,
+    executor: RenderExecutor,
+    progress: _Progress,
+    outside_cancel: threading.Event,
+    created_work_dir: bool,
+) -> tuple[list[ChunkResult], ConcatResult, Finished, Path | str | None]:
+    """Chunks, concat and mix in the claimed work folder; whatever happens, the folder is cleaned up."""
+    abort = threading.Event()
     try:
         chunk_results = _render_chunks(render_plan, executor, progress, abort, outside_cancel)
         facts = [ChunkFacts(r.chunk_id, f"pid {r.pid}", r.host, r.encoder_settings) for r in chunk_results]
@@ -236,21 +262,7 @@ def run_plan(
             for made in (final, contact_sheet_path(final), poster_path(final)):
                 made.unlink(missing_ok=True)
         _cleanup(render_plan, remove_dir=created_work_dir)
-    if on_progress is not None:
-        on_progress(1.0)
-    result = RenderResult(
-        output=render_plan.final_output_uri or render_plan.final_output_file,
-        plan=render_plan,
-        chunks=chunk_results,
-        concat=concat,
-        mix=finished.mix,
-        seconds=time.perf_counter() - started,
-        contact_sheet=None if render_plan.final_output_uri else finished.contact_sheet,
-        poster=poster,
-    )
-    if result.blocked_note:
-        LOG.warning(result.blocked_note)
-    return result
+    return chunk_results, concat, finished, poster
 
 
 def default_executor() -> RenderExecutor:

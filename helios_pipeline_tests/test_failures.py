@@ -150,6 +150,35 @@ def test_a_render_killed_outright_leaves_nothing_once_it_is_rendered_again(tmp_p
     assert sorted(path.name for path in output.parent.iterdir()) == ["video.contact.png", "video.mp4"]
 
 
+def test_a_second_render_of_the_same_output_at_once_fails_at_once_naming_it(tmp_path: Path) -> None:
+    """Two renders of one output at once (an overlapping scheduled job) would write the same chunk files and remove
+    each other's: the second fails before it renders anything, naming the output, and the first is untouched."""
+    output = tmp_path / "out" / "video.mp4"
+    frames = 240
+    first_result: list[object] = []
+
+    def render_first() -> None:
+        composition = str(COMPOSITIONS / "frame_raf")
+        first_result.append(RenderOrchestrator.render(composition, output, frame_count=frames, concurrency=2, **SMALL))
+
+    first = threading.Thread(target=render_first)
+    first.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not list(default_work_dir(output).glob(".chunk_*.partial-*")):
+            assert time.monotonic() < deadline and first.is_alive(), "the first render never started its chunks"
+            time.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(RenderError, match=rf"{re.escape(str(output))} is being rendered by another process"):
+            RenderOrchestrator.render(str(COMPOSITIONS / "frame_raf"), output, frame_count=frames, **SMALL)
+        assert time.monotonic() - started < 5, "the second render must fail before it renders"
+    finally:
+        first.join(timeout=120)
+    assert first_result, "the first render failed"
+    assert frame_indices(output) == list(range(frames))
+    assert sorted(path.name for path in output.parent.iterdir()) == ["video.contact.png", "video.mp4"]
+
+
 def test_render_error_from_a_crashed_worker_is_reported(tmp_path: Path) -> None:
     """A worker killed from outside (OOM killer, say) fails the render with a clear error."""
     output = tmp_path / "out" / "video.mp4"

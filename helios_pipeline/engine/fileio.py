@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.scratch import gone_from_this_host, owner_tag
 
 PARTIAL_MARK = ".partial-"
@@ -47,3 +49,35 @@ def atomic_output(final: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+@contextlib.contextmanager
+def claimed_folder(folder: Path, output: object) -> Iterator[bool]:
+    """Make ``folder`` if it is missing and hold it for this render of ``output``, exclusively (an advisory lock
+    on the folder itself); yields whether this call made it. Two renders of one output at once (an overlapping
+    scheduled job, a double submit) would write the same chunk files and remove each other's: the second fails at
+    once, naming the output, instead of failing later or breaking the first. The lock ends with the process, so
+    a render killed outright holds nothing."""
+    while True:
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # removed as the render holding it ended: make it afresh
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(folder).st_ino == os.fstat(handle).st_ino:
+                    break
+        except BlockingIOError:
+            os.close(handle)
+            raise RenderError(
+                f"{output} is being rendered by another process right now (its work folder {folder} is held): "
+                "wait for that render to end, or render to another output"
+            ) from None
+        os.close(handle)  # the folder we locked was removed (and maybe made again) meanwhile: try again
+    try:
+        yield created
+    finally:
+        os.close(handle)
