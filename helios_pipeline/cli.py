@@ -206,7 +206,7 @@ def _render_dagster(spec: RenderSpec, args: argparse.Namespace) -> int:
 
 
 def _render_dagster_with(spec: RenderSpec, args: argparse.Namespace, ahead: subprocess.Popen | None) -> int:
-    from helios_pipeline.dagster_defs.runner import RenderStatus, render_through_dagster
+    from helios_pipeline.dagster_defs.runner import RenderStatus, StoppedFollowing, render_through_dagster
 
     started = time.monotonic()
     with _progress_bar(spec, args.quiet) as bar:
@@ -222,6 +222,9 @@ def _render_dagster_with(spec: RenderSpec, args: argparse.Namespace, ahead: subp
 
         try:
             status = render_through_dagster(spec, on_status, source=str(args.source), on_note=on_note, ahead=ahead)
+        except StoppedFollowing as exc:  # a render another CLI submitted: it goes on
+            _report("stopped", "yellow", exc)
+            return EXIT_CANCELLED
         except RenderCancelled as exc:  # the message says what the render was waiting on, if it had stopped moving
             _report("cancelled", "yellow", f"{exc}; the render's runs were terminated; no output written")
             return EXIT_CANCELLED
@@ -270,12 +273,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     instance = get_instance()
     since, key = time.time(), sanitize_key(args.key or spec.name)  # the key submit registers
     try:
-        key = submit(spec, instance, render_key=args.key, source=str(args.source))
+        submission = submit(spec, instance, render_key=args.key, source=str(args.source))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while submitting: nothing of it may go on rendering
         cancel_submission(instance, key, since)
         _report("cancelled", "yellow", f"render {key} was not submitted; its backfill was cancelled")
         return EXIT_CANCELLED
-    print(key)
+    print(submission.key)
+    if submission.joined is not None:
+        _report("note", "yellow", f"render {submission.key} was already in progress (backfill {submission.joined})")
     if not daemon_running(instance):
         _report("note", "yellow", "no Dagster daemon is running on this instance; start `helios-pipeline ui`")
     return EXIT_OK

@@ -435,6 +435,58 @@ def test_a_cli_killed_outright_takes_its_own_daemon_with_it(cli_deployment: CliD
     assert all(status in ENDED_RUN for runs in statuses.values() for status in runs), statuses
 
 
+def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed_one_refused(
+    cli_deployment: CliDeployment,
+) -> None:
+    """An overlapping scheduled job, a double submit: the same spec again follows the render in progress (no second
+    backfill, no chunk or final run twice, no second daemon); a changed spec is refused before it can change the
+    render in flight (its registered snapshot is what every run reads). Ctrl-C on a CLI that joined stops its
+    following only: the render goes on for the CLI that submitted it."""
+    instance, frames = cli_deployment.instance, 400  # busy frames: ~15 s, so that it is still going when joined
+    page = busy_composition(cli_deployment.specs / "busy")
+    spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, concurrency=2)
+    changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, concurrency=2)
+    command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
+    first = cli_render(cli_deployment, spec)
+    try:
+        wait_for_a_chunk_run(cli_deployment, first, "twice")
+        refused = subprocess.run([*command, str(changed)], cwd=REPO, env=cli_deployment.env, capture_output=True,
+                                 text=True, timeout=120)  # fmt: skip
+        assert refused.returncode == 1, refused.stderr
+        assert "render twice is in progress" in refused.stderr and "with another spec" in refused.stderr
+        joined = subprocess.Popen([*command, str(spec)], cwd=REPO, env=cli_deployment.env, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)  # fmt: skip
+        assert joined.stderr is not None
+        assert "render twice is already in progress" in joined.stderr.readline()
+        os.killpg(joined.pid, signal.SIGINT)
+        joined.wait(timeout=30)
+        said = joined.stderr.read()
+        assert joined.returncode == 130, said
+        assert "stopped following render twice: it goes on" in said
+        again = subprocess.run([*command, str(spec)], cwd=REPO, env=cli_deployment.env, capture_output=True,
+                               text=True, timeout=180)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert "render twice is already in progress" in again.stderr, again.stderr
+        assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert frame_indices(spec.parent / "out" / "twice.mp4") == list(range(frames))  # not the changed spec's 90
+    assert not (changed.parent / "out").exists()
+    (backfill,) = render_backfills(instance, "twice")
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+    records = render_runs(instance, "twice")
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    chunks = chunk_runs(records)
+    assert sorted(chunks) == ["000", "001"] and all(len(runs) == 1 for runs in chunks.values()), chunks
+    finals = [r for r in records if MIXED in (r.dagster_run.asset_selection or ())]
+    assert len(finals) == 1, [r.dagster_run.run_id for r in finals]
+    log = (cli_deployment.home / DAEMON_LOG_NAME).read_text(encoding="utf-8", errors="replace")
+    assert log.count("Instance is configured with the following daemons") == 1, "a second daemon was started"
+    assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
+
+
 def test_a_failing_page_on_the_cli_exits_1_and_leaves_no_run_or_backfill_going(
     cli_deployment: CliDeployment, tmp_path: Path
 ) -> None:

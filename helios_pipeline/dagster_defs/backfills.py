@@ -115,6 +115,12 @@ def render_backfill(instance: dg.DagsterInstance, key: str, since: float) -> Any
     return private_api.newest_backfill(instance, {RENDER_TAG: key}, utc(since))
 
 
+def render_in_progress(instance: dg.DagsterInstance, key: str) -> Any | None:
+    """Render ``key``'s backfill when it is still going (requested, not ended nor being canceled), else None."""
+    backfill = private_api.newest_backfill(instance, {RENDER_TAG: key}, None)
+    return backfill if backfill is not None and backfill.status.value == "REQUESTED" else None
+
+
 def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str, daemon_alive: bool) -> None:
     """Stop a backfill from launching anything more: CANCELING for a live daemon, else CANCELED at once."""
     backfill = instance.get_backfill(backfill_id)

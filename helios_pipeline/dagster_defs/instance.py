@@ -13,7 +13,7 @@ import dagster as dg
 from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.daemon import DAEMON_STOP_SECONDS, STOOD_DOWN
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
-from helios_pipeline.dagster_defs.own_daemon import daemon_log, start_daemon
+from helios_pipeline.dagster_defs.own_daemon import daemon_log, daemon_serving, start_daemon
 from helios_pipeline.dagster_defs.settings import dagster_home
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.processes import Stopping, begin_stop, stop_group
@@ -29,6 +29,8 @@ DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's dae
 DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails
 BEAT_OVERDUE_SECONDS = 45
 """Dagster's daemons beat every 30 s: a beat this old is late, and worth naming when a render stops moving."""
+STARTING_DAEMON_SECONDS = 15.0
+"""How long a render waits for a daemon process of its instance that has not beaten yet, before it starts its own."""
 
 
 def get_instance() -> dg.DagsterInstance:
@@ -92,15 +94,35 @@ class RenderDaemon:
     def ours(self) -> bool:
         return self.process is not None
 
-    def start_unless_alive(self) -> None:
-        """Use the deployment's daemon while it beats, else ours: the one started ahead, or one started now."""
+    def start_unless_alive(self, joining: bool = False) -> None:
+        """Use the deployment's daemon while it beats, else ours: the one started ahead, or one started now.
+
+        ``joining``: the render is in progress already (another CLI submitted it a moment ago), so the daemon that
+        serves it is the one to rely on, even while it is still starting (see ``_another_daemon_starts``)."""
         if self.process is not None:
             return
         if daemon_running(self.instance):
             if self.ahead is not None:  # it stands down by itself once it reads the same heartbeats: stop it now
                 stop_group(self.ahead, DAEMON_STOP_SECONDS)
             return
+        if joining and self.ahead is None and self._another_daemon_starts():
+            return
         self.process = self.ahead if self.ahead is not None else start_daemon()
+
+    def _another_daemon_starts(self) -> bool:
+        """Whether a daemon process of this DAGSTER_HOME that runs here (the other CLI's, started a moment ago)
+        began to beat within ``STARTING_DAEMON_SECONDS``. Two daemons on one instance both act on the render's
+        backfill: each launched its runs (the same render submitted twice got its final run twice). Only for a
+        render joined: the other CLI stops its daemon when its render ends, with the runs it launched for others."""
+        deadline = time.monotonic() + STARTING_DAEMON_SECONDS
+        while daemon_serving(dagster_home()):
+            if daemon_running(self.instance):
+                self.on_note("relying on the Dagster daemon another render started a moment ago on this instance")
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return False
 
     def check(self) -> None:
         """Called while following: take over from a deployment daemon whose heartbeats went stale, and start

@@ -391,7 +391,7 @@ def is_terminal(backfill: Any) -> bool:
     return backfill.status in BULK_ACTION_TERMINAL_STATUSES
 
 
-def newest_backfill(instance: dg.DagsterInstance, tags: dict[str, str], created_after: datetime) -> Any | None:
+def newest_backfill(instance: dg.DagsterInstance, tags: dict[str, str], created_after: datetime | None) -> Any | None:
     from dagster._core.execution.backfill import BulkActionsFilter
 
     backfills = instance.get_backfills(filters=BulkActionsFilter(tags=tags, created_after=created_after), limit=1)

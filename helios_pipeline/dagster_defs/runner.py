@@ -24,6 +24,7 @@ from helios_pipeline.dagster_defs.backfills import (
     launch_backfill,
     reexecute_backfill_from_failure,
     render_backfill,
+    render_in_progress,
     utc,
     wait_for_backfill_end,
 )
@@ -49,7 +50,7 @@ from helios_pipeline.dagster_defs.names import (
     RENDERS,
 )
 from helios_pipeline.dagster_defs.pending import pending_work
-from helios_pipeline.dagster_defs.registry import register_spec
+from helios_pipeline.dagster_defs.registry import spec_for_render
 from helios_pipeline.dagster_defs.run_tags import worker_run_tags
 from helios_pipeline.dagster_defs.settings import Settings, storage_resource
 from helios_pipeline.dagster_defs.stall import Stall, StallWatch, stall_seconds
@@ -103,7 +104,22 @@ PLAN_FINISH_SECONDS = 1  # an interrupted plan run gets this long to record its 
 DONE_DAEMON_SECONDS = 2
 
 
-def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec") -> str:
+class StoppedFollowing(RenderCancelled):
+    """Interrupted while following a render that another submission started: it goes on, nothing was cancelled."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    key: str
+    since: float
+    """When the render's backfill was made: the render's runs are those created after."""
+    joined: str | None = None
+    """The backfill of the same render already in progress, which this submission follows instead of a new one."""
+
+
+def submit(
+    spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | None = None, source: str = "spec"
+) -> Submission:
     """Register ``spec`` as a render, plan it here, and hand the rest to the deployment as a backfill.
 
     The backfill targets the render's chunks (only those its plan uses), the concat and the mixed
@@ -111,12 +127,26 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
     failure like one launched there. It is created before the plan is materialised: automation
     leaves assets alone while a backfill targets them, so the chunks are never requested twice.
     A render submitted again leaves out what is already made for its pictures (``pending_work``):
-    after an edit of its sound alone the backfill holds only the mix.
+    after an edit of its sound alone the backfill holds only the mix. Submitted again while its backfill is in
+    progress, the same render is followed, not rendered twice (an overlapping job, a double submit); a changed one
+    is refused, since its snapshot would change the render in flight.
     """
     settings = Settings.from_env()
     storage = storage_resource(settings)
     storage.store.check()  # a missing bucket or bad credentials fail here, before anything is registered
-    key, prepared = register_spec(storage, spec, settings.max_chunks, render_key, source)
+    since = time.time()
+    prepared = spec_for_render(spec, render_key or spec.name, settings.max_chunks, source)
+    key = prepared.name
+    running = render_in_progress(instance, key)
+    if running is not None:
+        if not storage.registered_as(key, prepared):
+            raise RenderError(
+                f"render {key} is in progress (backfill {running.backfill_id}) with another spec, which this one "
+                f"would change mid-render: wait for it to end or cancel it, or give this render another name "
+                f"(--set name=...)"
+            )
+        return Submission(key, running.backfill_timestamp, joined=running.backfill_id)
+    storage.save_spec(key, prepared)
     pending = pending_work(instance, storage, key, make_plan(prepared, work_dir=storage.render_dir(key)))
     if not instance.has_dynamic_partition(RENDERS, key):
         instance.add_dynamic_partitions(RENDERS, [key])
@@ -153,7 +183,7 @@ def submit(spec: RenderSpec, instance: dg.DagsterInstance, render_key: str | Non
         cancel_backfill(instance, backfill_id, daemon_alive=daemon_running(instance))
         failures = [event.message for event in result.all_events if event.is_step_failure]
         raise RenderError(f"planning render {key} failed: {'; '.join(str(f) for f in failures)}")
-    return key
+    return Submission(key, since)
 
 
 @dataclass
@@ -465,10 +495,16 @@ def render_through_dagster(
     stall = StallWatch(instance, daemon.problem, stalled_after)
     key = sanitize_key(spec.name)  # the key submit registers: an interrupt while submitting cancels it too
     interrupted = done = False
+    joined: str | None = None
     try:
         try:
-            daemon.start_unless_alive()
-            key = submit(spec, instance, source=source)
+            daemon.start_unless_alive(joining=render_in_progress(instance, key) is not None)
+            submission = submit(spec, instance, source=source)
+            key, since, joined = submission.key, min(since, submission.since), submission.joined
+            if joined is not None and on_note is not None:
+                on_note(
+                    f"render {key} is already in progress (backfill {joined}): following it, not rendering it twice"
+                )
             try:
                 status = follow(
                     instance,
@@ -494,7 +530,9 @@ def render_through_dagster(
         except KeyboardInterrupt:  # while submitting, following, or ending a failed render
             interrupted = True
             # no launches from here on; runs get a few seconds to end, then count as canceled
-            if daemon.ours:  # its run workers end with its process group: no code server is asked
+            if joined is not None:  # another submission's render: it goes on, under its own CLI or the deployment
+                pass
+            elif daemon.ours:  # its run workers end with its process group: no code server is asked
                 let_starting_runs_start(instance, key, since, STARTING_SETTLE_SECONDS)
                 mark_render_canceling(instance, key, since)  # first, so an interrupted run ends CANCELED
                 daemon.begin_stop(INTERRUPT_DAEMON_SECONDS)  # the group shuts down while the instance is updated
@@ -514,6 +552,8 @@ def render_through_dagster(
             DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS,
             while_waiting=remark if interrupted and daemon.ours else None,
         )
+    if joined is not None and interrupted:
+        raise StoppedFollowing(f"stopped following render {key}: it goes on (backfill {joined}, submitted before)")
     if daemon.ours:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled

@@ -140,6 +140,14 @@ class RenderStorage(dg.ConfigurableResource):
             subtitles=layout["subtitles"],
         )
 
+    def registered_as(self, render_key: str, spec: RenderSpec) -> bool:
+        """Whether render ``render_key`` is registered with what ``spec`` makes: the same content (composition,
+        files, settings: the fingerprint) to the same output."""
+        raw = self.store.read_bytes(f"renders/{render_key}/spec.json")
+        if raw is None or self.registration(render_key).get("fingerprint") != _fingerprints(spec)["fingerprint"]:
+            return False
+        return json.loads(raw).get("output") == spec.to_json_dict().get("output")
+
     def has_spec(self, render_key: str) -> bool:
         return self.store.exists(f"renders/{render_key}/spec.json")
 
