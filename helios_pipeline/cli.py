@@ -38,8 +38,6 @@ from helios_pipeline.storage import StorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 err = Console(stderr=True)
-UI_TEMP_PREFIX = "helios-ui-"
-"""The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
 
 # The interpreter's last garbage collection at exit walks every object Dagster's definitions left: 2-6 s on a
 # busy 2-core machine, after all was done, eating most of a SIGTERM's 10 s grace. Nothing left at exit needs
@@ -297,7 +295,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from helios_pipeline.dagster_defs.runner import dagster_home, get_instance
     from helios_pipeline.dagster_defs.settings import PROJECT_ROOT
     from helios_pipeline.processes import start_group, stop_groups
-    from helios_pipeline.scratch import process_folder
+    from helios_pipeline.scratch import UI_TEMP_PREFIX, process_folder
 
     stop_seconds = 5.0  # webserver and daemon together, inside a service manager's 10 s grace
     home = dagster_home()

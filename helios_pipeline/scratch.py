@@ -16,6 +16,15 @@ from pathlib import Path
 
 import psutil
 
+DRIVER_TEMP_PREFIX = "helios-playwright-"
+"""Playwright node driver's own temporary folder (its ``TMPDIR``), removed when it stops (or, the process killed
+outright, by the next driver's start on the host or the stop that killed it). The driver makes each browser's
+profile and artifacts folders there and removes them when the browser closes; a browser killed (a cancelled or
+stuck chunk) left them in the system's temporary folder, ~0.2 MB each."""
+UI_TEMP_PREFIX = "helios-ui-"
+"""The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
+PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX)
+
 
 def owner_tag() -> str:
     """``<pid>@<host>``: this process, as the names of the files and folders it owns carry it."""
@@ -23,9 +32,17 @@ def owner_tag() -> str:
 
 
 def gone_from_this_host(tag: str) -> bool:
-    """Whether ``tag`` (``owner_tag``'s form) names a process of this host that is gone; False for another host's."""
+    """Whether ``tag`` (``owner_tag``'s form) names a process of this host that is gone (a zombie is: it only waits
+    to be reaped, which an orphan's new parent may take its time to do); False for another host's."""
     pid, _, host = tag.partition("@")
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def process_folder(prefix: str) -> Path:
@@ -40,3 +57,9 @@ def remove_orphaned_folders(prefix: str) -> None:
     for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*@*"):
         if gone_from_this_host(folder.name.removeprefix(prefix).rpartition("-")[0]):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_all_orphaned_folders() -> None:
+    """Sweep every kind of folder here, after a stop that had to kill processes (their folders are orphans now)."""
+    for prefix in PREFIXES:
+        remove_orphaned_folders(prefix)

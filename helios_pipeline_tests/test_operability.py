@@ -365,6 +365,23 @@ def test_one_late_daemon_thread_is_not_a_dead_daemon(tmp_path: Path) -> None:
         instance.dispose()
 
 
+def test_the_daemon_started_ahead_is_kept_when_the_beats_the_cli_reads_may_be_its_own(tmp_path: Path) -> None:
+    """The CLI's daemon started ahead reads the heartbeats itself and stands down if another daemon beats. On a
+    loaded machine it beat before the CLI had imported Dagster, and the CLI, reading those beats, stopped it and
+    waited on a daemon that was gone until its beat was 90 s old. The CLI keeps it: a stand-down is seen later."""
+    instance = dg.DagsterInstance.ephemeral(tempdir=str(tmp_path))
+    ahead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        seed_heartbeats(instance, age=1)  # as its own first beat would read
+        daemon = RenderDaemon(instance, ahead=ahead)
+        daemon.start_unless_alive()
+        assert daemon.ours and daemon.process is ahead and ahead.poll() is None
+    finally:
+        ahead.kill()
+        ahead.wait()
+        instance.dispose()
+
+
 def test_a_daemon_of_the_cli_that_exits_is_started_again_then_the_render_fails(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import DEFAULT_TRIGGER_SECONDS, env_number, trigger_seconds
 from helios_pipeline.processes import signal_group
+from helios_pipeline.scratch import remove_all_orphaned_folders
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
 BACKFILL_QUIET_SECONDS = 10.0
@@ -170,6 +171,8 @@ def _finish_stop_without_the_cli() -> None:
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()
+    psutil.wait_procs(left, timeout=1)
+    remove_all_orphaned_folders()  # what the killed ones (or those SIGTERM ended at once) kept in their folders
     with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
         instance.wipe_daemon_heartbeats()
 

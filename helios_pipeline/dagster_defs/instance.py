@@ -17,6 +17,7 @@ from helios_pipeline.dagster_defs.own_daemon import daemon_log, daemon_serving, 
 from helios_pipeline.dagster_defs.settings import dagster_home
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.processes import Stopping, begin_stop, stop_group
+from helios_pipeline.scratch import remove_all_orphaned_folders
 
 DAEMON_FRESH_SECONDS = 90
 """Dagster's daemons beat every 30 s: three beats missed means the daemon process is gone. Two were too few on
@@ -101,13 +102,17 @@ class RenderDaemon:
         serves it is the one to rely on, even while it is still starting (see ``_another_daemon_starts``)."""
         if self.process is not None:
             return
+        if self.ahead is not None:
+            # ours, unless it stands down (it reads the heartbeats before it starts Dagster's daemon; ``check`` then
+            # relies on the other one). The beats this process reads may be its own already: on a loaded machine it
+            # beat before this process had imported Dagster, which then stopped it and waited 90 s on the stale beat
+            self.process = self.ahead
+            return
         if daemon_running(self.instance):
-            if self.ahead is not None:  # it stands down by itself once it reads the same heartbeats: stop it now
-                stop_group(self.ahead, DAEMON_STOP_SECONDS)
             return
-        if joining and self.ahead is None and self._another_daemon_starts():
+        if joining and self._another_daemon_starts():
             return
-        self.process = self.ahead if self.ahead is not None else start_daemon()
+        self.process = start_daemon()
 
     def _another_daemon_starts(self) -> bool:
         """Whether a daemon process of this DAGSTER_HOME that runs here (the other CLI's, started a moment ago)
@@ -191,6 +196,7 @@ class RenderDaemon:
         self.begin_stop(grace)
         assert self._stopping is not None
         self._stopping.finish(while_waiting)
+        remove_all_orphaned_folders()  # of what the stop had to kill: Playwright's drivers of its run workers
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 

@@ -17,7 +17,7 @@ from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
 from helios_pipeline.processes import child_env, thread_tags
-from helios_pipeline.scratch import process_folder
+from helios_pipeline.scratch import DRIVER_TEMP_PREFIX, process_folder
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -55,11 +55,6 @@ DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
 at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
 holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benchmarks/README.md) and
 relays the same bytes."""
-DRIVER_TEMP_PREFIX = "helios-playwright-"
-"""The driver's own temporary folder (its ``TMPDIR``), removed when it stops (or, the process killed outright,
-by the next driver's start on the host). The driver makes each browser's profile and artifacts folders there and
-removes them when the browser closes; a browser killed (a cancelled or stuck chunk) left them in the system's
-temporary folder, ~0.2 MB each."""
 _ENVIRON_LOCK = threading.Lock()
 
 BEGIN_FRAME_ARGS = (
