@@ -442,7 +442,7 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     backfill, no chunk or final run twice, no second daemon); a changed spec is refused before it can change the
     render in flight (its registered snapshot is what every run reads). Ctrl-C on a CLI that joined stops its
     following only: the render goes on for the CLI that submitted it."""
-    instance, frames = cli_deployment.instance, 400  # busy frames: ~15 s, so that it is still going when joined
+    instance, frames = cli_deployment.instance, 600  # busy frames: ~20 s, so that it is still going when joined
     page = busy_composition(cli_deployment.specs / "busy")
     spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, concurrency=2)
     changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, concurrency=2)
@@ -450,23 +450,23 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     first = cli_render(cli_deployment, spec)
     try:
         wait_for_a_chunk_run(cli_deployment, first, "twice")
-        refused = subprocess.run([*command, str(changed)], cwd=REPO, env=cli_deployment.env, capture_output=True,
-                                 text=True, timeout=120)  # fmt: skip
-        assert refused.returncode == 1, refused.stderr
-        assert "render twice is in progress" in refused.stderr and "with another spec" in refused.stderr
-        joined = subprocess.Popen([*command, str(spec)], cwd=REPO, env=cli_deployment.env, stderr=subprocess.PIPE,
-                                  text=True, start_new_session=True)  # fmt: skip
-        assert joined.stderr is not None
-        assert "render twice is already in progress" in joined.stderr.readline()
-        os.killpg(joined.pid, signal.SIGINT)
-        joined.wait(timeout=30)
-        said = joined.stderr.read()
-        assert joined.returncode == 130, said
-        assert "stopped following render twice: it goes on" in said
-        again = subprocess.run([*command, str(spec)], cwd=REPO, env=cli_deployment.env, capture_output=True,
-                               text=True, timeout=180)  # fmt: skip
-        assert again.returncode == 0, again.stderr
-        assert "render twice is already in progress" in again.stderr, again.stderr
+        # three more CLIs at once, while the first renders: a changed spec, and the same spec twice
+        options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
+        clis = {
+            name: subprocess.Popen([*command, str(path)], start_new_session=True, **options)
+            for name, path in (("changed", changed), ("interrupted", spec), ("again", spec))
+        }
+        interrupted = clis["interrupted"]
+        assert interrupted.stderr is not None
+        assert "render twice is already in progress" in interrupted.stderr.readline()
+        os.killpg(interrupted.pid, signal.SIGINT)
+        said = {name: cli.communicate(timeout=180)[1] for name, cli in clis.items()}
+        assert clis["changed"].returncode == 1, said["changed"]
+        assert "render twice is in progress" in said["changed"] and "with another spec" in said["changed"]
+        assert interrupted.returncode == 130, said["interrupted"]
+        assert "stopped following render twice: it goes on" in said["interrupted"]
+        assert clis["again"].returncode == 0, said["again"]
+        assert "render twice is already in progress" in said["again"], said["again"]
         assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
     finally:
         if first.poll() is None:
