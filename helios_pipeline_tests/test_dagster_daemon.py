@@ -487,6 +487,49 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     assert not deployment_processes(cli_deployment.home), describe(deployment_processes(cli_deployment.home))
 
 
+def test_two_renders_started_at_once_share_one_daemon_that_outlives_the_first_cli(
+    cli_deployment: CliDeployment,
+) -> None:
+    """No deployment runs, and two CLIs start two renders at once: each used to start a daemon, and two daemons on
+    one instance both launch every backfill's runs (final runs two and three times). The second CLI relies on the
+    first one's daemon instead; the first CLI, done while the second render runs, hands its daemon over rather than
+    stopping it with the other render's run workers, and the daemon stops once no render is left."""
+    instance, page = cli_deployment.instance, busy_composition(cli_deployment.specs / "busy")
+    frames = {"short": 30, "long": 300}  # one chunk each: both render at once in the chunk pool's two slots
+    specs = {
+        name: write_spec(cli_deployment.specs, name, page, frame_count=n, concurrency=1) for name, n in frames.items()
+    }
+    command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
+    options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
+    clis = {}
+    try:
+        for name, spec in specs.items():
+            clis[name] = subprocess.Popen([*command, str(spec)], **options)
+            time.sleep(0.3)
+        said = {name: cli.communicate(timeout=300)[1] for name, cli in clis.items()}
+    finally:
+        for cli in clis.values():
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+    assert [cli.returncode for cli in clis.values()] == [0, 0], said
+    assert "goes on for the other renders on this instance" in said["short"], said["short"]
+    wait_for(lambda: not deployment_processes(cli_deployment.home), 30, "the shared daemon to stop", 0.5)
+    log = (cli_deployment.home / DAEMON_LOG_NAME).read_text(encoding="utf-8", errors="replace")
+    assert log.count("Instance is configured with the following daemons") == 1, "a second daemon ran"
+    assert "handed it over" in log and "no render is left in progress on this instance: stopping" in log
+    for name, count in frames.items():
+        assert frame_indices(specs[name].parent / "out" / f"{name}.mp4") == list(range(count))
+        (backfill,) = render_backfills(instance, name)
+        assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+        records = render_runs(instance, name)
+        assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records), name
+        assert all(len(runs) == 1 for runs in chunk_runs(records).values()), name
+        assert len([r for r in records if MIXED in (r.dagster_run.asset_selection or ())]) == 1, name
+    assert not instance.get_daemon_heartbeats(), "the stopped daemon's heartbeats would make the next CLI wait"
+    cli_deployment.assert_no_scratch_left()
+
+
 def test_a_failing_page_on_the_cli_exits_1_and_leaves_no_run_or_backfill_going(
     cli_deployment: CliDeployment, tmp_path: Path
 ) -> None:

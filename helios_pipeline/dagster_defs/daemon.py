@@ -53,6 +53,11 @@ AHEAD_FLAG = "--unless-another-daemon-beats"
 WITH_PARENT_FLAG = "--stop-with-parent"
 """A daemon that lives as long as the process that started it (``helios-pipeline ui``), as the CLI's own does: see
 ``_stop_when_the_cli_is_gone``."""
+HANDOVER_SIGNAL = signal.SIGUSR1
+"""Sent by the CLI to its own daemon when its render is done while other renders on the instance rely on that
+daemon (they found it beating, and started none of their own): the daemon then outlives the CLI until no backfill or
+run is left in progress on the instance, instead of stopping with its group (their run workers included)."""
+IDLE_POLL_SECONDS = 1.0
 STOOD_DOWN = 3
 """The exit code of such a daemon that found another daemon beating (it started nothing)."""
 PARENT_POLL_SECONDS = 0.5
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
     shorten_backfill_loop(seconds)
     private_api.reuse_sqlite_engines()
-    if ahead and _another_daemon_beats():
+    if ahead and (_another_daemon_beats() or _an_older_daemon_runs()):
         if early is not None:
             early.stop()
         _exit_now(STOOD_DOWN)
@@ -124,8 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
+    handed_over = threading.Event()
+    if own:
+        signal.signal(HANDOVER_SIGNAL, lambda _signum, _frame: handed_over.set())
     if with_parent:  # a thread: only now, as the fork server is this process forked only while it runs one thread
-        _stop_when_the_cli_is_gone(started_by, cli_gone)
+        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
     except SystemExit as exc:
@@ -140,18 +148,23 @@ def main(argv: list[str] | None = None) -> None:
         _exit_now()
 
 
-def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
+def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event, handed_over: threading.Event) -> None:
     """The CLI's own daemon, and `helios-pipeline ui`'s (``WITH_PARENT_FLAG``), live as long as the CLI that
     started them. A CLI killed outright (SIGKILL, the out-of-memory killer) cannot stop its daemon, and in a
     session of its own that would run on, rendering for nobody: once this process's parent is another (it was
     re-parented), the daemon's group gets SIGTERM, as from the CLI's interrupt; what is left after
-    ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included."""
+    ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included. A CLI that handed its daemon over
+    (``HANDOVER_SIGNAL``) leaves it serving the instance's other renders: it stops once none is left."""
 
     def watch() -> None:
         while os.getppid() == started_by:
             time.sleep(PARENT_POLL_SECONDS)
-        print(f"helios-pipeline daemon: the CLI that started it (pid {started_by}) is gone: stopping", file=sys.stderr)
-        sys.stderr.flush()
+        if handed_over.is_set():
+            _say(f"the CLI that started it (pid {started_by}) handed it over: serving the instance's other renders")
+            _wait_until_the_instance_is_idle()
+            _say("no render is left in progress on this instance: stopping")
+        else:
+            _say(f"the CLI that started it (pid {started_by}) is gone: stopping")
         gone.set()
         signal_group(os.getpgrp(), signal.SIGTERM)
         signal_group(os.getpgrp(), signal.SIGCONT)  # as the CLI's stop: a stopped process acts once continued
@@ -159,6 +172,41 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event) -> None:
         signal_group(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="cli-watch", daemon=True).start()
+
+
+def _say(message: str) -> None:
+    print(f"helios-pipeline daemon: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _wait_until_the_instance_is_idle() -> None:
+    """Until no backfill and no run is in progress on the instance (queued, starting, started or canceling)."""
+    import dagster as dg
+
+    from helios_pipeline.dagster_defs.instance import instance_idle
+
+    with dg.DagsterInstance.get() as instance:
+        while True:
+            with contextlib.suppress(Exception):  # a storage hiccup: look again
+                if instance_idle(instance):
+                    return
+            time.sleep(IDLE_POLL_SECONDS)
+
+
+def _an_older_daemon_runs() -> bool:
+    """Another daemon process of this DAGSTER_HOME, started before this one, runs here (another CLI's, started a
+    moment earlier, that has not beaten yet): two daemons on one instance would both launch every backfill's runs."""
+    import psutil
+
+    from helios_pipeline.dagster_defs.own_daemon import daemon_processes
+    from helios_pipeline.dagster_defs.settings import dagster_home
+
+    me = psutil.Process()
+    others = [process for process in daemon_processes(dagster_home()) if process.pid != me.pid]
+    older = [process for process in others if process.info["create_time"] < me.create_time()]
+    if older:
+        _say(f"daemon process {older[0].pid} of this instance started before this one: standing down")
+    return bool(older)
 
 
 def _finish_stop_without_the_cli() -> None:

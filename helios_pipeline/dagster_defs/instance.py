@@ -13,7 +13,7 @@ import dagster as dg
 from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.daemon import DAEMON_STOP_SECONDS, STOOD_DOWN
 from helios_pipeline.dagster_defs.deployment_check import check_instance_config
-from helios_pipeline.dagster_defs.own_daemon import daemon_log, daemon_serving, start_daemon
+from helios_pipeline.dagster_defs.own_daemon import daemon_log, daemon_serving, hand_over, start_daemon
 from helios_pipeline.dagster_defs.settings import dagster_home
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.processes import Stopping, begin_stop, stop_group
@@ -30,6 +30,13 @@ DAEMON_CHECK_SECONDS = 2.0  # how often a render relying on the deployment's dae
 DAEMON_RESTARTS = 2  # our daemon is started again this often when it exits; then the render fails
 BEAT_OVERDUE_SECONDS = 45
 """Dagster's daemons beat every 30 s: a beat this old is late, and worth naming when a render stops moving."""
+UNFINISHED_RUNS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 STARTING_DAEMON_SECONDS = 15.0
 """How long a render waits for a daemon process of its instance that has not beaten yet, before it starts its own."""
 
@@ -89,17 +96,16 @@ class RenderDaemon:
         """Our daemon, started before this process imported Dagster (``own_daemon.start_ahead``), if it was."""
         self._exited: list[subprocess.Popen] = []
         self._stopping: Stopping | None = None
+        self.handed_over = False
         self._next_check = 0.0
 
     @property
     def ours(self) -> bool:
         return self.process is not None
 
-    def start_unless_alive(self, joining: bool = False) -> None:
-        """Use the deployment's daemon while it beats, else ours: the one started ahead, or one started now.
-
-        ``joining``: the render is in progress already (another CLI submitted it a moment ago), so the daemon that
-        serves it is the one to rely on, even while it is still starting (see ``_another_daemon_starts``)."""
+    def start_unless_alive(self) -> None:
+        """Use the deployment's daemon while it beats (or another CLI's, still starting), else ours: the one started
+        ahead, or one started now."""
         if self.process is not None:
             return
         if self.ahead is not None:
@@ -110,15 +116,15 @@ class RenderDaemon:
             return
         if daemon_running(self.instance):
             return
-        if joining and self._another_daemon_starts():
+        if self._another_daemon_starts():
             return
         self.process = start_daemon()
 
     def _another_daemon_starts(self) -> bool:
         """Whether a daemon process of this DAGSTER_HOME that runs here (the other CLI's, started a moment ago)
         began to beat within ``STARTING_DAEMON_SECONDS``. Two daemons on one instance both act on the render's
-        backfill: each launched its runs (the same render submitted twice got its final run twice). Only for a
-        render joined: the other CLI stops its daemon when its render ends, with the runs it launched for others."""
+        backfill: each launched its runs (two renders started at once got their final runs two and three times).
+        The other CLI hands its daemon over when its render ends before ours (``hand_over``)."""
         deadline = time.monotonic() + STARTING_DAEMON_SECONDS
         while daemon_serving(dagster_home()):
             if daemon_running(self.instance):
@@ -157,6 +163,8 @@ class RenderDaemon:
         age = daemon_heartbeat_age(self.instance)
         if age is not None and age < DAEMON_FRESH_SECONDS:
             return
+        if self._another_daemon_starts():  # ours started ahead stood down for one that has not beaten yet
+            return
         since = "never beat" if age is None else f"last beat {age:.0f} s ago"
         self.on_note(
             f"the deployment's Dagster daemon stopped heart-beating ({since}); "
@@ -184,20 +192,38 @@ class RenderDaemon:
             f"{DAEMON_FRESH_SECONDS} s old, or start `helios-pipeline ui` (or the deployment's daemon) to resume it"
         )
 
+    def hand_over(self) -> None:
+        """Our daemon outlives this render: other renders on the instance rely on it (``HANDOVER_SIGNAL``)."""
+        if self.process is None or self.process.poll() is not None or self.handed_over:
+            return
+        if hand_over(self.process):
+            self.handed_over = True
+            self.on_note(
+                f"this render's Dagster daemon (pid {self.process.pid}) goes on for the other renders on this "
+                "instance, and stops once they have ended"
+            )
+
     def begin_stop(self, grace: float) -> None:
         """Send our daemon's group (code server, run workers, Chromium, FFmpeg) SIGTERM; ``stop`` completes it."""
         if self.process is not None and self._stopping is None:
             self._stopping = begin_stop([*self._exited, self.process], grace)
 
     def stop(self, grace: float = DAEMON_STOP_SECONDS, while_waiting: Callable[[], None] | None = None) -> None:
-        """Stop our daemon (if any) with everything it started, and wipe its heartbeats."""
-        if self.process is None:
+        """Stop our daemon (if any, and not handed over) with everything it started, and wipe its heartbeats."""
+        if self.process is None or self.handed_over:
             return
         self.begin_stop(grace)
         assert self._stopping is not None
         self._stopping.finish(while_waiting)
         remove_all_orphaned_folders()  # of what the stop had to kill: Playwright's drivers of its run workers
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
+
+
+def instance_idle(instance: dg.DagsterInstance) -> bool:
+    """No backfill and no run is in progress on the instance."""
+    if private_api.backfills_in_progress(instance):
+        return False
+    return not instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED_RUNS), limit=1)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from helios_pipeline.dagster_defs.daemon import AHEAD_FLAG, daemon_command
+from helios_pipeline.dagster_defs.daemon import AHEAD_FLAG, HANDOVER_SIGNAL, daemon_command
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, dagster_home
 from helios_pipeline.processes import start_group, stop_group
 
@@ -72,20 +72,28 @@ def local_instance(home: Path) -> bool:
 
 def daemon_serving(home: Path) -> bool:
     """A daemon process of this DAGSTER_HOME runs on this machine (or one whose environment is not ours to read)."""
-    for process in psutil.process_iter(["cmdline"]):
+    return bool(daemon_processes(home))
+
+
+def daemon_processes(home: Path) -> list[psutil.Process]:
+    """The daemon processes of this DAGSTER_HOME on this machine, oldest first (another user's count too: its
+    environment is not ours to read, and it may serve this instance)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
         command = " ".join(process.info["cmdline"] or ())
         if not any(mark in command for mark in DAEMON_COMMAND_MARKS):
             continue
         try:
             their_home = process.environ().get("DAGSTER_HOME")
         except psutil.AccessDenied:
-            return True  # another user's daemon may serve this instance: none ahead, the CLI reads the heartbeats
+            found.append(process)
+            continue
         except psutil.Error:
             continue
         with contextlib.suppress(OSError):
             if their_home and Path(their_home).resolve() == home:
-                return True
-    return False
+                found.append(process)
+    return sorted(found, key=lambda process: process.info["create_time"] or 0.0)
 
 
 def start_ahead() -> subprocess.Popen | None:
@@ -99,6 +107,20 @@ def start_ahead() -> subprocess.Popen | None:
 
 def stop_unless_adopted(ahead: subprocess.Popen | None) -> None:
     """Stop a daemon started ahead that the render did not take on (it failed before, or was interrupted): the
-    render's own stop reaps the one it took on."""
-    if ahead is not None and ahead.returncode is None:
+    render's own stop reaps the one it took on, and one handed over outlives the render (``hand_over``)."""
+    if ahead is not None and ahead.returncode is None and ahead.pid not in _handed_over:
         stop_group(ahead, AHEAD_STOP_SECONDS)
+
+
+_handed_over: set[int] = set()
+
+
+def hand_over(daemon: subprocess.Popen) -> bool:
+    """Tell the CLI's own daemon to outlive the CLI while other renders rely on it (``daemon.HANDOVER_SIGNAL``);
+    False if it is gone already."""
+    try:
+        os.kill(daemon.pid, HANDOVER_SIGNAL)
+    except ProcessLookupError:
+        return False
+    _handed_over.add(daemon.pid)
+    return True

@@ -398,6 +398,14 @@ def newest_backfill(instance: dg.DagsterInstance, tags: dict[str, str], created_
     return backfills[0] if backfills else None
 
 
+def backfills_in_progress(instance: dg.DagsterInstance) -> list[Any]:
+    """The backfills on the instance that are still requested or being canceled."""
+    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+
+    statuses = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]
+    return list(instance.get_backfills(filters=BulkActionsFilter(statuses=statuses)))
+
+
 def stop_backfill(instance: dg.DagsterInstance, backfill: Any, daemon_alive: bool) -> None:
     """CANCELING lets a live daemon wind the backfill down; without a daemon it is CANCELED at once."""
     from dagster._core.execution.backfill import BulkActionStatus

@@ -18,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 
+from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.backfills import (
     cancel_backfill,
     cancel_render_backfill,
@@ -31,6 +32,7 @@ from helios_pipeline.dagster_defs.backfills import (
 from helios_pipeline.dagster_defs.daemon import INTERRUPT_DAEMON_SECONDS
 from helios_pipeline.dagster_defs.instance import (
     DAEMON_STOP_SECONDS,
+    UNFINISHED_RUNS,
     RenderDaemon,
     daemon_running,
     dagster_home,
@@ -230,6 +232,15 @@ def _render_runs(instance: dg.DagsterInstance, key: str, since: float) -> list[d
     chunk_runs = instance.get_runs(filters=dg.RunsFilter(tags={RENDER_PARTITION_TAG: key}, created_after=utc(since)))
     other_runs = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: key}, created_after=utc(since)))
     return [*reversed(chunk_runs), *reversed(other_runs)]
+
+
+def _others_in_progress(instance: dg.DagsterInstance, key: str, since: float) -> bool:
+    """Whether runs or backfills of other renders than ``key`` are in progress on the instance (they may rely on the
+    daemon this CLI started: see ``RenderDaemon.hand_over``)."""
+    mine = {run.run_id for run in _render_runs(instance, key, since)}
+    if any(run.run_id not in mine for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED_RUNS))):
+        return True
+    return any((backfill.tags or {}).get(RENDER_TAG) != key for backfill in private_api.backfills_in_progress(instance))
 
 
 def follow(
@@ -498,7 +509,7 @@ def render_through_dagster(
     joined: str | None = None
     try:
         try:
-            daemon.start_unless_alive(joining=render_in_progress(instance, key) is not None)
+            daemon.start_unless_alive()
             submission = submit(spec, instance, source=source)
             key, since, joined = submission.key, min(since, submission.since), submission.joined
             if joined is not None and on_note is not None:
@@ -532,7 +543,8 @@ def render_through_dagster(
             # no launches from here on; runs get a few seconds to end, then count as canceled
             if joined is not None:  # another submission's render: it goes on, under its own CLI or the deployment
                 pass
-            elif daemon.ours:  # its run workers end with its process group: no code server is asked
+            elif daemon.ours and not _others_in_progress(instance, key, since):
+                # its run workers end with its process group: no code server is asked
                 let_starting_runs_start(instance, key, since, STARTING_SETTLE_SECONDS)
                 mark_render_canceling(instance, key, since)  # first, so an interrupted run ends CANCELED
                 daemon.begin_stop(INTERRUPT_DAEMON_SECONDS)  # the group shuts down while the instance is updated
@@ -548,13 +560,15 @@ def render_through_dagster(
             with contextlib.suppress(Exception):  # bookkeeping: a storage hiccup must not stop the stop
                 mark_render_canceling(instance, key, since)
 
+        if daemon.ours and _others_in_progress(instance, key, since):
+            daemon.hand_over()  # other renders rely on it: it must not stop with their run workers
         daemon.stop(
             DONE_DAEMON_SECONDS if done else INTERRUPT_DAEMON_SECONDS if interrupted else DAEMON_STOP_SECONDS,
             while_waiting=remark if interrupted and daemon.ours else None,
         )
     if joined is not None and interrupted:
         raise StoppedFollowing(f"stopped following render {key}: it goes on (backfill {joined}, submitted before)")
-    if daemon.ours:
+    if daemon.ours and not daemon.handed_over:
         # our daemon is gone, so nothing can launch or run any more: a run it queued meanwhile is canceled
         # too, and a backfill it did not get to end is marked canceled
         cancel_render_backfill(instance, key, since, daemon_alive=False)
