@@ -3,6 +3,7 @@ folder, and a chunk can use a Playwright its worker started while importing the 
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,10 +45,13 @@ def test_chunks_render_with_a_playwright_started_by_the_caller(tmp_path: Path) -
 
 
 def _drivers() -> set[int]:
-    """This process's Playwright drivers (Node processes running ``run-driver``)."""
-    return {
-        child.pid for child in psutil.Process().children(recursive=True) if "run-driver" in " ".join(child.cmdline())
-    }
+    """This process's live Playwright drivers (Node processes running ``run-driver``; a zombie is not one)."""
+    drivers = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # ended meanwhile, or a zombie waiting to be reaped
+            if "run-driver" in " ".join(child.cmdline()):
+                drivers.add(child.pid)
+    return drivers
 
 
 def test_a_chunk_run_worker_hands_its_chunk_a_driver_started_beside_its_imports(
