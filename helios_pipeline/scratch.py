@@ -35,10 +35,13 @@ def gone_from_this_host(tag: str) -> bool:
     """Whether ``tag`` (``owner_tag``'s form) names a process of this host that is gone (a zombie is: it only waits
     to be reaped, which an orphan's new parent may take its time to do); False for another host's."""
     pid, _, host = tag.partition("@")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
+    return host == socket.gethostname() and pid.isdigit() and process_gone(int(pid))
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` of this host is gone; a zombie is (it only waits to be reaped)."""
     try:
-        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:

@@ -142,12 +142,13 @@ class EarlyCodeServer:
 
 
 def remove_stale_folders() -> None:
-    """Remove the socket folders of early code servers whose daemon is gone (killed: it could not clean up)."""
-    import psutil
+    """Remove the socket folders of early code servers whose daemon is gone (killed: it could not clean up). Their
+    names hold no host (``scratch.process_folder``'s would): a socket's path must stay under 108 bytes."""
+    from helios_pipeline.scratch import process_gone
 
     for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
         pid = folder.name.removeprefix(FOLDER_PREFIX).partition("-")[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+        if pid.isdigit() and process_gone(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
