@@ -240,7 +240,7 @@ def test_the_backfill_loop_goes_round_as_soon_as_a_run_ends_not_at_its_interval(
     assert rounds[1] - written[0] < 0.5, f"the loop went round {rounds[1] - written[0]:.2f} s after the run ended"
 
 
-def test_the_run_storage_watch_sees_writes_to_a_sqlite_instance_only() -> None:
+def test_the_run_storage_watch_sees_every_commit_to_a_sqlite_instance_only() -> None:
     import types
 
     import dagster as dg
@@ -248,14 +248,47 @@ def test_the_run_storage_watch_sees_writes_to_a_sqlite_instance_only() -> None:
 
     with dg.instance_for_test() as instance:
         watch = private_api.RunStorageWatch(instance)
-        assert watch.files and not watch.changed()
-        create_run_for_test(instance, job_name="job")
+        assert watch.applies and not watch.changed()
+        run = create_run_for_test(instance, job_name="job")
         assert watch.changed() and not watch.changed()
-        instance.get_runs()  # reading writes nothing
+        instance.get_runs()  # reading commits nothing
         assert not watch.changed()
+        for value in range(30):  # quick writes of the same size
+            instance.add_run_tags(run.run_id, {"step": f"{value:02d}"})
+            assert watch.changed(), f"write {value} was not seen"
+        watch.close()
     other_storage = types.SimpleNamespace(run_storage=object())  # an instance on Postgres or MySQL
-    assert private_api.RunStorageWatch(other_storage).files == ()
+    assert not private_api.RunStorageWatch(other_storage).applies
     assert not private_api.RunStorageWatch(other_storage).changed()
+
+
+def test_the_backfill_loop_asks_nothing_while_nothing_is_committed_to_the_sqlite_run_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A render in progress: the loop goes round twice a second; while no run or backfill is written, a round asks
+    the run storage nothing (it made three count queries); a commit, whatever it is, brings the counts back."""
+    import types
+
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    asked = []
+    counts = private_api.backfill_activity
+    monkeypatch.setattr(private_api, "backfill_activity", lambda instance: asked.append(1) or counts(instance))
+    with dg.instance_for_test() as instance:
+        loop = GatedLoop(monkeypatch, instance, quiet_seconds=300)
+        assert loop.evaluates() and len(asked) == 1
+        assert not any(loop.evaluates() for _ in range(5))
+        assert len(asked) == 1, "the loop queried the run storage though nothing was committed"
+        create_run_for_test(instance, job_name="job")  # a write that changes no backfill's counts
+        assert not loop.evaluates() and len(asked) == 2
+        assert not loop.evaluates() and len(asked) == 2
+
+    on_postgres = GatedLoop(monkeypatch, types.SimpleNamespace(run_storage=object()), quiet_seconds=300)
+    monkeypatch.setattr(private_api, "backfill_activity", lambda instance: asked.append(1) or ())
+    asked.clear()
+    assert on_postgres.evaluates() and not on_postgres.evaluates() and not on_postgres.evaluates()
+    assert len(asked) == 3, "with nothing to watch, every round counts"
 
 
 def test_a_run_enqueued_in_the_daemon_is_dequeued_without_waiting_for_the_queue_interval(

@@ -11,11 +11,20 @@ import pytest
 from dagster._core.storage.runs.sqlite import sqlite_run_storage
 
 from helios_pipeline.dagster_defs import private_api
-from helios_pipeline.dagster_defs.names import PARTITION_TAG, RENDER_PARTITION_TAG
+from helios_pipeline.dagster_defs.names import (
+    CHUNK_ASSET,
+    CONCAT_ASSET,
+    MIXED_ASSET,
+    PARTITION_TAG,
+    PLAN_ASSET,
+    PLAN_JOB,
+    RENDER_PARTITION_TAG,
+)
 from helios_pipeline.dagster_defs.runner import (
     FINISHING_POLL_SECONDS,
     POLL_SECONDS,
     RENDERING_POLL_SECONDS,
+    _has_final_run,
     _poll_seconds,
 )
 
@@ -98,9 +107,12 @@ def test_a_forked_process_queries_through_the_engines_it_inherited(sqlite_instan
     assert child.exitcode == 0 and queue.get(timeout=5) == 1
 
 
-def _run(status: Status, *, chunk: bool) -> dg.DagsterRun:
+def _run(status: Status, *, chunk: bool, assets=(CONCAT_ASSET, MIXED_ASSET), job="__ASSET_JOB") -> dg.DagsterRun:
     tags = {RENDER_PARTITION_TAG: "r", PARTITION_TAG: "r|000"} if chunk else {PARTITION_TAG: "r"}
-    return dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"{status.value}{chunk}", status=status, tags=tags)
+    selection = {CHUNK_ASSET} if chunk else set(assets)
+    return dg.DagsterRun(
+        job_name=job, run_id=f"{status.value}{chunk}", status=status, tags=tags, asset_selection=selection
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,6 +124,7 @@ def _run(status: Status, *, chunk: bool) -> dg.DagsterRun:
         ([], POLL_SECONDS),
         ([_run(Status.NOT_STARTED, chunk=False)], POLL_SECONDS),
         ([_run(Status.STARTED, chunk=False)], FINISHING_POLL_SECONDS),
+        ([_run(Status.STARTED, chunk=False, assets=[PLAN_ASSET])], POLL_SECONDS),  # the CLI's plan is no final run
     ],
 )
 def test_the_follower_looks_less_often_only_while_every_unfinished_run_is_a_rendering_chunk(
@@ -120,3 +133,15 @@ def test_the_follower_looks_less_often_only_while_every_unfinished_run_is_a_rend
     """Chunks rendering: progress once a second. A run queued or starting, or the final run: as before."""
     assert RENDERING_POLL_SECONDS > POLL_SECONDS > FINISHING_POLL_SECONDS
     assert _poll_seconds(active) == seconds
+
+
+def test_only_a_concat_or_mix_run_makes_the_follower_look_for_the_final_video() -> None:
+    """The follower looks the final video up (a query on the event log) once a run that can record it exists: not
+    while a render's plan run is its only run that is not a chunk run, as it is from submission until the chunks end.
+    """
+    plan = _run(Status.SUCCESS, chunk=False, assets=[PLAN_ASSET])
+    scheduled_plan = _run(Status.SUCCESS, chunk=False, assets=[PLAN_ASSET], job=PLAN_JOB)
+    chunks = [_run(Status.STARTED, chunk=True), _run(Status.SUCCESS, chunk=True)]
+    assert not _has_final_run([*chunks, plan, scheduled_plan])
+    assert _has_final_run([*chunks, plan, _run(Status.STARTED, chunk=False)])
+    assert _has_final_run([_run(Status.STARTING, chunk=False, assets=[MIXED_ASSET])])  # automation's mix run

@@ -8,6 +8,7 @@ only; ``test_dagster_daemon_loop.py`` and the backfill tests fail here first.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -68,8 +69,9 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
     asset graph and partition status: the busiest of the daemon's threads during a render, on the CPU the chunks
     beside it render with, and growing with every render in flight. A render's backfill can only advance when
     one of its runs ends or a run is added (a retry), or the backfill changes (cancelled, added), which the check
-    above sees with three small queries. The time limit covers what it does not see (a retryable error of the
-    last evaluation, partitions materialised outside backfills).
+    above sees with three small queries; on SQLite those are skipped too while no other connection has committed
+    to the run storage since the last round (``RunStorageWatch``). The time limit covers what it does not see (a
+    retryable error of the last evaluation, partitions materialised outside backfills).
     """
     from dagster._daemon import backfill as backfill_daemon
 
@@ -80,7 +82,7 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
         )
     if getattr(iterate, "helios_gated", False):
         return True
-    last: dict[str, Any] = {"activity": None, "at": 0.0}
+    last: dict[str, Any] = {"activity": None, "at": 0.0, "watch": None}
 
     def gated(workspace_process_context: Any, logger: Any, *args: Any, **kwargs: Any) -> Any:
         futures = kwargs.get("backfill_futures") or {}
@@ -88,8 +90,18 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
             yield from iterate(workspace_process_context, logger, *args, **kwargs)
             return
         now = time.monotonic()
+        instance = workspace_process_context.instance
+        watch = last["watch"]
+        if watch is None or watch.instance is not instance:
+            watch = last["watch"] = RunStorageWatch(instance)
+        # nothing committed to a SQLite run storage since the last round: no backfill and no run changed, so the
+        # counts below would be the same (a round of a render in progress was three queries twice a second)
+        unwritten = watch.applies and not watch.changed()
+        if unwritten and last["activity"] is not None and now - last["at"] < quiet_seconds:
+            yield None
+            return
         try:
-            activity = backfill_activity(workspace_process_context.instance)
+            activity = backfill_activity(instance)
         except Exception:  # the storage hiccuped: let Dagster's own iteration meet (and report) it
             activity = None
         if activity is not None and activity == last["activity"] and now - last["at"] < quiet_seconds:
@@ -104,8 +116,8 @@ def gate_backfill_iterations(quiet_seconds: float) -> bool:
 
 
 WATCH_SECONDS = 0.05
-"""How often a loop waiting for its next round looks (``_between_rounds``): the backfill loop at the run storage's
-files (``RunStorageWatch``: two ``stat`` calls), both loops at the shutdown they must not hold up."""
+"""How often a loop waiting for its next round looks (``_between_rounds``): the backfill loop at the run storage
+(``RunStorageWatch``: one ``PRAGMA data_version``), both loops at the shutdown they must not hold up."""
 HEARTBEAT_YIELD_SECONDS = 0.5
 """A waiting loop yields this often, as Dagster's own loops do: the daemon's heartbeat comes as often."""
 
@@ -177,38 +189,49 @@ def wake_run_queue_on_submit() -> bool:
 
 
 class RunStorageWatch:
-    """Tells whether the instance's SQLite run storage was written since it last looked, from the sizes and
-    modification times of ``runs.db`` and its write-ahead log: a run created, a run's status changed (a chunk run
-    succeeded), a backfill updated. ``changed`` is always False for other storages (Postgres): nothing to stat."""
+    """Tells whether the instance's SQLite run storage was written by another connection since it last looked: a
+    run created, a run's status changed (a chunk run succeeded), a backfill updated. It asks SQLite itself
+    (``PRAGMA data_version`` on a connection of its own that only reads), which counts every commit of every
+    other connection, in this process or another (file sizes and modification times, which it read before, can
+    only suggest a commit). ``changed`` is always False for other storages (Postgres): nothing to ask cheaply."""
 
     def __init__(self, instance: dg.DagsterInstance) -> None:
         from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
+        self.instance = instance
         storage = instance.run_storage
         url = getattr(storage, "_conn_string", None) if isinstance(storage, SqliteRunStorage) else None
-        database = (
+        self.database = (
             Path(url.removeprefix("sqlite:///")) if isinstance(url, str) and url.startswith("sqlite:///") else None
         )
-        self.files = (database, database.with_name(f"{database.name}-wal")) if database is not None else ()
-        self.last = self._state()
+        self._connection: sqlite3.Connection | None = None
+        self.last = self._version()
 
-    def _state(self) -> tuple[tuple[int, int], ...]:
-        """Each file's size and modification time; an empty file counts as absent: every connection to a WAL
-        database creates an empty log, and the last one to close removes it, reads alone included."""
-        states = []
-        for file in self.files:
-            try:
-                status = file.stat()
-            except OSError:
-                states.append((0, 0))
-            else:
-                states.append((status.st_size, status.st_mtime_ns) if status.st_size else (0, 0))
-        return tuple(states)
+    @property
+    def applies(self) -> bool:
+        """Whether ``changed`` can tell anything (a SQLite run storage)."""
+        return self.database is not None
+
+    def _version(self) -> int | None:
+        if self.database is None:
+            return None
+        try:
+            if self._connection is None:  # opened on first use, in the thread that watches
+                self._connection = sqlite3.connect(self.database, check_same_thread=False, isolation_level=None)
+            return self._connection.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:  # the file is gone or locked for a moment: count it as a change, look again next time
+            self.close()
+            return None
 
     def changed(self) -> bool:
-        state = self._state()
-        changed, self.last = state != self.last, state
-        return changed
+        version = self._version()
+        changed, self.last = version != self.last or version is None, version
+        return changed and self.applies
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def wake_backfill_loop_on_run_changes() -> bool:
@@ -217,9 +240,10 @@ def wake_backfill_loop_on_run_changes() -> bool:
 
     The loop waited out its interval (0.5 s) after each round, so each stage of a render (chunks after the plan,
     the final run after the last chunk, the backfill's end after the final run) waited ~0.25 s on average for it.
-    Run ends are written to ``runs.db`` by the run workers, other processes: the waiting loop now stats that file
-    every ``WATCH_SECONDS`` and goes round when it changed. The round is ``gate_backfill_iterations``' (three counts
-    when nothing moved). With Postgres the loop keeps its interval.
+    Run ends are written to ``runs.db`` by the run workers, other processes: the waiting loop now asks SQLite whether
+    another connection committed (``RunStorageWatch``) every ``WATCH_SECONDS`` and goes round when one did. The round
+    is ``gate_backfill_iterations``' (nothing when nothing was committed, three counts when nothing moved). With
+    Postgres the loop keeps its interval.
     """
     from dagster._daemon import backfill as backfill_daemon
     from dagster._daemon import controller
@@ -236,29 +260,32 @@ def wake_backfill_loop_on_run_changes() -> bool:
     def core_loop(self: Any, workspace_process_context: Any, shutdown_event: threading.Event) -> Any:
         watch = RunStorageWatch(workspace_process_context.instance)
         futures: dict[str, Any] = {}
-        while True:
-            started = time.monotonic()
-            yield SpanMarker.START_SPAN
-            try:
-                yield from backfill_daemon.execute_backfill_iteration(
-                    workspace_process_context,
-                    self._logger,
-                    threadpool_executor=self._threadpool_executor,
-                    backfill_futures=futures,
-                    submit_threadpool_executor=self._submit_threadpool_executor,
+        try:
+            while True:
+                started = time.monotonic()
+                yield SpanMarker.START_SPAN
+                try:
+                    yield from backfill_daemon.execute_backfill_iteration(
+                        workspace_process_context,
+                        self._logger,
+                        threadpool_executor=self._threadpool_executor,
+                        backfill_futures=futures,
+                        submit_threadpool_executor=self._submit_threadpool_executor,
+                    )
+                except Exception:
+                    yield DaemonErrorCapture.process_exception(
+                        exc_info=sys.exc_info(), logger=self._logger, log_message="BackfillDaemon caught an error"
+                    )
+                yield SpanMarker.END_SPAN
+                yield from _between_rounds(
+                    started,
+                    controller.DEFAULT_DAEMON_INTERVAL_SECONDS,
+                    shutdown_event,
+                    lambda seconds: watch.changed() or shutdown_event.wait(seconds),
                 )
-            except Exception:
-                yield DaemonErrorCapture.process_exception(
-                    exc_info=sys.exc_info(), logger=self._logger, log_message="BackfillDaemon caught an error"
-                )
-            yield SpanMarker.END_SPAN
-            yield from _between_rounds(
-                started,
-                controller.DEFAULT_DAEMON_INTERVAL_SECONDS,
-                shutdown_event,
-                lambda seconds: watch.changed() or shutdown_event.wait(seconds),
-            )
-            yield None
+                yield None
+        finally:
+            watch.close()
 
     core_loop.helios_wakes = True  # type: ignore[attr-defined]
     BackfillDaemon.core_loop = core_loop  # type: ignore[method-assign]

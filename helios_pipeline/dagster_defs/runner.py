@@ -47,6 +47,7 @@ from helios_pipeline.dagster_defs.names import (
     MIXED_ASSET,
     PARTITION_TAG,
     PLAN_ASSET,
+    PLAN_JOB,
     RENDER_PARTITION_TAG,
     RENDER_TAG,
     RENDERS,
@@ -313,8 +314,14 @@ def follow(
 
 
 def _has_final_run(runs: list[dg.DagsterRun]) -> bool:
-    """Whether one of the render's runs is not a chunk run: the concat + mix run, or a mix run of its own."""
-    return any(RENDER_PARTITION_TAG not in run.tags for run in runs)
+    """Whether one of the render's runs is neither a chunk run nor its plan: the concat + mix run, or a mix run of
+    its own (only those record the final video: ``follow`` looks it up once one exists)."""
+    return any(RENDER_PARTITION_TAG not in run.tags and not _is_plan_run(run) for run in runs)
+
+
+def _is_plan_run(run: dg.DagsterRun) -> bool:
+    """A render's plan run: the CLI's in-process one, a backfill's, or the plan job's (a schedule's)."""
+    return run.job_name == PLAN_JOB or set(run.asset_selection or ()) == {PLAN_ASSET}
 
 
 def _poll_seconds(active: list[dg.DagsterRun]) -> float:
@@ -322,7 +329,8 @@ def _poll_seconds(active: list[dg.DagsterRun]) -> float:
     started = [run for run in active if run.status == dg.DagsterRunStatus.STARTED]
     if _has_final_run(started):
         return FINISHING_POLL_SECONDS
-    if started and len(started) == len(active):  # chunks rendering, nothing queued or starting
+    if started and len(started) == len(active) and all(RENDER_PARTITION_TAG in run.tags for run in started):
+        # chunks rendering, nothing queued or starting
         return RENDERING_POLL_SECONDS
     return POLL_SECONDS
 
