@@ -10,8 +10,10 @@ and the main thread's wait is what the signal interrupts.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,3 +63,36 @@ def start_in_background(function: Callable[[], object], name: str) -> threading.
     thread = threading.Thread(target=call, daemon=True, name=name)
     thread.start()
     return thread
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_set(cancel: threading.Event) -> Iterator[None]:
+    """While in the block, SIGINT and SIGTERM set ``cancel`` instead of raising; on leaving it, the first such signal
+    is raised again, to the handlers that were there before (Dagster's run worker then stops the step as usual).
+
+    A handler that raises does so in whatever the main thread is running: inside Playwright's event loop, asyncio
+    catches any exception but ``KeyboardInterrupt`` in a callback and only logs it, so Dagster's interrupt of a run
+    worker (``DagsterExecutionInterruptedError``) was lost and the chunk rendered on to the end after its run was
+    stopped. A chunk looks at ``cancel`` between frames, and its watchdog kills a browser that a stuck call holds.
+    Anywhere but on the main thread the block changes nothing (only the main thread may set handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        received.append(signum)
+        cancel.set()
+
+    previous = {signum: signal.signal(signum, note) for signum in INTERRUPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])

@@ -7,6 +7,7 @@ Dagster's: a chunk is a partition, each partition its own run.
 
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.poster import poster_path
 from helios_pipeline.engine.probe import probe
 from helios_pipeline.fingerprint import ENGINE_VERSION
+from helios_pipeline.interruptible import interrupts_set
 from helios_pipeline.network import describe_refusals
 from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import SpecError, sanitize_key
@@ -365,12 +367,16 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     from helios_pipeline.dagster_defs.run_worker import prestarted_playwright  # the warm launcher's head start
     from helios_pipeline.engine.chunk import render_chunk  # Playwright: only chunk runs import it
 
+    cancel = threading.Event()  # a SIGINT or SIGTERM to the run worker while it renders (see interrupts_set)
     try:
-        result = render_chunk(plan.spec, chunk, on_progress=on_progress, playwright=prestarted_playwright())
+        with interrupts_set(cancel):
+            result = render_chunk(
+                plan.spec, chunk, on_progress=on_progress, cancel=cancel, playwright=prestarted_playwright()
+            )
     except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
         raise _fail(exc, retryable=False) from None
     except BaseException as exc:
-        if isinstance(exc, INTERRUPTS) or _run_terminating(context):
+        if isinstance(exc, INTERRUPTS) or cancel.is_set() or _run_terminating(context):
             raise _terminated(render_key, index) from None
         if isinstance(exc, RenderError):  # browser crash, FFmpeg failure, load error, StuckError: worth a retry
             raise _fail(exc, retryable=not isinstance(exc, DiskFull)) from None  # unless the disk is full
