@@ -589,38 +589,34 @@ MIRROR_POLL_SECONDS = 0.2
 """How often a step's captured output is copied on to the run worker's own stdout and stderr (``tail -F``: 1 s)."""
 
 
-class ThreadMirroredComputeLogManager(LocalComputeLogManager):
-    """Dagster's local compute logs (each step's stdout and stderr in files the UI shows), mirrored on to the run
-    worker's own streams by a thread of the run worker instead of by processes.
+def mirror_compute_logs_by_thread() -> bool:
+    """Have Dagster's local compute logs (each step's stdout and stderr in files the UI shows) mirrored on to the
+    process's own streams by a thread of that process instead of by processes; False when this Dagster captures
+    them elsewhere.
 
-    Dagster's manager starts four processes per step for that: a ``tail -F`` per stream, and a Python interpreter
-    per stream that kills the ``tail`` if the run worker dies (~0.08 CPU-s each to start). Two chunk runs starting
-    at once started eight, on the CPUs their Chromiums were starting on. A thread ends with its process, so there is
-    nothing to watch. ``base_dir`` defaults to Dagster's own place for them, ``$DAGSTER_HOME/storage``.
+    Dagster's ``LocalComputeLogManager`` starts four processes per step for that: a ``tail -F`` per stream, and a
+    Python interpreter per stream that kills the ``tail`` if the run worker dies (~0.08 CPU-s each to start). Two
+    chunk runs starting at once started eight, on the CPUs their Chromiums were starting on. A thread ends with its
+    process, so there is nothing to watch. Called by the run workers (``run_worker``), whose steps end before they
+    do; not by the CLI, whose in-process plan step it interrupts and abandons on Ctrl-C (its last words, written
+    while the step's capture held its stderr, would wait for a thread the exit does not wait for).
     """
-
-    def __init__(self, base_dir: str | None = None, **kwargs: Any) -> None:
-        from dagster._core.instance.ref import compute_logs_directory
-
-        if base_dir is None:  # as Dagster's default instance places them; DAGSTER_HOME is set where this is configured
-            base_dir = compute_logs_directory(os.environ["DAGSTER_HOME"])
-        super().__init__(base_dir, **kwargs)
-
-    @classmethod
-    def config_type(cls) -> Any:
-        return {**super().config_type(), "base_dir": dg.Field(dg.StringSource, is_required=False)}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> ThreadMirroredComputeLogManager:
-        return cls(inst_data=inst_data, **config_value)
+    if not all(hasattr(LocalComputeLogManager, name) for name in ("capture_logs", "get_captured_local_path")):
+        return _not_applied("this Dagster's LocalComputeLogManager has moved: steps' output is mirrored by `tail`")
+    if getattr(LocalComputeLogManager.capture_logs, "helios_threaded", False):
+        return True
 
     @contextlib.contextmanager
-    def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
+    def capture_logs(self: Any, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
         outpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
         errpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
         with _mirrored(sys.stdout, outpath), _mirrored(sys.stderr, errpath):
             yield CapturedLogContext(log_key)
         Path(self.complete_artifact_path(log_key)).touch()  # the capture is complete: the UI stops polling
+
+    capture_logs.helios_threaded = True  # type: ignore[attr-defined]
+    LocalComputeLogManager.capture_logs = capture_logs  # type: ignore[method-assign]
+    return True
 
 
 @contextlib.contextmanager

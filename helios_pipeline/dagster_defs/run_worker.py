@@ -27,6 +27,7 @@ CODE_LOCATION_MODULE = "helios_pipeline.dagster_defs.definitions"
 for _name in (*private_api.RUN_WORKER_DAGSTER_MODULES, *THIRD_PARTY_MODULES):
     importlib.import_module(_name)
 private_api.reuse_sqlite_engines()  # each forked worker then compiles a statement once, not at every query
+private_api.mirror_compute_logs_by_thread()  # no `tail` and watching interpreter per stream and step
 
 _prestarted: tuple[int, Playwright] | None = None
 """The driver this worker started for its chunk, and the thread that may use it (Playwright's sync API is
