@@ -231,6 +231,10 @@ def _refused_by(policy: NetworkPolicy, host: str, port: int, address: IPAddress,
     return f"{shown} is a{'n' if kind[0] in 'aeiou' else ''} {kind} address"
 
 
+REPORTED_URLS = 5
+"""How many refused URLs a chunk reports (the count covers all of them)."""
+
+
 def describe_refusals(count: int, urls: list[str], rule: str) -> str:
     """One warning line: how many requests the policy refused, the first URLs, the first rule."""
     more = f" and {count - len(urls)} more" if count > len(urls) else ""

@@ -59,9 +59,8 @@ from helios_pipeline.dagster_defs.settings import Settings, storage_resource
 from helios_pipeline.dagster_defs.stall import Stall, StallWatch, stall_seconds
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
-from helios_pipeline.engine.page_network import REPORTED_URLS
 from helios_pipeline.interruptible import call_interruptibly, start_in_background
-from helios_pipeline.network import describe_refusals
+from helios_pipeline.network import REPORTED_URLS, describe_refusals
 from helios_pipeline.plan import plan as make_plan
 from helios_pipeline.spec import RenderSpec, sanitize_key
 from helios_pipeline.storage import StorageError

@@ -19,11 +19,9 @@ from playwright.sync_api import Page
 
 from helios_pipeline.engine.egress import EgressGate, Refusal, egress_gate
 from helios_pipeline.engine.errors import PageError, RenderError
-from helios_pipeline.network import DEFAULT_PORTS, Guard, read_deployment_policy
+from helios_pipeline.network import DEFAULT_PORTS, REPORTED_URLS, Guard, read_deployment_policy
 from helios_pipeline.spec import RenderSpec
 
-REPORTED_URLS = 5
-"""How many refused URLs a chunk reports (the count covers all of them)."""
 REFUSED_MARK = "ERR_SOCKS_CONNECTION_FAILED"
 """How Chromium reports a connection the gate refused."""
 STRICT_SETTLE_MS = 200
