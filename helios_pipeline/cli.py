@@ -29,6 +29,7 @@ from rich.text import Text
 
 from helios_pipeline.dagster_defs.deployment_check import DeploymentUnreachable
 from helios_pipeline.engine.errors import RenderCancelled, RenderError
+from helios_pipeline.interruptible import signal_handlers
 from helios_pipeline.limits import SettingError
 from helios_pipeline.orchestrator import RenderOrchestrator, run_plan
 from helios_pipeline.plan import plan as make_plan
@@ -465,12 +466,8 @@ def _signals_cancel() -> Iterator[None]:
             cancelling = True
             raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {signum: signal.signal(signum, cancel) for signum in CANCEL_SIGNALS}
-    try:
+    with signal_handlers(CANCEL_SIGNALS, cancel):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,11 +88,20 @@ def interrupts_set(cancel: threading.Event) -> Iterator[None]:
         received.append(signum)
         cancel.set()
 
-    previous = {signum: signal.signal(signum, note) for signum in INTERRUPT_SIGNALS}
+    try:
+        with signal_handlers(INTERRUPT_SIGNALS, note):
+            yield
+    finally:
+        if received:
+            signal.raise_signal(received[0])
+
+
+@contextlib.contextmanager
+def signal_handlers(signums: tuple[signal.Signals, ...], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for ``signums`` while in the block (main thread only); the handlers that were there after it."""
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            signal.raise_signal(received[0])
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
