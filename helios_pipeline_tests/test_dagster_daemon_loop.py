@@ -257,6 +257,11 @@ def test_the_run_storage_watch_sees_every_commit_to_a_sqlite_instance_only() -> 
             instance.add_run_tags(run.run_id, {"step": f"{value:02d}"})
             assert watch.changed(), f"write {value} was not seen"
         watch.close()
+        for file in watch.database.parent.glob(f"{watch.database.name}*"):  # removed under a running daemon
+            file.unlink()
+        missing = private_api.RunStorageWatch(instance)
+        assert missing.changed(), "a run storage it cannot read counts as changed: the loop looks for itself"
+        assert not watch.database.exists(), "the watch created a database file"
     other_storage = types.SimpleNamespace(run_storage=object())  # an instance on Postgres or MySQL
     assert not private_api.RunStorageWatch(other_storage).applies
     assert not private_api.RunStorageWatch(other_storage).changed()

@@ -221,8 +221,9 @@ class RunStorageWatch:
         if self.database is None:
             return None
         try:
-            if self._connection is None:  # opened on first use, in the thread that watches
-                self._connection = sqlite3.connect(self.database, check_same_thread=False, isolation_level=None)
+            if self._connection is None:  # opened on first use, in the thread that watches; never creates the file
+                uri = f"{self.database.resolve().as_uri()}?mode=rw"
+                self._connection = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             return self._connection.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:  # the file is gone or locked for a moment: count it as a change, look again next time
             self.close()
