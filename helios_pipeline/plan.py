@@ -128,7 +128,9 @@ def plan(spec: RenderSpec, *, work_dir: Path | None = None, concurrency: int | N
     """Plan a render: chunk ranges (see ``chunk_count``), their files, the concat and the final mix."""
     output = spec.output_path
     if spec.output_uri is not None and work_dir is None:  # made here, then uploaded: work in the temp folder
-        work = default_work_dir(Path(tempfile.gettempdir()) / "helios_pipeline" / _uri_folder(spec.output_uri))
+        # a folder directly in it, removed with the render (a shared parent stayed behind, empty, and one named
+        # like the package shadowed it for Python started in the temp folder)
+        work = Path(tempfile.gettempdir()) / f"helios-work-{_uri_folder(spec.output_uri)}"
     else:
         work = Path(work_dir) if work_dir is not None else default_work_dir(output)
     if spec.output_uri is not None:

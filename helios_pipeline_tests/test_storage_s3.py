@@ -264,10 +264,18 @@ def test_an_s3_output_survives_the_spec_snapshot(tmp_path: Path) -> None:
     assert not Path("s3:").exists()
 
 
-def test_the_library_renders_to_an_s3_output(s3_env: str, s3_server: S3Server, tmp_path: Path) -> None:
-    """``RenderOrchestrator.render`` (and ``render --local``): made in a temporary work folder, then uploaded."""
+def test_the_library_renders_to_an_s3_output(
+    s3_env: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RenderOrchestrator.render`` (and ``render --local``): made in a temporary work folder, then uploaded; nothing
+    of it is left in the temporary folder."""
+    import tempfile
+
     from helios_pipeline.orchestrator import RenderOrchestrator
 
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     output = f"s3://{s3_env}/library/clip.mp4"
     result = RenderOrchestrator.render(
         str(COMPOSITIONS / "frame_raf"), output, width=128, height=128, fps=30, frame_count=12, concurrency=2
@@ -278,4 +286,6 @@ def test_the_library_renders_to_an_s3_output(s3_env: str, s3_server: S3Server, t
     downloaded = tmp_path / "clip.mp4"
     s3_server.client().download_file(s3_env, "library/clip.mp4", str(downloaded))
     assert frame_indices(downloaded) == list(range(12))
+    assert result.plan.work_dir.parent == temporary
     assert not result.plan.work_dir.exists(), "the local copies are gone"
+    assert not [path.name for path in temporary.iterdir() if "helios" in path.name], "left in the temporary folder"
