@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -299,6 +300,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from helios_pipeline.scratch import UI_TEMP_PREFIX, process_folder
 
     stop_seconds = 5.0  # webserver and daemon together, inside a service manager's 10 s grace
+    refused = _cannot_listen(args.host, args.port)
+    if refused is not None:  # said before anything starts: the webserver would say it in its log and exit, later
+        _report("error", "bold red", f"cannot serve the UI on {args.host}:{args.port}: {refused}")
+        return EXIT_INVALID
     home = dagster_home()
     # a new DAGSTER_HOME's databases are made here: the webserver and the daemon making them at once can leave
     # alembic's version table with two heads, an instance neither can open again
@@ -329,6 +334,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
         stop_groups(list(processes.values()), stop_seconds)
         shutil.rmtree(scratch, ignore_errors=True)
         _wipe_daemon_heartbeats()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host``:``port`` and what to change, or None when it can."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"no such address ({exc.strerror}): check --host"
+    for family, kind, protocol, _name, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the webserver does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return f"{exc.strerror or exc}: choose another --port (or stop what listens there)"
+    return None
 
 
 def _wipe_daemon_heartbeats() -> None:

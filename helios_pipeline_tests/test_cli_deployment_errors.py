@@ -102,3 +102,25 @@ def test_a_bad_numeric_setting_exits_2_naming_it_and_leaves_nothing_running(
     assert "Traceback" not in result.stderr
     assert not (spec.parent / "out").exists()
     assert not deployment_processes(tmp_path / "home"), describe(deployment_processes(tmp_path / "home"))
+
+
+def test_ui_on_a_port_in_use_exits_2_naming_it_before_starting_anything(tmp_path: Path) -> None:
+    """It printed "open http://…" and started its daemon, then the webserver failed in its log and the UI exited 1."""
+    import socket
+
+    env = clean_env(tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result, seconds = cli(["ui", "--port", str(port)], env)
+
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve the UI on 127.0.0.1:{port}: Address already in use" in result.stderr, result.stderr
+    assert "open http" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+    assert seconds < 30
+    assert not (tmp_path / "home").exists(), "the instance was set up (its databases made) for a UI that cannot run"
+    assert not deployment_processes(tmp_path / "home"), describe(deployment_processes(tmp_path / "home"))
+
+    result, _ = cli(["ui", "--host", "no-such-host.invalid", "--port", str(free_port())], env)
+    assert result.returncode == 2 and "no-such-host.invalid" in result.stderr and "--host" in result.stderr
