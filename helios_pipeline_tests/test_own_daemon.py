@@ -21,6 +21,7 @@ from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
 from helios_pipeline.dagster_defs.own_daemon import daemon_serving, local_instance, start_daemon
 from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
 from helios_pipeline.processes import process_tree, stop_group
+from helios_pipeline.scratch import DRIVER_TEMP_PREFIX
 from helios_pipeline_tests.helpers import REPO, open_instance, wait_for, write_instance_config
 
 
@@ -119,3 +120,71 @@ def test_the_cli_starts_its_daemon_before_it_imports_dagster_and_not_beside_one_
         os.killpg(started["pid"], 15)
         first.communicate()  # the starter ends (it never reaps the daemon: init does)
         wait_for(lambda: not process_tree(started["pid"]), 30, "the daemon's exit")
+
+
+RUN_WORKER = """
+import os, signal, sys, time
+from helios_pipeline.scratch import DRIVER_TEMP_PREFIX, process_folder
+folder = process_folder(DRIVER_TEMP_PREFIX)
+(folder / "profile").mkdir()  # a browser's, that a stopping browser writes into while the worker removes it
+def stop(*_):
+    time.sleep(1.5)  # stopping its browser; its own removal of the folder loses the race to the browser's writes
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(folder, flush=True)
+time.sleep(60)
+"""
+FORK_SERVER = f"""
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", {RUN_WORKER!r}])
+time.sleep(60)
+"""  # ends at once on SIGTERM (as the warm launcher's fork server and a code server do): its worker is re-parented
+OWN_DAEMON = f"""
+import os, signal, subprocess, sys, threading, time
+from helios_pipeline.dagster_defs import daemon
+cli_gone, handed_over, signalled = threading.Event(), threading.Event(), []
+server = subprocess.Popen([sys.executable, "-c", {FORK_SERVER!r}])
+daemon._stop_when_the_cli_is_gone(os.getppid(), cli_gone, handed_over, signalled)
+stopping = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+print(os.getpid(), flush=True)
+stopping.wait()
+time.sleep(0.5)  # Dagster's daemon joins its threads before its CLI returns
+daemon._finish_stop_without_the_cli(signalled)
+os._exit(0)
+"""
+CLI = f"""
+import subprocess, sys, time
+daemon = subprocess.Popen([sys.executable, "-c", {OWN_DAEMON!r}], start_new_session=True)
+time.sleep(120)
+"""
+
+
+def test_a_daemon_whose_cli_is_gone_waits_for_re_parented_run_workers_before_it_sweeps_their_folders(
+    tmp_path: Path,
+) -> None:
+    """The CLI killed outright, its daemon stops its group. The fork server (or code server) ends at once, and its
+    run workers, re-parented, are still stopping their browsers: the daemon must wait for them (and kill them past
+    the grace) before it removes the folders of what is gone, or their driver folders are left behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    env.pop("DAGSTER_HOME", None)
+    cli = subprocess.Popen([sys.executable, "-c", CLI], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        folders = wait_for(lambda: list(scratch.glob(f"{DRIVER_TEMP_PREFIX}*")), 30, "the run worker's folder")
+        (daemon,) = [child for child in psutil.Process(cli.pid).children() if child.cmdline()[1:2] == ["-c"]]
+        worker = wait_for(
+            lambda: [p for p in process_tree(daemon.pid) if "process_folder" in " ".join(p.cmdline())],
+            10,
+            "the run worker",
+        )[0]
+        cli.kill()
+        cli.wait()
+        wait_for(lambda: not process_tree(daemon.pid), 30, "the daemon's exit")
+        assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
+        assert not any(folder.exists() for folder in folders), sorted(scratch.rglob("*"))
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()

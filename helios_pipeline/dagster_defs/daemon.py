@@ -40,7 +40,7 @@ from pathlib import Path
 
 from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import DEFAULT_TRIGGER_SECONDS, env_number, trigger_seconds
-from helios_pipeline.processes import signal_group
+from helios_pipeline.processes import alive, process_tree, signal_group
 from helios_pipeline.scratch import remove_all_orphaned_folders
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
     handed_over = threading.Event()
+    signalled: list = []  # the process tree below this one, as it was before the stop's SIGTERM
     if own:
         signal.signal(HANDOVER_SIGNAL, lambda _signum, _frame: handed_over.set())
     if with_parent:  # a thread: only now, as the fork server is this process forked only while it runs one thread
-        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over)
+        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over, signalled)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
     except SystemExit as exc:
@@ -143,18 +144,21 @@ def main(argv: list[str] | None = None) -> None:
         if early is not None:
             early.stop()
         if cli_gone.is_set():
-            _finish_stop_without_the_cli()
+            _finish_stop_without_the_cli(signalled)
     if own:
         _exit_now()
 
 
-def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event, handed_over: threading.Event) -> None:
+def _stop_when_the_cli_is_gone(
+    started_by: int, gone: threading.Event, handed_over: threading.Event, signalled: list
+) -> None:
     """The CLI's own daemon, and `helios-pipeline ui`'s (``WITH_PARENT_FLAG``), live as long as the CLI that
     started them. A CLI killed outright (SIGKILL, the out-of-memory killer) cannot stop its daemon, and in a
     session of its own that would run on, rendering for nobody: once this process's parent is another (it was
     re-parented), the daemon's group gets SIGTERM, as from the CLI's interrupt; what is left after
     ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included. A CLI that handed its daemon over
-    (``HANDOVER_SIGNAL``) leaves it serving the instance's other renders: it stops once none is left."""
+    (``HANDOVER_SIGNAL``) leaves it serving the instance's other renders: it stops once none is left. The tree
+    below this process is noted in ``signalled`` before the SIGTERM (see ``_finish_stop_without_the_cli``)."""
 
     def watch() -> None:
         while os.getppid() == started_by:
@@ -165,6 +169,7 @@ def _stop_when_the_cli_is_gone(started_by: int, gone: threading.Event, handed_ov
             _say("no render is left in progress on this instance: stopping")
         else:
             _say(f"the CLI that started it (pid {started_by}) is gone: stopping")
+        signalled.extend(process_tree(os.getpid())[1:])
         gone.set()
         signal_group(os.getpgrp(), signal.SIGTERM)
         signal_group(os.getpgrp(), signal.SIGCONT)  # as the CLI's stop: a stopped process acts once continued
@@ -209,17 +214,25 @@ def _an_older_daemon_runs() -> bool:
     return bool(older)
 
 
-def _finish_stop_without_the_cli() -> None:
-    """What the CLI's stop does after its SIGTERM: kill what outlived the grace, and wipe the heartbeats, so that
-    the next render does not count on this daemon."""
+def _finish_stop_without_the_cli(signalled: list) -> None:
+    """What the CLI's stop does after its SIGTERM: kill what outlived the grace, remove the folders of what is
+    gone, and wipe the heartbeats, so that the next render does not count on this daemon.
+
+    What outlived it is looked for in ``signalled`` (the tree as it was before the SIGTERM), not only among this
+    process's children now: a code server or fork server that ended at once left its run workers to another parent,
+    and they may still be stopping their browser, which the folder sweep must wait for."""
     import dagster as dg
     import psutil
 
-    _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=INTERRUPT_DAEMON_SECONDS)
+    deadline = time.monotonic() + INTERRUPT_DAEMON_SECONDS
+    while (left := alive({*signalled, *psutil.Process().children(recursive=True)})) and time.monotonic() < deadline:
+        time.sleep(PARENT_POLL_SECONDS / 10)
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(left, timeout=1)
+    deadline = time.monotonic() + 1
+    while alive(left) and time.monotonic() < deadline:
+        time.sleep(PARENT_POLL_SECONDS / 10)
     remove_all_orphaned_folders()  # what the killed ones (or those SIGTERM ended at once) kept in their folders
     with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
         instance.wipe_daemon_heartbeats()
