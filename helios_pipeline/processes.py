@@ -67,6 +67,21 @@ def alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
     return running
 
 
+def end_within(processes: Iterable[psutil.Process], grace: float) -> None:
+    """Wait until ``processes`` have ended (zombies count: a re-parented process is reaped whenever its new parent
+    gets to it), SIGKILL those left after ``grace`` seconds and give them up to a second more."""
+    processes = list(processes)
+    deadline = time.monotonic() + grace
+    while (left := alive(processes)) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    deadline = time.monotonic() + 1
+    while alive(left) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+
+
 def kill_tree(root: psutil.Process) -> None:
     """SIGKILL ``root`` and every process below it, and nothing else; safe when they are already gone."""
     with contextlib.suppress(psutil.Error):

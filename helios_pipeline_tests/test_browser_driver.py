@@ -21,6 +21,8 @@ from helios_pipeline.engine.browser import (
     launch_browser,
     start_playwright,
 )
+from helios_pipeline.processes import alive, process_tree
+from helios_pipeline_tests.helpers import describe
 
 
 def _driver_node_options() -> str | None:
@@ -56,6 +58,23 @@ def test_the_drivers_temporary_folder_goes_with_it_even_when_its_browser_was_kil
             "playwright_chromiumdev_profile",
         ], "the browser's folders are not in the driver's own temporary folder"
         browser_process(browser).kill()  # a chunk's watchdog or cancel does this
+    assert not scratch.exists(), f"left behind: {sorted(scratch.rglob('*'))}"
+
+
+def test_a_browser_whose_driver_died_has_ended_when_its_block_ends_and_leaves_no_folder() -> None:
+    """A SIGTERM to a run worker's group ends Playwright's driver at once: the browser, in a session of its own,
+    loses its pipe and ends by itself, writing its profile as it does. Playwright's close then fails at once; the
+    block must still wait for the browser to end, or the driver's folder removed next gets written to again."""
+    with start_playwright() as playwright:
+        with launch_browser(playwright) as browser:
+            chromium = browser_process(browser)
+            assert chromium is not None
+            tree = process_tree(chromium.pid)
+            (driver,) = [p for p in psutil.Process().children(recursive=True) if "node" in p.name().lower()]
+            scratch = Path(driver.environ()["TMPDIR"])
+            driver.kill()
+            driver.wait(5)
+        assert not alive(tree), describe(alive(tree))
     assert not scratch.exists(), f"left behind: {sorted(scratch.rglob('*'))}"
 
 

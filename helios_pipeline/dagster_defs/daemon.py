@@ -40,7 +40,7 @@ from pathlib import Path
 
 from helios_pipeline.dagster_defs import early_code_server
 from helios_pipeline.dagster_defs.settings import DEFAULT_TRIGGER_SECONDS, env_number, trigger_seconds
-from helios_pipeline.processes import alive, process_tree, signal_group
+from helios_pipeline.processes import end_within, process_tree, signal_group
 from helios_pipeline.scratch import remove_all_orphaned_folders
 
 DEFAULT_BACKFILL_LOOP_SECONDS = 0.5
@@ -224,15 +224,7 @@ def _finish_stop_without_the_cli(signalled: list) -> None:
     import dagster as dg
     import psutil
 
-    deadline = time.monotonic() + INTERRUPT_DAEMON_SECONDS
-    while (left := alive({*signalled, *psutil.Process().children(recursive=True)})) and time.monotonic() < deadline:
-        time.sleep(PARENT_POLL_SECONDS / 10)
-    for process in left:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    deadline = time.monotonic() + 1
-    while alive(left) and time.monotonic() < deadline:
-        time.sleep(PARENT_POLL_SECONDS / 10)
+    end_within({*signalled, *psutil.Process().children(recursive=True)}, INTERRUPT_DAEMON_SECONDS)
     remove_all_orphaned_folders()  # what the killed ones (or those SIGTERM ended at once) kept in their folders
     with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
         instance.wipe_daemon_heartbeats()

@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 from helios_pipeline.engine.driver_cache import enable_node_compile_cache
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
-from helios_pipeline.processes import child_env, thread_tags
+from helios_pipeline.processes import child_env, end_within, process_tree, thread_tags
 from helios_pipeline.scratch import DRIVER_TEMP_PREFIX, process_folder
 
 LAUNCH_ARGS = (
@@ -72,6 +72,10 @@ BEGIN_FRAME_ARGS = (
 
 LAUNCH_TIMEOUT_MS = 30000
 """How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
+
+CLOSE_GRACE_SECONDS = 3.0
+"""How long a browser whose driver is gone (Playwright cannot close it) gets to end by itself once it has lost its
+pipe, before it is killed: while it ends, it writes into its profile folder, which the driver's folder holds."""
 
 LAUNCH_MARKER = "--helios-launch-id"
 """A switch Chromium ignores; its unique value tells one chunk's browser from another's in one process."""
@@ -168,7 +172,16 @@ def launch_browser(playwright: Playwright, *, begin_frame_control: bool = False)
         with contextlib.suppress(Exception):
             browser.close()
         with _LOCK:
-            _LAUNCHED.pop(id(browser), None)
+            launched = _LAUNCHED.pop(id(browser), None)
+        if launched is not None:
+            _wait_until_gone(launched)
+
+
+def _wait_until_gone(browser: psutil.Process) -> None:
+    """Return once the browser's processes have ended, killing them past ``CLOSE_GRACE_SECONDS``. Playwright's
+    close waits for them, but fails at once when the driver is gone (a SIGTERM to the run worker's group reaches
+    it too): the driver's folder removed then, the ending browser wrote its profile into it again."""
+    end_within(process_tree(browser.pid) if browser.is_running() else [], CLOSE_GRACE_SECONDS)
 
 
 def _find_process(marker: str) -> psutil.Process:
