@@ -24,6 +24,12 @@ stuck chunk) left them in the system's temporary folder, ~0.2 MB each."""
 UI_TEMP_PREFIX = "helios-ui-"
 """The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
 PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX)
+CODE_SERVER_PREFIX = "helios-code-server-"
+"""The CLI's own daemon's early code server's socket folder (``early_code_server``)."""
+FORK_SERVER_PREFIX = "helios-forks-"
+"""The warm launcher's fork-server socket folder (``warm_launcher``): Python's own, ``pymp-*``, named no owner, so a
+daemon killed outright left it behind for good."""
+SOCKET_PREFIXES = (CODE_SERVER_PREFIX, FORK_SERVER_PREFIX)
 
 
 def owner_tag() -> str:
@@ -62,7 +68,25 @@ def remove_orphaned_folders(prefix: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def socket_folder(prefix: str) -> Path:
+    """A new folder ``<prefix><pid>-<random>`` in the system's temporary folder, owned by this process, for sockets:
+    its name holds no host (``process_folder``'s does), as a socket's path must stay under 108 bytes. First this
+    prefix's folders whose owner is gone are removed."""
+    remove_orphaned_socket_folders(prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def remove_orphaned_socket_folders(prefix: str) -> None:
+    """Remove the ``prefix`` folders (named by ``socket_folder``) whose owning process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = folder.name.removeprefix(prefix).partition("-")[0]
+        if pid.isdigit() and process_gone(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_all_orphaned_folders() -> None:
     """Sweep every kind of folder here, after a stop that had to kill processes (their folders are orphans now)."""
     for prefix in PREFIXES:
         remove_orphaned_folders(prefix)
+    for prefix in SOCKET_PREFIXES:
+        remove_orphaned_socket_folders(prefix)

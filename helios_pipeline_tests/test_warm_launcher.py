@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
+from helios_pipeline.scratch import FORK_SERVER_PREFIX
 from helios_pipeline_tests.helpers import REPO, wait_for
 
 PROGRAM = """
@@ -44,3 +51,35 @@ def test_the_fork_server_is_the_process_forked_when_it_runs_one_thread(threads: 
     assert forked == (threads == "one"), started["command"]
     assert "multiprocessing.forkserver" in started["command"]
     wait_for(lambda: not psutil.pid_exists(started["pid"]), 30, "the fork server to end with its parent")
+
+
+KILLED = """
+import os, sys, time
+from multiprocessing import util
+from helios_pipeline.dagster_defs import warm_launcher
+warm_launcher.warm_up()
+print(util.get_temp_dir(), flush=True)
+if sys.argv[1] == "killed":
+    time.sleep(60)
+"""
+
+
+def test_the_fork_servers_socket_folder_names_its_owner_and_a_killed_ones_is_swept() -> None:
+    """Python's multiprocessing folder (the fork server's socket), ``pymp-*``, named no owner: a daemon killed
+    outright left it in the temporary folder for good. It names the process now; the next process that warms a
+    fork server up sweeps a killed one's, and one that exits removes its own."""
+    scratch = Path(tempfile.mkdtemp(prefix="helios-t-"))  # short: a socket's path must stay under 108 bytes
+    pipes: dict[str, Any] = {"cwd": REPO, "env": {**os.environ, "TMPDIR": str(scratch)}, "stdout": subprocess.PIPE}
+    try:
+        killed = subprocess.Popen([sys.executable, "-c", KILLED, "killed"], start_new_session=True, text=True, **pipes)
+        assert killed.stdout is not None
+        folder = Path(killed.stdout.readline().strip())
+        os.killpg(killed.pid, signal.SIGKILL)  # the process and its fork server
+        killed.wait()
+        assert folder.parent == scratch and folder.name.startswith(f"{FORK_SERVER_PREFIX}{killed.pid}-"), folder
+        assert folder.exists(), "nothing removed the killed process's folder (or this test would prove nothing)"
+        second = subprocess.run([sys.executable, "-c", KILLED, "exits"], timeout=120, check=True, text=True, **pipes)
+        assert Path(second.stdout.strip()).name.startswith(f"{FORK_SERVER_PREFIX}"), second.stdout
+        assert not list(scratch.iterdir()), "the killed one's folder is swept, and the second removed its own"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -19,24 +19,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from helios_pipeline.scratch import CODE_SERVER_PREFIX, socket_folder
+
 FLAG = "--early-code-server"
 """Given to the daemon's entry point (before Dagster's own arguments) by the CLI's own daemon."""
 STARTUP_SECONDS = 180
 """As long as Dagster waits for a code server it starts (``code_server_process_startup_timeout``)."""
 POLL_SECONDS = 0.05
-FOLDER_PREFIX = "helios-code-server-"
+FOLDER_PREFIX = CODE_SERVER_PREFIX
 """The server's socket lives in ``<tmp>/helios-code-server-<daemon pid>-<random>/`` (a socket path must stay
 under 108 bytes, so not in DAGSTER_HOME); a killed daemon's folder is removed by the next one."""
 _PR_SET_PDEATHSIG = 1
@@ -91,8 +91,7 @@ class EarlyCodeServer:
     def __init__(self, workspace: Path, entry: ModuleEntry) -> None:
         self.workspace = workspace
         self.entry = entry
-        remove_stale_folders()
-        self.folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+        self.folder = socket_folder(FOLDER_PREFIX)
         self.socket = self.folder / "grpc.sock"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dagster", "api", "grpc", "--socket", str(self.socket),
@@ -139,17 +138,6 @@ class EarlyCodeServer:
         log.warning("the daemon's early code server is not used (%s): the daemon starts its own", why)
         self.stop()
         return daemon_argv
-
-
-def remove_stale_folders() -> None:
-    """Remove the socket folders of early code servers whose daemon is gone (killed: it could not clean up). Their
-    names hold no host (``scratch.process_folder``'s would): a socket's path must stay under 108 bytes."""
-    from helios_pipeline.scratch import process_gone
-
-    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
-        pid = folder.name.removeprefix(FOLDER_PREFIX).partition("-")[0]
-        if pid.isdigit() and process_gone(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _workspace_arg(argv: list[str]) -> Path | None:

@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -38,6 +39,7 @@ import yaml
 
 from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.dagster_defs.names import CHUNK_ASSET
+from helios_pipeline.scratch import FORK_SERVER_PREFIX, socket_folder
 
 PID_TAG = "helios/run_worker_pid"
 HOST_TAG = "helios/run_worker_host"
@@ -55,10 +57,25 @@ def fork_server() -> ForkServerContext:
     global _fork_server
     with _fork_server_lock:
         if _fork_server is None:
+            _own_multiprocessing_folder()
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([PRELOAD_MODULE])
             _fork_server = context  # type: ignore[assignment]
         return _fork_server  # type: ignore[return-value]
+
+
+def _own_multiprocessing_folder() -> None:
+    """Give multiprocessing a temporary folder (the fork server's socket) that names this process: Python's own,
+    ``pymp-*``, names none, so a daemon killed outright left it behind for good; this one is swept by the next
+    process that makes one (``scratch.socket_folder``) or by the stop that killed it, and removed at exit as
+    Python's is."""
+    from multiprocessing import process, util
+
+    config = process.current_process()._config  # where util.get_temp_dir keeps it: no public setter
+    if config.get("tempdir") is None:
+        folder = str(socket_folder(FORK_SERVER_PREFIX))
+        util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-100)
+        config["tempdir"] = folder
 
 
 def configured(dagster_yaml: Path) -> bool:
