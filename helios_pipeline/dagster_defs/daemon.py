@@ -84,6 +84,7 @@ def shorten_backfill_loop(seconds: float) -> bool:
     from helios_pipeline.dagster_defs import private_api
 
     private_api.gate_backfill_iterations(BACKFILL_QUIET_SECONDS)
+    private_api.check_backfill_targets_by_their_own_keys()
     private_api.wake_backfill_loop_on_run_changes()
     private_api.wake_run_queue_on_submit()
     return private_api.set_daemon_loop_interval(seconds)
