@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from checkout import use_this_checkout
+
 REPO = Path(__file__).resolve().parents[1]
 CANVAS_1080P = REPO / "benchmarks" / "compositions" / "canvas_1080p" / "index.html"
 FRAME_CANVAS = REPO / "benchmarks" / "compositions" / "frame_canvas_timer"
@@ -207,7 +209,7 @@ def main() -> int:
     args.width = args.width or (1280 if helios else 1920)
     args.height = args.height or (720 if helios else 1080)
     args.preset = args.preset or ("ultrafast" if helios else "veryfast")
-    sys.path.insert(0, str(REPO))
+    use_this_checkout(REPO)
     results = against_helios(args) if helios else against_dom(args)
     print(json.dumps(results))
     return 0

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from checkout import use_this_checkout
+
 REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2
 
@@ -339,5 +341,5 @@ def median_breakdown(rounds: list[list[tuple[str, float]]]) -> list[tuple[str, f
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    use_this_checkout(REPO)
     sys.exit(main())

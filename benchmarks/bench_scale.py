@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from checkout import use_this_checkout
+
 REPO = Path(__file__).resolve().parents[1]
 PARALLEL = 2  # chunks at once in both deployments: the machine has 2 cores
 PROJECTION_FRAMES = 18_000  # 10 minutes at 30 fps
@@ -258,5 +260,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    use_this_checkout(REPO)
     sys.exit(main())
