@@ -4,9 +4,11 @@ Two instances with the repo's `dagster.yaml`, each with a running daemon (the CL
 it): one empty, one holding ``--renders`` past renders (their render partitions, and a materialization of each of
 their plan, chunks, concat and mixed video, written through the instance as runless events: the rows a render
 leaves, without rendering them). Each round renders the same small spec through `helios-pipeline render` on both,
-one after the other, so a slow spell hits both; prints the medians, their ratio, and the difference.
+one after the other, so a slow spell hits both; prints the medians, their ratio, and the difference. Then, on each
+instance, the CPU that an idle deployment's daemon (`python -m helios_pipeline.dagster_defs.daemon run`, with
+sensors and automation, and its code server) uses over ``--idle-seconds`` once it has warmed up.
 
-    python benchmarks/bench_history.py [--renders 5000] [--repeat 5]
+    python benchmarks/bench_history.py [--renders 5000] [--repeat 5] [--idle-seconds 30]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> int:
     parser.add_argument("--renders", type=int, default=5000, help="past renders kept by the second instance")
     parser.add_argument("--repeat", type=int, default=5, help="rounds (a render on each instance per round)")
     parser.add_argument("--seconds", type=float, default=4, help="length of the rendered video")
+    parser.add_argument("--idle-seconds", type=float, default=30, help="idle deployment CPU window (0: skip)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-history-"))
     try:
@@ -60,8 +63,37 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         print(f"  {name:<8} median {medians[name]:5.2f} s  (rounds {', '.join(f'{v:.2f}' for v in values)})")
     print(f"  history / empty {medians['history'] / medians['empty']:.3f}, "
           f"difference {medians['history'] - medians['empty']:+.2f} s per render")  # fmt: skip
-    print(json.dumps({"renders": args.renders, "seconds": seconds, "medians": medians}))
+    idle = {name: idle_cpu(folder, args.idle_seconds) for name, folder in homes.items()} if args.idle_seconds else {}
+    for name, cpu in idle.items():
+        print(f"  idle deployment on the {name} instance: {cpu:.2f} CPU-s in {args.idle_seconds:g} s "
+              f"({cpu / args.idle_seconds:.1%} of a core)")  # fmt: skip
+    print(json.dumps({"renders": args.renders, "seconds": seconds, "medians": medians, "idle_cpu_seconds": idle}))
     return 0
+
+
+def idle_cpu(folder: Path, seconds: float, warm_up: float = 20) -> float:
+    """CPU-s the deployment's daemon and its code server use over ``seconds`` with nothing to render."""
+    import psutil
+
+    from helios_pipeline.processes import process_tree, start_group, stop_group
+
+    command = [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", "run", "-w", "workspace.yaml"]
+    daemon = start_group(command, cwd=REPO, env=environment(folder), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(warm_up)  # its imports, its code server's, the first ticks
+        tree = process_tree(daemon.pid)
+        used = {}
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                used[process.pid] = -sum(process.cpu_times()[:4])
+        time.sleep(seconds)
+        for process in tree:
+            with contextlib.suppress(psutil.Error, KeyError):
+                used[process.pid] += sum(process.cpu_times()[:4])
+        return sum(value for value in used.values() if value >= 0)
+    finally:
+        stop_group(daemon, 10)
 
 
 def environment(folder: Path) -> dict[str, str]:
