@@ -70,8 +70,9 @@ def remove_orphaned_folders(prefix: str) -> None:
 
 def socket_folder(prefix: str) -> Path:
     """A new folder ``<prefix><pid>-<random>`` in the system's temporary folder, owned by this process, for sockets:
-    its name holds no host (``process_folder``'s does), as a socket's path must stay under 108 bytes. First this
-    prefix's folders whose owner is gone are removed."""
+    its name holds no host (``process_folder``'s does), as a socket's path must stay under 108 bytes, so it suits a
+    temporary folder of this host only (a container's ``/tmp``, not one shared between hosts). First this prefix's
+    folders whose owner is gone are removed."""
     remove_orphaned_socket_folders(prefix)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
 

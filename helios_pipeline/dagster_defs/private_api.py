@@ -347,6 +347,7 @@ def check_backfill_targets_by_their_own_keys() -> bool:
     definition keeps Dagster's check. A removed partition still fails the backfill with Dagster's error.
     """
     from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.definitions.partitions.subset.all import AllPartitionsSubset
     from dagster._core.errors import DagsterDefinitionChangedDeserializationError
     from dagster._core.execution import asset_backfill
 
@@ -360,7 +361,11 @@ def check_backfill_targets_by_their_own_keys() -> bool:
     def check(asset_key: Any, asset_graph: Any, target_partitions_subset: Any, instance_queryer: Any) -> None:
         node = asset_graph.get(asset_key) if target_partitions_subset and asset_graph.has(asset_key) else None
         partitions_def = node.partitions_def if node is not None else None
-        if partitions_def is None or not _has_dynamic_dimension(partitions_def):
+        if (
+            partitions_def is None
+            or not _has_dynamic_dimension(partitions_def)
+            or isinstance(target_partitions_subset, AllPartitionsSubset)  # "all": Dagster's check is the cheaper
+        ):
             original(asset_key, asset_graph, target_partitions_subset, instance_queryer)
             return
         targets = set(target_partitions_subset.get_partition_keys())
