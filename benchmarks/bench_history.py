@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from checkout import use_this_checkout
@@ -34,16 +34,31 @@ CHUNKS = 2
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--renders", type=int, default=5000, help="past renders kept by the second instance")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds (a render on each instance per round)")
-    parser.add_argument("--seconds", type=float, default=4, help="length of the rendered video")
-    parser.add_argument("--idle-seconds", type=float, default=30, help="idle deployment CPU window (0: skip)")
+    parser.add_argument("--renders", type=at_least(0, int), default=5000, help="past renders kept by the second one")
+    parser.add_argument("--repeat", type=at_least(1, int), default=5, help="rounds (a render on each instance each)")
+    parser.add_argument("--seconds", type=at_least(0.1, float), default=4, help="length of the rendered video")
+    parser.add_argument("--idle-seconds", type=at_least(0, float), default=30, help="idle CPU window (0: skip)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-history-"))
     try:
         return measure(args, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def at_least(low: float, kind: type) -> Callable[[str], float]:
+    """An argparse type: a ``kind`` number no smaller than ``low``, else a message naming the value."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low:g}")
+        return value
+
+    return parse
 
 
 def measure(args: argparse.Namespace, scratch: Path) -> int:
