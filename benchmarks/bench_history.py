@@ -53,7 +53,8 @@ def at_least(low: float, kind: type) -> Callable[[str], float]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{text} is below {low:g}")
         return value
