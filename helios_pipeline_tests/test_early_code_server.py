@@ -108,7 +108,9 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         wait_for(lambda: len(sensor_ticks(instance, INBOX_SENSOR)) >= 3, 60, "three ticks of the inbox sensor")
     instance.wipe_daemon_heartbeats()
     times = sorted(tick.timestamp for tick in sensor_ticks(instance, INBOX_SENSOR))
-    assert min(b - a for a, b in itertools.pairwise(times)) < 4, times  # HELIOS_TRIGGER_SECONDS=2, not Dagster's 5 s
+    # HELIOS_TRIGGER_SECONDS=2, not Dagster's 5 s floor. A loop that comes round a moment before the sensor is due
+    # skips it to the next round (gaps of ~4 s, seen under load in CI); Dagster's floor never gives under 5 s
+    assert min(b - a for a, b in itertools.pairwise(times)) < 4.5, times
     states = {state.selector_id for state in instance.all_instigator_state()}
     origins = {state.origin.repository_origin for state in instance.all_instigator_state()}
     (location,) = {origin.code_location_origin.location_name for origin in origins}
