@@ -116,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     ahead = own and argv[:1] == [AHEAD_FLAG]
     argv = argv[1:] if ahead else argv
     from helios_pipeline.dagster_defs import private_api, warm_launcher
+    from helios_pipeline.dagster_defs.code_signature import PACKAGE, code_location_signature
 
     shorten_backfill_loop(seconds)
     private_api.reuse_sqlite_engines()
+    private_api.refresh_workspace_when_changed(code_location_signature, PACKAGE.name)
     if ahead and (_another_daemon_beats() or _an_older_daemon_runs()):
         if early is not None:
             early.stop()

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -332,6 +332,69 @@ def set_trigger_loop_floor(seconds: float) -> bool:
         )
     for module, name in floors:
         setattr(module, name, seconds)
+    return True
+
+
+def refresh_workspace_when_changed(signature: Callable[[], Hashable], package: str) -> bool:
+    """Have the daemon's periodic workspace refresh (Dagster's, every ``RELOAD_WORKSPACE_INTERVAL``: 60 s) start new
+    code servers only when ``signature()`` changed since the daemon started or last refreshed; False when this
+    Dagster refreshes elsewhere.
+
+    Dagster's refresh drops every code server the daemon manages and starts new ones, so that edited code shows.
+    The refresh is skipped only while it could change nothing: every location of the workspace file is code of
+    ``package`` (which ``signature`` covers) served by a code server the daemon manages, the workspace file still
+    names the same locations, none failed to load, and every server still runs. Otherwise Dagster's refresh runs
+    as before: other code, a changed workspace, a load error to retry, a server that exited.
+    """
+    from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin
+    from dagster._core.remote_representation.grpc_server_registry import ServerRegistryEntry
+    from dagster._daemon import controller
+
+    daemon_controller = controller.DagsterDaemonController
+    method = getattr(daemon_controller, "check_workspace_freshness", None)
+    if method is None or not isinstance(getattr(controller, "RELOAD_WORKSPACE_INTERVAL", None), int | float):
+        return _not_applied(
+            "this Dagster's daemon has no check_workspace_freshness: it starts new code servers every minute"
+        )
+    original = getattr(method, "helios_original", method)
+    last_seen = [signature()]  # the code as the daemon's first load of the workspace (after this) finds it
+
+    def unchanged(self: Any, current: Hashable) -> bool:
+        if current != last_seen[0]:
+            return False
+        context = self._workspace_process_context
+        registry = self._grpc_server_registry
+        target = context.workspace_load_target
+        origins = target.create_origins() if target is not None else []
+        entries = context.get_current_workspace().code_location_entries
+        if registry is None or not origins or {origin.location_name for origin in origins} != set(entries):
+            return False
+        for origin in origins:
+            if not isinstance(origin, ManagedGrpcPythonEnvCodeLocationOrigin):
+                return False
+            module = origin.loadable_target_origin.module_name or origin.loadable_target_origin.package_name or ""
+            entry = entries[origin.location_name]
+            if module.split(".")[0] != package or entry.load_error is not None or entry.origin != origin:
+                return False
+            server = registry._active_entries.get(origin.get_id())  # not get_grpc_server_entry: it would start one
+            if not isinstance(server, ServerRegistryEntry) or server.process.server_process.poll() is not None:
+                return False
+        return True
+
+    def check_workspace_freshness(self: Any, last_workspace_update_time: float) -> float:
+        now = time.time()
+        if now - last_workspace_update_time <= controller.RELOAD_WORKSPACE_INTERVAL:
+            return last_workspace_update_time
+        current = signature()  # before the refresh: an edit made while it runs shows at the next one
+        if unchanged(self, current):
+            return now
+        refreshed = original(self, last_workspace_update_time)
+        if refreshed != last_workspace_update_time:  # Dagster keeps the old time when its refresh failed
+            last_seen[0] = current
+        return refreshed
+
+    check_workspace_freshness.helios_original = original  # type: ignore[attr-defined]
+    daemon_controller.check_workspace_freshness = check_workspace_freshness  # type: ignore[method-assign]
     return True
 
 

@@ -46,7 +46,7 @@ class Settings:
         HELIOS_KEEP_DAYS (0: a finished render's chunks go once its video passed its check),
         HELIOS_UI_SPECS (<inbox>/ui)."""
         raw_storage = os.environ.get("HELIOS_STORAGE") or str(PROJECT_ROOT / ".helios")
-        inbox = Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve()
+        inbox = inbox_folder()
         return cls(
             storage=raw_storage if raw_storage.startswith("s3://") else str(Path(raw_storage).resolve()),
             keep_days=os.environ.get("HELIOS_KEEP_DAYS") or "0",
@@ -54,6 +54,11 @@ class Settings:
             ui_specs=Path(os.environ.get("HELIOS_UI_SPECS") or inbox / UI_SUBFOLDER).resolve(),
             max_chunks=int(env_number("HELIOS_MAX_CHUNKS", DEFAULT_MAX_CHUNKS, 1, 999, whole=True)),
         )
+
+
+def inbox_folder() -> Path:
+    """The inbox the sensor watches and schedules are read from: HELIOS_INBOX, default ``compositions/``."""
+    return Path(os.environ.get("HELIOS_INBOX") or PROJECT_ROOT / "compositions").resolve()
 
 
 def env_number(name: str, default: float, low: float, high: float, *, whole: bool = False, unit: str = "") -> float:
