@@ -346,22 +346,37 @@ def refresh_workspace_when_changed(signature: Callable[[], Hashable], package: s
     names the same locations, none failed to load, and every server still runs. Otherwise Dagster's refresh runs
     as before: other code, a changed workspace, a load error to retry, a server that exited.
     """
-    from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin
-    from dagster._core.remote_representation.grpc_server_registry import ServerRegistryEntry
     from dagster._daemon import controller
 
+    try:
+        from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin
+        from dagster._core.remote_representation.grpc_server_registry import ServerRegistryEntry
+    except ImportError:
+        ManagedGrpcPythonEnvCodeLocationOrigin = ServerRegistryEntry = None
     daemon_controller = controller.DagsterDaemonController
     method = getattr(daemon_controller, "check_workspace_freshness", None)
-    if method is None or not isinstance(getattr(controller, "RELOAD_WORKSPACE_INTERVAL", None), int | float):
+    interval = getattr(controller, "RELOAD_WORKSPACE_INTERVAL", None)
+    if method is None or ServerRegistryEntry is None or not isinstance(interval, int | float):
         return _not_applied(
             "this Dagster's daemon has no check_workspace_freshness: it starts new code servers every minute"
         )
     original = getattr(method, "helios_original", method)
-    last_seen = [signature()]  # the code as the daemon's first load of the workspace (after this) finds it
+
+    def taken() -> Hashable:
+        try:
+            return signature()
+        except Exception:  # unreadable: count it as changed (Dagster's refresh), never stop the daemon's loop
+            return object()
+
+    last_seen = [taken()]  # the code as the daemon's first load of the workspace (after this) finds it
 
     def unchanged(self: Any, current: Hashable) -> bool:
-        if current != last_seen[0]:
+        try:
+            return current == last_seen[0] and serves_what_it_loaded(self)
+        except Exception:  # a Dagster that holds these otherwise: its own refresh
             return False
+
+    def serves_what_it_loaded(self: Any) -> bool:
         context = self._workspace_process_context
         registry = self._grpc_server_registry
         target = context.workspace_load_target
@@ -385,7 +400,7 @@ def refresh_workspace_when_changed(signature: Callable[[], Hashable], package: s
         now = time.time()
         if now - last_workspace_update_time <= controller.RELOAD_WORKSPACE_INTERVAL:
             return last_workspace_update_time
-        current = signature()  # before the refresh: an edit made while it runs shows at the next one
+        current = taken()  # before the refresh: an edit made while it runs shows at the next one
         if unchanged(self, current):
             return now
         refreshed = original(self, last_workspace_update_time)
