@@ -153,16 +153,22 @@ def make_instance(folder: Path, renders: int) -> None:
                 instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=partition))
 
 
+def promo_spec(folder: Path, name: str, seconds: float, width: int, height: int) -> Path:
+    """A spec file in ``folder`` rendering the example composition for ``seconds`` in ``CHUNKS`` chunks."""
+    spec = folder / f"{name}.json"
+    spec.write_text(json.dumps({
+        "name": name, "composition": str(REPO / "examples" / "promo" / "index.html"),
+        "output": str(folder / "out" / f"{name}.mp4"), "width": width, "height": height, "fps": 30,
+        "duration_in_seconds": seconds, "concurrency": CHUNKS,
+    }), encoding="utf-8")  # fmt: skip
+    return spec
+
+
 def render(folder: Path, name: str, seconds: float) -> float:
     """`helios-pipeline render` of a small spec on ``folder``'s instance with its daemon running: wall seconds."""
     from helios_pipeline.dagster_defs.runner import ensure_daemon
 
-    spec = folder / f"{name}.json"
-    spec.write_text(json.dumps({
-        "name": name, "composition": str(REPO / "examples" / "promo" / "index.html"),
-        "output": str(folder / "out" / f"{name}.mp4"), "width": 320, "height": 240, "fps": 30,
-        "duration_in_seconds": seconds, "concurrency": CHUNKS,
-    }), encoding="utf-8")  # fmt: skip
+    spec = promo_spec(folder, name, seconds, 320, 240)
     command = [sys.executable, "-m", "helios_pipeline.cli", "render", str(spec), "-q"]
     with instance_of(folder) as instance, ensure_daemon(instance):
         time.sleep(3)  # a running deployment: its first loops have gone round

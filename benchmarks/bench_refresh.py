@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -27,23 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_history import CHUNKS, at_least, environment, promo_spec
 from checkout import use_this_checkout
 
 REPO = Path(__file__).resolve().parents[1]
-CHUNKS = 2
 SERVER_MARK = "api grpc"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="rounds: one render clear of the refresh, one during it")
-    parser.add_argument("--seconds", type=float, default=20, help="length of the rendered 1280x720 video")
-    parser.add_argument("--clear-at", type=float, default=8, help="render this long after the daemon's start")
-    parser.add_argument("--during-at", type=float, default=50, help="render this long after it (refresh due at 60 s)")
+    number, count = at_least(0.1, float), at_least(1, int)
+    parser.add_argument("--repeat", type=count, default=3, help="rounds: a render clear of the refresh, one during it")
+    parser.add_argument("--seconds", type=number, default=20, help="length of the rendered 1280x720 video")
+    parser.add_argument("--clear-at", type=number, default=8, help="render this long after the daemon's start")
+    parser.add_argument("--during-at", type=number, default=50, help="render this long after it (refresh due at 60 s)")
     args = parser.parse_args()
-    for name in ("repeat", "seconds", "clear_at", "during_at"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-refresh-"))
     try:
         return measure(args, scratch)
@@ -75,11 +72,6 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     return 0
 
 
-def environment(folder: Path) -> dict[str, str]:
-    return {**os.environ, "DAGSTER_HOME": str(folder / "home"), "HELIOS_STORAGE": str(folder / "storage"),
-            "HELIOS_INBOX": str(folder / "inbox"), "HELIOS_MAX_CHUNKS": str(CHUNKS)}  # fmt: skip
-
-
 def render_after(folder: Path, name: str, delay: float, seconds: float) -> dict[str, float]:
     """Start a daemon, render ``delay`` seconds after its start; the render's wall seconds, the code servers started
     while it ran, and the CPU the daemon's tree (without run workers, browsers and encoders) used meanwhile."""
@@ -87,12 +79,7 @@ def render_after(folder: Path, name: str, delay: float, seconds: float) -> dict[
 
     from helios_pipeline.processes import start_group, stop_group
 
-    spec = folder / f"{name}.json"
-    spec.write_text(json.dumps({
-        "name": name, "composition": str(REPO / "examples" / "promo" / "index.html"),
-        "output": str(folder / "out" / f"{name}.mp4"), "width": 1280, "height": 720, "fps": 30,
-        "duration_in_seconds": seconds, "concurrency": CHUNKS,
-    }), encoding="utf-8")  # fmt: skip
+    spec = promo_spec(folder, name, seconds, 1280, 720)
     env = environment(folder)
     command = [sys.executable, "-m", "helios_pipeline.dagster_defs.daemon", "run", "-w", "workspace.yaml"]
     daemon = start_group(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
