@@ -9,8 +9,9 @@ daemon a workspace that names it (a ``grpc_server`` entry with the same location
 does). The runs, their code origins and the UI's view of them are the same as with the managed server.
 
 Only for the CLI's short-lived daemon: a long-lived one (``helios-pipeline ui``) keeps Dagster's managed
-server, which it replaces when the code on disk changed (``code_signature``) so that edits are picked up. Anything unexpected (a
-workspace with other entries, a server that exits or does not answer) falls back to the workspace as given.
+server, which it replaces when the code on disk changed (``code_signature``) so that edits are picked up.
+Anything unexpected (a workspace with other entries, a server that exits or does not answer) falls back to
+the workspace as given.
 
 This module imports no Dagster at load time: it runs before Dagster is imported.
 """
