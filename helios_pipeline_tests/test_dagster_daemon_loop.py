@@ -73,6 +73,17 @@ def test_a_short_trigger_interval_lowers_dagsters_sensor_and_automation_loop_flo
         sensor.MIN_INTERVAL_LOOP_TIME, asset_daemon.MIN_INTERVAL_LOOP_SECONDS = before
 
 
+def test_each_round_of_the_trigger_loops_evaluates_the_sensors() -> None:
+    """The loops go round every HELIOS_TRIGGER_SECONDS (at most Dagster's 5 s) and the sensors' interval is shorter
+    than a round, so no round skips them (a sensor skipped waited two rounds)."""
+    from helios_pipeline.dagster_defs.daemon import trigger_loop_seconds
+    from helios_pipeline.dagster_defs.settings import sensor_interval_seconds
+
+    triggers = (1, 2, 5, 60)
+    assert [trigger_loop_seconds(seconds) for seconds in triggers] == [0.5, 2, 5, 5]
+    assert [sensor_interval_seconds(seconds) for seconds in triggers] == [1, 1, 4, 59]
+
+
 def test_the_shortened_interval_paces_dagsters_backfill_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards a Dagster upgrade: Dagster's own backfill loop, run for 3.5 s, must go round every second."""
     import logging

@@ -90,6 +90,14 @@ def shorten_backfill_loop(seconds: float) -> bool:
     return private_api.set_daemon_loop_interval(seconds)
 
 
+def trigger_loop_seconds(trigger: int) -> float:
+    """How often the deployment daemon's sensor and automation loops go round for sensors every ``trigger`` seconds:
+    as often (Dagster's loops: every 5 s at most). The sensors' interval is a second shorter
+    (``settings.sensor_interval_seconds``), so each round evaluates them. At 1 s, where a sensor's interval cannot
+    be shorter, every half second."""
+    return min(trigger, DEFAULT_TRIGGER_SECONDS) if trigger > 1 else 0.5
+
+
 def daemon_command(*args: str, early_code_server_start: bool = False, stop_with_parent: bool = False) -> list[str]:
     """The command line that starts this daemon (what the CLI and `helios-pipeline ui` run); the CLI's own
     daemon starts its code server early (``early_code_server``); both stop when their starter is gone."""
@@ -127,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         _exit_now(STOOD_DOWN)
     if own:
         private_api.run_only_daemons(RENDER_DAEMONS)
-    elif trigger < DEFAULT_TRIGGER_SECONDS:
-        private_api.set_trigger_loop_floor(trigger)
+    else:
+        private_api.set_trigger_loop_floor(trigger_loop_seconds(trigger))
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's

@@ -15,12 +15,13 @@ from helios_pipeline.dagster_defs.inbox import Inbox, inbox_specs
 from helios_pipeline.dagster_defs.names import PLAN_JOB, RENDER_TAG
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.schedules import register_render_job
-from helios_pipeline.dagster_defs.settings import trigger_seconds
+from helios_pipeline.dagster_defs.settings import sensor_interval_seconds, trigger_seconds
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.spec import SpecError, load_spec, sanitize_key
 
-TRIGGER_INTERVAL_S = trigger_seconds()
-"""Every sensor's ``minimum_interval_seconds`` (HELIOS_TRIGGER_SECONDS)."""
+TRIGGER_INTERVAL_S = sensor_interval_seconds(trigger_seconds())
+"""Every sensor's ``minimum_interval_seconds``: a second under HELIOS_TRIGGER_SECONDS, so that each round of the
+daemon's loops (every HELIOS_TRIGGER_SECONDS) evaluates it."""
 
 
 def _content_hash(path: Path) -> str:

@@ -75,6 +75,14 @@ def env_number(name: str, default: float, low: float, high: float, *, whole: boo
     return value
 
 
+def sensor_interval_seconds(trigger: int) -> int:
+    """The sensors' ``minimum_interval_seconds`` for a trigger every ``trigger`` seconds: a second less (at least 1).
+    Dagster's sensor and automation loops go round every ``trigger`` seconds (``daemon.trigger_loop_seconds``) and
+    evaluate a sensor whose interval has passed. At exactly ``trigger``, a round that reached the sensor a moment
+    sooner than the last one skipped it, and a render waited two intervals at that stage (10 s instead of 5)."""
+    return max(1, trigger - 1)
+
+
 def trigger_seconds() -> int:
     """How often the inbox sensor looks for specs and automation advances renders (HELIOS_TRIGGER_SECONDS, whole
     seconds, default 5): each render the inbox or a schedule starts waits up to this long at each of its stages."""
