@@ -39,7 +39,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=at_least(0.1, float), default=4, help="length of the rendered video")
     parser.add_argument("--idle-seconds", type=at_least(0, float), default=30, help="idle CPU window (0: skip)")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="helios-bench-history-"))
+    return in_scratch("helios-bench-history-", measure, args)
+
+
+def in_scratch(prefix: str, measure: Callable[[argparse.Namespace, Path], int], args: argparse.Namespace) -> int:
+    """``measure(args, folder)`` with a temporary folder that is removed afterwards, whatever happens."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         return measure(args, scratch)
     finally:

@@ -21,11 +21,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_history import at_least, environment, instance_of, promo_spec
+from bench_history import at_least, environment, in_scratch, instance_of, promo_spec
 from checkout import use_this_checkout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +37,7 @@ def main() -> int:
     parser.add_argument("--renders", type=at_least(1, int), default=3, help="specs moved into the inbox, one by one")
     parser.add_argument("--seconds", type=at_least(0.1, float), default=4, help="length of each 320x240 video")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="helios-bench-inbox-"))
-    try:
-        return measure(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch("helios-bench-inbox-", measure, args)
 
 
 def measure(args: argparse.Namespace, scratch: Path) -> int:

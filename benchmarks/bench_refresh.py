@@ -22,11 +22,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_history import CHUNKS, at_least, environment, promo_spec
+from bench_history import CHUNKS, at_least, environment, in_scratch, promo_spec
 from checkout import use_this_checkout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +40,7 @@ def main() -> int:
     parser.add_argument("--clear-at", type=number, default=8, help="render this long after the daemon's start")
     parser.add_argument("--during-at", type=number, default=50, help="render this long after it (refresh due at 60 s)")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="helios-bench-refresh-"))
-    try:
-        return measure(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch("helios-bench-refresh-", measure, args)
 
 
 def measure(args: argparse.Namespace, scratch: Path) -> int:
