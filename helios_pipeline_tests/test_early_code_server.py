@@ -108,8 +108,8 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         wait_for(lambda: len(sensor_ticks(instance, INBOX_SENSOR)) >= 6, 60, "six ticks of the inbox sensor")
     instance.wipe_daemon_heartbeats()
     times = sorted(tick.timestamp for tick in sensor_ticks(instance, INBOX_SENSOR))
-    # HELIOS_TRIGGER_SECONDS=2, not Dagster's 5 s floor; and its loop goes round every second: with rounds as long as
-    # the interval, a round that reached the sensor a moment sooner than the last skipped it (4 s gaps, one in two)
+    # HELIOS_TRIGGER_SECONDS=2, not Dagster's 5 s floor; and every 2 s round evaluates the sensor (its interval is 1 s):
+    # with the interval as long as a round, a round that reached it a moment sooner skipped it (4 s gaps, one in two)
     assert max(b - a for a, b in itertools.pairwise(times)) < 3.6, times
     states = {state.selector_id for state in instance.all_instigator_state()}
     origins = {state.origin.repository_origin for state in instance.all_instigator_state()}

@@ -77,9 +77,10 @@ def env_number(name: str, default: float, low: float, high: float, *, whole: boo
 
 def sensor_interval_seconds(trigger: int) -> int:
     """The sensors' ``minimum_interval_seconds`` for a trigger every ``trigger`` seconds: a second less (at least 1).
-    Dagster's sensor and automation loops go round every ``trigger`` seconds (``daemon.trigger_loop_seconds``) and
-    evaluate a sensor whose interval has passed. At exactly ``trigger``, a round that reached the sensor a moment
-    sooner than the last one skipped it, and a render waited two intervals at that stage (10 s instead of 5)."""
+    Dagster's sensor and automation loops go round every ``trigger`` seconds, every 5 s at most
+    (``daemon.trigger_loop_seconds``), and evaluate a sensor whose interval has passed since its last tick started.
+    With the interval equal to the rounds, a round that reached the sensor a moment sooner than the last one skipped
+    it, and a render waited two intervals at that stage (10 s instead of 5)."""
     return max(1, trigger - 1)
 
 
