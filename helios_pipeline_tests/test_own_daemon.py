@@ -142,15 +142,15 @@ time.sleep(60)
 OWN_DAEMON = f"""
 import os, signal, subprocess, sys, threading, time
 from helios_pipeline.dagster_defs import daemon
-cli_gone, handed_over, signalled = threading.Event(), threading.Event(), []
+cli_gone, handed_over, signalled, stopped_runs = threading.Event(), threading.Event(), [], []
 server = subprocess.Popen([sys.executable, "-c", {FORK_SERVER!r}])
-daemon._stop_when_the_cli_is_gone(os.getppid(), cli_gone, handed_over, signalled)
+daemon._stop_when_the_cli_is_gone(os.getppid(), cli_gone, handed_over, signalled, stopped_runs)
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopping.set())
 print(os.getpid(), flush=True)
 stopping.wait()
 time.sleep(0.5)  # Dagster's daemon joins its threads before its CLI returns
-daemon._finish_stop_without_the_cli(signalled)
+daemon._finish_stop_without_the_cli(signalled, stopped_runs)
 os._exit(0)
 """
 CLI = f"""
@@ -188,3 +188,34 @@ def test_a_daemon_whose_cli_is_gone_waits_for_re_parented_run_workers_before_it_
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+def test_a_daemon_whose_cli_is_gone_ends_the_runs_its_workers_left_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed after the stop's grace (or ended by the SIGTERM before it recorded its end) leaves its run
+    STARTED, and once this daemon is gone nothing would ever end it: the stop ends it, CANCELED, saying why. A run
+    that ended, or one this daemon's workers did not run, is left as it is."""
+    import dagster as dg
+
+    from helios_pipeline.dagster_defs import daemon
+
+    home = tmp_path / "home"
+    write_instance_config(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        left_open, ended, others = (
+            instance.add_run(dg.DagsterRun(job_name="probe", run_id=run_id, status=status))
+            for run_id, status in (
+                ("left-open", dg.DagsterRunStatus.STARTED),
+                ("ended", dg.DagsterRunStatus.SUCCESS),
+                ("others", dg.DagsterRunStatus.STARTED),
+            )
+        )
+    daemon._finish_stop_without_the_cli([], [left_open.run_id, ended.run_id])
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(left_open.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert instance.get_run_by_id(ended.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert instance.get_run_by_id(others.run_id).status == dg.DagsterRunStatus.STARTED
+        logs = [entry.message for entry in instance.all_logs(left_open.run_id)]
+        assert any(daemon.CLI_GONE in message for message in logs), logs

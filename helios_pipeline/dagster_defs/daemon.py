@@ -67,6 +67,8 @@ DAEMON_STOP_SECONDS = 20
 INTERRUPT_DAEMON_SECONDS = 4
 """The same for an abandoned render (an interrupted CLI, or one gone, for the daemon's own stop): its code server,
 run workers, Chromium and FFmpeg get this long, inside a service manager's grace."""
+CLI_GONE = "the CLI that started this daemon is gone"
+"""Said on the runs the daemon's own stop had to end (``_finish_stop_without_the_cli``)."""
 RENDER_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER")
 """What the CLI's own daemon runs (of what the instance enables): backfills, the run queue, run monitoring (a run
 whose worker died ends FAILURE and frees its pool slot) and run retries."""
@@ -142,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
     handed_over = threading.Event()
     signalled: list = []  # the process tree below this one, as it was before the stop's SIGTERM
+    stopped_runs: list[str] = []  # the runs whose workers were in that tree
     if own:
         signal.signal(HANDOVER_SIGNAL, lambda _signum, _frame: handed_over.set())
     if with_parent:  # a thread: only now, as the fork server is this process forked only while it runs one thread
-        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over, signalled)
+        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over, signalled, stopped_runs)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
     except SystemExit as exc:
@@ -155,13 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         if early is not None:
             early.stop()
         if cli_gone.is_set():
-            _finish_stop_without_the_cli(signalled)
+            _finish_stop_without_the_cli(signalled, stopped_runs)
     if own:
         _exit_now()
 
 
 def _stop_when_the_cli_is_gone(
-    started_by: int, gone: threading.Event, handed_over: threading.Event, signalled: list
+    started_by: int, gone: threading.Event, handed_over: threading.Event, signalled: list, stopped_runs: list[str]
 ) -> None:
     """The CLI's own daemon, and `helios-pipeline ui`'s (``WITH_PARENT_FLAG``), live as long as the CLI that
     started them. A CLI killed outright (SIGKILL, the out-of-memory killer) cannot stop its daemon, and in a
@@ -181,6 +184,7 @@ def _stop_when_the_cli_is_gone(
         else:
             _say(f"the CLI that started it (pid {started_by}) is gone: stopping")
         signalled.extend(process_tree(os.getpid())[1:])
+        stopped_runs.extend(_run_ids(signalled))
         gone.set()
         signal_group(os.getpgrp(), signal.SIGTERM)
         signal_group(os.getpgrp(), signal.SIGCONT)  # as the CLI's stop: a stopped process acts once continued
@@ -225,9 +229,11 @@ def _an_older_daemon_runs() -> bool:
     return bool(older)
 
 
-def _finish_stop_without_the_cli(signalled: list) -> None:
+def _finish_stop_without_the_cli(signalled: list, stopped_runs: list[str]) -> None:
     """What the CLI's stop does after its SIGTERM: kill what outlived the grace, remove the folders of what is
-    gone, and wipe the heartbeats, so that the next render does not count on this daemon.
+    gone, end the runs whose workers ended without recording it (``stopped_runs``: killed after the grace, or
+    ended by the SIGTERM before they could), and wipe the heartbeats, so that the next render does not count on
+    this daemon: no daemon is left to notice those runs.
 
     What outlived it is looked for in ``signalled`` (the tree as it was before the SIGTERM), not only among this
     process's children now: a code server or fork server that ended at once left its run workers to another parent,
@@ -238,7 +244,28 @@ def _finish_stop_without_the_cli(signalled: list) -> None:
     end_within({*signalled, *psutil.Process().children(recursive=True)}, INTERRUPT_DAEMON_SECONDS)
     remove_all_orphaned_folders()  # what the killed ones (or those SIGTERM ended at once) kept in their folders
     with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+        for run_id in stopped_runs:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_canceled(run, message=f"{CLI_GONE}: its worker ended without ending the run")
+    with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
         instance.wipe_daemon_heartbeats()
+
+
+def _run_ids(processes: list) -> list[str]:
+    """The runs of the run workers among ``processes`` (a worker's title ends with its run's id)."""
+    import psutil
+
+    from helios_pipeline.dagster_defs.warm_launcher import RUN_WORKER_TITLE
+
+    prefix = RUN_WORKER_TITLE.format(run_id="")
+    found = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(process.cmdline())
+            if title.startswith(prefix):
+                found.append(title[len(prefix) :].split()[0])
+    return found
 
 
 def _another_daemon_beats() -> bool:
