@@ -83,3 +83,50 @@ def test_the_fork_servers_socket_folder_names_its_owner_and_a_killed_ones_is_swe
         assert not list(scratch.iterdir()), "the killed one's folder is swept, and the second removed its own"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+COLLECTED = """
+import gc, json, sys, threading, time
+from helios_pipeline.dagster_defs import warm_launcher
+
+
+def private_dirty_kb() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        return next(int(line.split()[1]) for line in rollup if line.startswith("Private_Dirty:"))
+
+
+def collect(conn) -> None:
+    before = private_dirty_kb()
+    gc.collect()
+    conn.send({"copied_kb": private_dirty_kb() - before, "frozen": gc.get_freeze_count()})
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "threads":  # Python's own fork server, which imports the preload itself
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    warm_launcher.warm_up()
+    context = warm_launcher.fork_server()
+    ours, theirs = context.Pipe()
+    worker = context.Process(target=collect, args=(theirs,))
+    worker.start()
+    print(json.dumps(ours.recv()))
+    worker.join(60)
+"""
+
+
+@pytest.mark.parametrize("threads", ["one", "threads"])
+def test_a_run_worker_shares_the_fork_servers_memory_through_a_full_collection(threads: str) -> None:
+    """A forked run worker inherits the fork server's Python objects (Dagster, its storages, Playwright): ~200,000
+    of them. A full collection in the worker wrote to each one's header, which copied ~50 MB of shared pages into
+    the worker, for every run. The preload freezes them, so the collector leaves them (and their pages) alone."""
+    script = Path(tempfile.mkdtemp(prefix="helios-t-")) / "collected.py"  # run as a file: Python's fork server
+    try:  # re-imports the main module to find ``collect``
+        script.write_text(COLLECTED, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, str(script), threads], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+        )
+    finally:
+        shutil.rmtree(script.parent, ignore_errors=True)
+    collected = json.loads(result.stdout.splitlines()[-1])
+    assert collected["frozen"] > 100_000, collected
+    assert collected["copied_kb"] < 8 * 1024, f"a full collection copied {collected['copied_kb']} kB into the worker"
