@@ -16,6 +16,7 @@ read from the runs' own event timestamps ("asked for" is the CLI's start).
 
     python benchmarks/bench_dagster.py [--repeat 3] [--seconds 20] [--width 1280 --height 720]
     python benchmarks/bench_dagster.py --paths cli cli-own      # leave out the UI backfill
+    python benchmarks/bench_dagster.py --memory --width 1920 --height 1080   # peak PSS per chunk worker too
 """
 
 from __future__ import annotations
@@ -119,6 +120,73 @@ class CpuByKind:
         self.by_kind["caller"] -= self.own_seconds
 
 
+class WorkerMemory:
+    """With ``--memory``: the peak PSS of each chunk worker's process tree (the Python process that drives a
+    Chromium through its Playwright driver, with that driver, Chromium and FFmpeg), split by kind, and the
+    deployment's own processes (daemon, fork server, code server) at the same moments; sampled every ``interval``
+    s (reading ``smaps_rollup`` costs ~1 ms per process, so it is opt-in: it takes CPU from the render it times).
+
+    A Dagster chunk run is a process of its own; the library renders its chunks as threads of the CLI's process,
+    one driver each, so its tree is divided by its drivers: the figures are per chunk either way."""
+
+    def __init__(self, enabled: bool, interval: float = 1.0) -> None:
+        import threading
+
+        self.enabled, self.interval = enabled, interval
+        self.workers: dict[int, dict[str, float]] = {}  # root pid -> the split at that tree's peak (MB)
+        self.deployment = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        seen: dict[int, tuple[str, float, int]] = {}  # pid -> (kind, PSS in MB, parent pid)
+        for process in psutil.Process().children(recursive=True):
+            try:
+                with process.oneshot():
+                    name, command = process.name(), " ".join(process.cmdline())
+                    kind = "fork server" if name.startswith("helios-forks") else process_kind(name, command)
+                    seen[process.pid] = (kind, process.memory_full_info().pss / 2**20, process.ppid())
+            except psutil.Error:
+                continue
+        roots = {parent for kind, _, parent in seen.values() if kind == "driver" and parent in seen}
+        trees: dict[int, dict[str, float]] = {root: {} for root in roots}
+        for pid, (kind, pss, _) in seen.items():
+            root = pid
+            while root in seen and root not in roots:
+                root = seen[root][2]
+            if root in roots:
+                split = trees[root]
+                label = "python" if pid == root else kind
+                split[label] = split.get(label, 0.0) + pss
+        for root, split in trees.items():
+            chunks = sum(1 for kind, _, parent in seen.values() if kind == "driver" and parent == root)
+            split = {kind: mb / chunks for kind, mb in split.items()}
+            if sum(split.values()) > sum(self.workers.get(root, {}).values()):
+                self.workers[root] = split
+        deployment = sum(pss for kind, pss, _ in seen.values() if kind in ("daemon", "code server", "fork server"))
+        self.deployment = max(self.deployment, deployment)
+
+    def _sample_until_stopped(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._sample()
+
+    def peak_worker(self) -> dict[str, float]:
+        """The split of the chunk worker whose tree peaked highest (empty when none was seen)."""
+        return max(self.workers.values(), key=lambda split: sum(split.values()), default={})
+
+    def __enter__(self) -> WorkerMemory:
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+
+
 def dagster_chunk_wall_seconds(instance, render_key: str) -> float:
     """The slowest chunk's wall seconds as its materialisation recorded them."""
     import dagster as dg
@@ -160,6 +228,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each path once per round); medians")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="Dagster paths to time")
     parser.add_argument("--keep", action="store_true", help="keep the instance and outputs (path printed)")
+    parser.add_argument(
+        "--memory", action="store_true", help="also sample the peak PSS per chunk worker and of the deployment"
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="helios-bench-dagster-"))
@@ -222,14 +293,14 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         return seconds, wall_started
 
     def library_round(name: str) -> dict:
-        with CpuByKind() as cpu:
+        with CpuByKind() as cpu, WorkerMemory(args.memory) as memory:
             seconds, _ = run_cli(name, "--local")
-        return {"seconds": seconds, "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind}
+        return {"seconds": seconds, "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind, **memory_of(memory)}
 
     def backfill_round(name: str) -> dict:
         """What a UI user does: a render partition, then a backfill of plan + chunks + concat + mix."""
         key, _ = register_spec(storage, spec_for(name), CHUNKS)
-        with CpuByKind() as cpu:
+        with CpuByKind() as cpu, WorkerMemory(args.memory) as memory:
             started, wall_started = time.perf_counter(), time.time()
             instance.add_dynamic_partitions("renders", [key])
             backfill_id = launch_backfill(instance, key)
@@ -243,16 +314,16 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
             seconds = time.perf_counter() - started
         return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu(cpu),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, key),
-                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
+                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind, **memory_of(memory),
                 "breakdown": breakdown(instance, key, wall_started, wall_started + seconds)}  # fmt: skip
 
     def cli_round(name: str) -> dict:
         """`helios-pipeline render`: plan in-process, then a backfill of chunks + concat + mix."""
-        with CpuByKind() as cpu:
+        with CpuByKind() as cpu, WorkerMemory(args.memory) as memory:
             seconds, wall_started = run_cli(name)
         return {"seconds": seconds, "deployment_cpu_seconds": deployment_cpu(cpu),
                 "chunk_wall_seconds": dagster_chunk_wall_seconds(instance, name),
-                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind,
+                "machine_cpu_seconds": cpu.machine, "cpu": cpu.by_kind, **memory_of(memory),
                 "breakdown": breakdown(instance, name, wall_started, wall_started + seconds)}  # fmt: skip
 
     rounds: dict[str, list[dict]] = {"library": [], **{path: [] for path in args.paths}}
@@ -277,7 +348,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     results: dict = {"repeat": args.repeat, "load_average_1min": [round(load, 2) for load in loads]}
     for path, measured in rounds.items():
         for field in measured[0]:
-            if field not in ("breakdown", "cpu"):
+            if field not in ("breakdown", "cpu", "worker_pss"):
                 results[f"{path}_{field}"] = statistics.median(m[field] for m in measured)
     for path in args.paths:  # fixed cost in each round against that round's library render, then the median
         costs = [m["seconds"] - lib["seconds"] for m, lib in zip(rounds[path], rounds["library"], strict=True)]
@@ -323,12 +394,38 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
             f"    {path:<9} machine {results[f'{path}_machine_cpu_seconds']:5.1f}: "
             + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in results[f"{path}_cpu"].items())
         )
+    if args.memory:
+        print_memory(rounds, results)
     for path in args.paths:
         print(f"  where the time went, {names[path]} (median per stage, from the runs' event timestamps):")
         for label, seconds in results[f"{path}_breakdown"]:
             print(f"    {seconds:6.2f} s  {label}")
     print(json.dumps(results))
     return 0
+
+
+def memory_of(memory: WorkerMemory) -> dict:
+    """A round's memory figures (none without ``--memory``)."""
+    if not memory.enabled:
+        return {}
+    return {"worker_pss": memory.peak_worker(), "deployment_pss_mb": memory.deployment}
+
+
+def print_memory(rounds: dict[str, list[dict]], results: dict) -> None:
+    """The peak PSS per chunk worker (median over the rounds, per kind) and of the deployment's own processes."""
+    print(
+        "  peak PSS per chunk (its worker's tree), MB (median per kind; "
+        "deployment = daemon + fork server + code server):"
+    )
+    for path, measured in rounds.items():
+        kinds = sorted({kind for m in measured for kind in m["worker_pss"]})
+        split = {kind: statistics.median(m["worker_pss"].get(kind, 0.0) for m in measured) for kind in kinds}
+        total = statistics.median(sum(m["worker_pss"].values()) for m in measured)
+        results[f"{path}_worker_pss"] = {"total": total, **split}
+        deployment = f", deployment {results[f'{path}_deployment_pss_mb']:.0f}" if path != "library" else ""
+        print(
+            f"    {path:<9} {total:5.0f}: " + ", ".join(f"{kind} {mb:.0f}" for kind, mb in split.items()) + deployment
+        )
 
 
 def median_breakdown(rounds: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
