@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helios_pipeline.dagster_defs.previews import embedded_image
+from helios_pipeline.dagster_defs.previews import embedded_image, jpeg_budget
 from helios_pipeline.engine import thumbnail
-from helios_pipeline.engine.contact_sheet import write_contact_sheet
+from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.thumbnail import START_WIDTH, source_width
 from helios_pipeline.engine.tools import ffmpeg_path
@@ -134,7 +134,7 @@ def test_the_contact_sheet_shows_evenly_spaced_frames_of_the_count_it_is_given(
     video = tmp_path / "ramp.mp4"
     ffmpeg("-f", "lavfi", "-i", "nullsrc=s=64x64:r=30:d=4,format=gray,geq=lum=N*2", "-frames:v", "120",
            "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(video))  # fmt: skip
-    sheet = write_contact_sheet(video, frames=frames_given, columns=4, rows=3, thumb_width=32)
+    sheet = write_contact_sheet(video, frames=frames_given, columns=4, rows=3, thumb_width=32).path
     assert sheet == tmp_path / "ramp.contact.png"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ramp.contact.png", "ramp.mp4"], "no partial file"
     step = (frames_given or 120) // 12
@@ -142,3 +142,39 @@ def test_the_contact_sheet_shows_evenly_spaced_frames_of_the_count_it_is_given(
     expected = [float(source[cell * step]) for cell in range(12)]
     cells = sheet_cells(sheet, columns=4, rows=3, thumb=32)
     assert np.allclose(cells, expected, atol=4), list(zip(cells, expected, strict=True))
+
+
+@pytest.mark.parametrize("budget", [150_000, 3_000])
+def test_the_sheets_own_run_makes_its_preview_so_none_decodes_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """The final video's preview is its contact sheet's: the sheet's FFmpeg run also writes the preview's JPEGs
+    (a second run decoding the PNG took ~0.13 s at the end of every render). The preview picked from them is the
+    picture of the sheet, at the widest rung that fits, and no FFmpeg runs for it; a budget below every rung
+    goes on from the narrowest, as ``embedded_image`` alone would."""
+    video = tmp_path / "busy.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+    sheet = write_contact_sheet(video, preview_bytes=jpeg_budget(contact_sheet_path(video), budget))
+    widths = thumbnail.preview_widths(jpeg_budget(sheet.path, budget))
+    assert len(sheet.previews) == len(widths)
+    sheet_width = source_width(sheet.path)
+    for jpeg, width in zip(sheet.previews, widths, strict=True):
+        (tmp_path / "rung.jpg").write_bytes(jpeg)
+        assert source_width(tmp_path / "rung.jpg") == min(width, sheet_width - sheet_width % 2)
+    runs: list[str] = []
+    for name in ("run_ffmpeg", "ffmpeg_stdout", "run_ffprobe"):
+        real = getattr(thumbnail, name)
+        counted = lambda *args, _real=real, _name=name, **kwargs: runs.append(_name) or _real(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(thumbnail, name, counted)
+    markdown = embedded_image(sheet.path, budget, sheet.previews).value
+    assert len(markdown) <= budget
+    fits = [jpeg for jpeg in sheet.previews if len(jpeg) <= jpeg_budget(sheet.path, budget)]
+    if fits:
+        assert runs == [], "the ladder was made again"
+        assert decoded_jpeg(markdown, tmp_path)[1].read_bytes() == fits[0], "not the widest rung that fits"
+    else:
+        assert runs, "a budget below every rung goes on with attempts of its own"
+    _, jpeg = decoded_jpeg(markdown, tmp_path)
+    shown = decode_gray_frames(jpeg, 16)[0].astype(float)
+    made_again = decode_gray_frames(decoded_jpeg(embedded_image(sheet.path, budget).value, tmp_path)[1], 16)[0]
+    assert np.abs(shown - made_again).mean() < 12, "the preview is not a picture of the sheet"

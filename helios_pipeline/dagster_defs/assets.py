@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from helios_pipeline.dagster_defs.partitions import (
     chunk_partitions,
     renders,
 )
-from helios_pipeline.dagster_defs.previews import embedded_image
+from helios_pipeline.dagster_defs.previews import embedded_image, jpeg_budget
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.disk_full import DiskFull
@@ -426,10 +426,13 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     )
 
 
-def preview_or_note(context: dg.AssetExecutionContext, picture: Path, max_chars: int) -> dg.MarkdownMetadataValue:
-    """``picture`` embedded for the UI; a preview is for people, so one that cannot be made never fails the asset."""
+def preview_or_note(
+    context: dg.AssetExecutionContext, picture: Path, max_chars: int, ladder: Sequence[bytes] = ()
+) -> dg.MarkdownMetadataValue:
+    """``picture`` embedded for the UI; a preview is for people, so one that cannot be made never fails the asset.
+    ``ladder``: JPEGs of it made already (``previews.embedded_image``)."""
     try:
-        return embedded_image(picture, max_chars)
+        return embedded_image(picture, max_chars, ladder)
     except RenderError as exc:
         context.log.warning(f"no preview: {exc}")
         return dg.MetadataValue.md(f"no preview: {exc}")
@@ -598,10 +601,11 @@ def mixed_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     try:
         concat = _latest(context.instance, CONCAT_ASSET, render_key)
         storage.fetch(render_key, plan.concat_output_file, _stored_info(concat) if concat else None)
-        finished = mix_with_preview(plan)
+        # the sheet's FFmpeg run also writes its preview's JPEGs: no second run decodes the sheet after it
+        finished = mix_with_preview(plan, preview_bytes=jpeg_budget(contact_sheet_path(final), FINAL_PREVIEW_CHARS))
         mix, sheet = finished.mix, finished.contact_sheet
         info = probe(final)
-        preview = preview_or_note(context, sheet, FINAL_PREVIEW_CHARS)
+        preview = preview_or_note(context, sheet, FINAL_PREVIEW_CHARS, finished.contact_sheet_previews)
         links = _publish_output(storage, plan.final_output_uri, final, sheet)
         if finished.poster is not None:
             links |= _publish_poster(context, storage, plan.final_output_uri, finished.poster)

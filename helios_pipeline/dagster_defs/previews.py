@@ -8,6 +8,7 @@ is bounded so that the event log, and every page that lists events, stays light.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -17,13 +18,19 @@ from helios_pipeline.engine.thumbnail import jpeg_within
 DATA_URI_PREFIX = "data:image/jpeg;base64,"
 
 
-def embedded_image(path: Path, max_bytes: int = 150_000) -> dg.MarkdownMetadataValue:
+def jpeg_budget(path: Path, max_bytes: int) -> int:
+    """The bytes of JPEG that ``path``'s Markdown image may hold within ``max_bytes`` characters."""
+    head = f"![{path.name}]({DATA_URI_PREFIX}"
+    return (max_bytes - len(head) - 1) * 3 // 4  # base64: 4 characters per 3 bytes
+
+
+def embedded_image(path: Path, max_bytes: int = 150_000, ladder: Sequence[bytes] = ()) -> dg.MarkdownMetadataValue:
     """``path`` (an image, or a video's first frame) as a Markdown image of at most ``max_bytes`` characters.
 
     The budget is for the whole Markdown text, base64 included (what the event log stores); the
-    JPEG is scaled down until it fits. Raises ``RenderError`` naming the file when it cannot be read.
+    JPEG is scaled down until it fits. ``ladder``: the JPEGs to choose from, made already at
+    ``preview_widths(jpeg_budget(path, max_bytes))`` (a contact sheet's). Raises ``RenderError`` naming the file
+    when it cannot be read.
     """
-    head = f"![{path.name}]({DATA_URI_PREFIX}"
-    jpeg_budget = (max_bytes - len(head) - 1) * 3 // 4  # base64: 4 characters per 3 bytes
-    encoded = base64.b64encode(jpeg_within(path, jpeg_budget)).decode("ascii")
-    return dg.MetadataValue.md(f"{head}{encoded})")
+    encoded = base64.b64encode(jpeg_within(path, jpeg_budget(path, max_bytes), ladder)).decode("ascii")
+    return dg.MetadataValue.md(f"![{path.name}]({DATA_URI_PREFIX}{encoded})")

@@ -29,6 +29,8 @@ class Finished:
     contact_sheet: Path
     poster: Path | None = None
     """The spec's ``poster_frame`` as a PNG beside the video (``<stem>.poster.png``), when it asks for one."""
+    contact_sheet_previews: tuple[bytes, ...] = ()
+    """The sheet's preview ladder, when ``mix_with_preview`` was given a budget (``ContactSheet.previews``)."""
 
 
 def missing_chunks(render_plan: RenderPlan) -> list[str]:
@@ -53,9 +55,9 @@ def join_chunks(render_plan: RenderPlan, facts: Sequence[ChunkFacts] = ()) -> Co
     )
 
 
-def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Finished:
-    """Mix the concat into ``final`` (default: the plan's output), write its contact sheet beside it,
-    and its poster when the spec has a ``poster_frame``.
+def mix_with_preview(render_plan: RenderPlan, final: Path | None = None, preview_bytes: int | None = None) -> Finished:
+    """Mix the concat into ``final`` (default: the plan's output), write its contact sheet beside it (with its
+    preview ladder for a JPEG of ``preview_bytes``, when given), and its poster when the spec has a ``poster_frame``.
 
     The mix stream-copies the concat's video, so the sheet is made from the concat while the mix
     runs, and the poster (a still rendered in its own browser) at the same time; if any of them
@@ -65,7 +67,13 @@ def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Fini
     concat = render_plan.concat_output_file
     spec = render_plan.spec
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sheet_job = pool.submit(write_contact_sheet, final, frames_from=concat, frames=render_plan.total_frames)
+        sheet_job = pool.submit(
+            write_contact_sheet,
+            final,
+            frames_from=concat,
+            frames=render_plan.total_frames,
+            preview_bytes=preview_bytes,
+        )
         poster_job = None
         if spec.poster_frame is not None:
             from helios_pipeline.engine.still import render_still  # a browser: loaded only for a poster
@@ -84,8 +92,12 @@ def mix_with_preview(render_plan: RenderPlan, final: Path | None = None) -> Fini
         except BaseException:
             _remove_after(jobs, [final, *previews])
             raise
+        sheet = sheet_job.result()
         return Finished(
-            mix=mix, contact_sheet=sheet_job.result(), poster=poster_path(final) if poster_job is not None else None
+            mix=mix,
+            contact_sheet=sheet.path,
+            poster=poster_path(final) if poster_job is not None else None,
+            contact_sheet_previews=sheet.previews,
         )
 
 

@@ -9,8 +9,10 @@ instead, as shrinking it further would lose more.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from helios_pipeline.engine.errors import RenderError
@@ -66,37 +68,59 @@ def ladder_widths(first: int) -> list[int]:
     return widths
 
 
-def jpeg_ladder(source: Path, widths: list[int]) -> list[bytes]:
-    """The first picture of ``source`` as a JPEG at each of ``widths`` (never wider than the picture), from
-    one FFmpeg run that decodes it once. Written to a folder of its own, which is removed."""
+def preview_widths(max_bytes: int) -> list[int]:
+    """The ladder's widths for a budget of ``max_bytes``: the first guess (about ``8 x sqrt(bytes)`` pixels, at
+    most ``START_WIDTH``), then each ``RUNG_STEP`` times the last."""
+    guess = max(SMALL_WIDTH, int(math.sqrt(max(max_bytes, 0)) * WIDTH_PER_ROOT_BYTE))
+    return ladder_widths(min(START_WIDTH, guess))
+
+
+def ladder_graph(source: str, widths: Sequence[int]) -> tuple[str, list[str]]:
+    """A filter graph that scales the stream labelled ``source`` (``[0:v]``) to each of ``widths`` (never wider
+    than the picture, as full-range YUV for MJPEG), and its output labels, widest first."""
     outputs = [f"[w{index}]" for index in range(len(widths))]
     scales = ";".join(
         f"[s{index}]scale=w='2*trunc(min(iw,{width})/2)':h=-2:flags=area,format=yuvj420p{outputs[index]}"
         for index, width in enumerate(widths)
     )
-    graph = f"[0:v]split={len(widths)}" + "".join(f"[s{index}]" for index in range(len(widths))) + ";" + scales
+    graph = f"{source}split={len(widths)}" + "".join(f"[s{index}]" for index in range(len(widths))) + ";" + scales
+    return graph, outputs
+
+
+@contextlib.contextmanager
+def ladder_outputs(outputs: Sequence[str]) -> Iterator[tuple[list[str], list[Path]]]:
+    """FFmpeg's output options writing each of ``outputs`` (labels of ``ladder_graph``) as one JPEG, and the
+    files they go to, in a folder of its own that is removed after the block."""
     with tempfile.TemporaryDirectory(prefix="helios-preview-") as folder:
-        files = [Path(folder) / f"{index}.jpg" for index in range(len(widths))]
+        files = [Path(folder) / f"{index}.jpg" for index in range(len(outputs))]
         mapped = []
         for output, file in zip(outputs, files, strict=True):
             mapped += ["-map", output, "-frames:v", "1", "-q:v", str(JPEG_QUALITY), "-c:v", "mjpeg", str(file)]
+        yield mapped, files
+
+
+def jpeg_ladder(source: Path, widths: list[int]) -> list[bytes]:
+    """The first picture of ``source`` as a JPEG at each of ``widths`` (never wider than the picture), from
+    one FFmpeg run that decodes it once."""
+    graph, outputs = ladder_graph("[0:v]", widths)
+    with ladder_outputs(outputs) as (mapped, files):
         run_ffmpeg(ffmpeg_command("-i", str(source), "-filter_complex", graph, *mapped), f"preview of {source}")
         return [file.read_bytes() for file in files]
 
 
-def jpeg_within(source: Path, max_bytes: int) -> bytes:
+def jpeg_within(source: Path, max_bytes: int, ladder: Sequence[bytes] = ()) -> bytes:
     """A JPEG of ``source`` (an image, or a video's first frame) of at most ``max_bytes`` bytes.
 
     The usual budget is met by the first FFmpeg run (``jpeg_ladder``: ~0.07 s, where trying one width at a
     time took up to three runs on a chunk's critical path); a budget below every rung goes on from the
-    narrowest one, one run per attempt. Raises ``RenderError`` naming the file when it is missing, has no
-    picture, or cannot fit.
+    narrowest one, one run per attempt. ``ladder``: that first run's JPEGs, made already (at
+    ``preview_widths(max_bytes)``, by the FFmpeg run that wrote ``source``: a contact sheet's). Raises
+    ``RenderError`` naming the file when it is missing, has no picture, or cannot fit.
     """
     if not source.is_file():
         raise RenderError(f"preview of {source}: no such file")
-    guess = max(SMALL_WIDTH, int(math.sqrt(max(max_bytes, 0)) * WIDTH_PER_ROOT_BYTE))
-    widths = ladder_widths(min(START_WIDTH, guess))
-    ladder = jpeg_ladder(source, widths)
+    widths = preview_widths(max_bytes)
+    ladder = list(ladder) or jpeg_ladder(source, widths)
     for data in ladder:
         if len(data) <= max_bytes:
             return data
