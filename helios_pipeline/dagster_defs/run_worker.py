@@ -10,13 +10,13 @@ executes the code as it is on disk, as with Dagster's own launcher.
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from helios_pipeline.dagster_defs import private_api
+from helios_pipeline.heap import long_lived_imports
 
 if TYPE_CHECKING:
     from playwright.sync_api import Playwright
@@ -25,14 +25,14 @@ THIRD_PARTY_MODULES = ("pydantic", "yaml", "psutil", "playwright.sync_api")
 """Imported by the renders' code; none of them starts a thread or opens a file at import, so they survive a fork."""
 CODE_LOCATION_MODULE = "helios_pipeline.dagster_defs.definitions"
 
-for _name in (*private_api.RUN_WORKER_DAGSTER_MODULES, *THIRD_PARTY_MODULES):
-    importlib.import_module(_name)
-private_api.reuse_sqlite_engines()  # each forked worker then compiles a statement once, not at every query
-private_api.mirror_compute_logs_by_thread()  # no `tail` and watching interpreter per stream and step
-# Last: what is imported by now moves to the collector's permanent generation. A worker forked from the process
-# holding it shares those pages with it; without this, the worker's first full collection wrote to the header of
+# Frozen for the garbage collector once imported (``heap.long_lived_imports``): a worker forked from the process
+# holding them shares their pages with it; without this, the worker's first full collection wrote to the header of
 # every inherited object and so copied ~50 MB of the fork server into each worker (test_warm_launcher).
-gc.freeze()
+with long_lived_imports():
+    for _name in (*private_api.RUN_WORKER_DAGSTER_MODULES, *THIRD_PARTY_MODULES):
+        importlib.import_module(_name)
+    private_api.reuse_sqlite_engines()  # each forked worker then compiles a statement once, not at every query
+    private_api.mirror_compute_logs_by_thread()  # no `tail` and watching interpreter per stream and step
 
 _prestarted: tuple[int, Playwright] | None = None
 """The driver this worker started for its chunk, and the thread that may use it (Playwright's sync API is
