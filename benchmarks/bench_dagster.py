@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_history import at_least
 from checkout import use_this_checkout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,10 +223,11 @@ def load_average() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--repeat", type=int, default=1, help="rounds (each path once per round); medians")
+    number, count = at_least(0.1, float), at_least(1, int)
+    parser.add_argument("--seconds", type=number, default=20)
+    parser.add_argument("--width", type=at_least(16, int), default=1280)
+    parser.add_argument("--height", type=at_least(16, int), default=720)
+    parser.add_argument("--repeat", type=count, default=1, help="rounds (each path once per round); medians")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="Dagster paths to time")
     parser.add_argument("--keep", action="store_true", help="keep the instance and outputs (path printed)")
     parser.add_argument(
