@@ -233,6 +233,26 @@ def encode_only(spec: RenderSpec, images: list[bytes], output: Path) -> dict[str
 # -- memory sampler ----------------------------------------------------------------------------
 
 
+ROLLUP_FIELDS = {"Pss:": "total", "Pss_Anon:": "anon", "Pss_Shmem:": "shmem", "Pss_File:": "file"}
+"""``/proc/PID/smaps_rollup``'s PSS and its split: private and shared heaps (anon), shared memory between a
+process and its helpers (shmem: Chromium's raster and compositor buffers) and the pages of files (file: the programs'
+binaries and libraries, which every other worker on the machine running the same programs shares)."""
+
+
+def pss_rollup(pid: int) -> dict[str, int]:
+    """The process's PSS and its split by kind of memory, in bytes (empty when it is gone)."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(" ")
+                if name in ROLLUP_FIELDS:
+                    found[ROLLUP_FIELDS[name]] = int(rest.split()[0]) * 1024
+    except OSError:
+        return {}
+    return found
+
+
 class WorkerSampler:
     """Every ~0.2 s: RSS (PSS every ~1 s) summed over each chunk worker's process tree, and CPU times.
 
@@ -248,6 +268,7 @@ class WorkerSampler:
         self.peak_pss: dict[int, int] = {}
         self.peak_breakdown: dict[int, dict[str, float]] = {}
         self.peak_pss_breakdown: dict[int, dict[str, float]] = {}
+        self.peak_pss_memory: dict[int, dict[str, float]] = {}  # worker pid -> PSS by kind of memory at its peak
         self.cpu: dict[int, dict[int, tuple[str, float]]] = {}  # worker pid -> pid -> (kind, cpu seconds)
         self.samples = 0
         self.thread_cpu_seconds = 0.0
@@ -290,13 +311,15 @@ class WorkerSampler:
             rss_total = pss_total = 0
             by_kind: dict[str, int] = {}
             pss_by_kind: dict[str, int] = {}
+            pss_by_memory: dict[str, int] = {}
             cpu = self.cpu.setdefault(worker.pid, {})
             for process in tree:
                 try:
                     with process.oneshot():
                         kind = _kind(process)
                         rss = process.memory_info().rss
-                        pss = getattr(process.memory_full_info(), "pss", 0) if with_pss else 0
+                        rollup = pss_rollup(process.pid) if with_pss else {}
+                        pss = rollup.get("total", 0)
                         cpu[process.pid] = (kind, _cpu(process))
                 except psutil.Error:
                     continue  # exited between listing and reading
@@ -304,9 +327,14 @@ class WorkerSampler:
                 pss_total += pss
                 by_kind[kind] = by_kind.get(kind, 0) + rss
                 pss_by_kind[kind] = pss_by_kind.get(kind, 0) + pss
+                for memory, amount in rollup.items():
+                    pss_by_memory[memory] = pss_by_memory.get(memory, 0) + amount
             if with_pss and pss_total > self.peak_pss.get(worker.pid, 0):
                 self.peak_pss[worker.pid] = pss_total
                 self.peak_pss_breakdown[worker.pid] = {k: round(v / MB, 1) for k, v in sorted(pss_by_kind.items())}
+                self.peak_pss_memory[worker.pid] = {
+                    memory: round(pss_by_memory.get(memory, 0) / MB, 1) for memory in ("anon", "shmem", "file")
+                }
             if rss_total > self.peak_rss.get(worker.pid, 0):
                 self.peak_rss[worker.pid] = rss_total
                 self.peak_breakdown[worker.pid] = {k: round(v / MB, 1) for k, v in sorted(by_kind.items())}
@@ -354,6 +382,7 @@ def pipeline(args: argparse.Namespace, work: Path, concurrency: int) -> dict[str
                 "peak_pss_mb": None if pss is None else round(pss / MB, 1),
                 "peak_rss_mb_by_kind": sampler.peak_breakdown.get(chunk.pid),
                 "peak_pss_mb_by_kind": sampler.peak_pss_breakdown.get(chunk.pid),
+                "peak_pss_mb_by_memory": sampler.peak_pss_memory.get(chunk.pid),
             }
         )
     longest_capture = max(c.capture_seconds for c in result.chunks)
@@ -462,6 +491,9 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     pss = [p["peak_pss_per_worker_mb"] for r in reps for p in r["pipeline"] if p["peak_pss_per_worker_mb"]]
     out["peak_rss_per_worker_mb"] = max(rss) if rss else None
     out["peak_pss_per_worker_mb"] = max(pss) if pss else None
+    peaks = [c for r in reps for p in r["pipeline"] for c in p["per_chunk"] if c["peak_pss_mb"]]
+    top = max(peaks, key=lambda chunk: chunk["peak_pss_mb"], default={})
+    out["peak_pss_by_memory_mb"] = top.get("peak_pss_mb_by_memory")  # the split of that worker at its peak
     out["meets_ratio_target"] = (out["pipeline_c1_over_bare"] or 0) >= RATIO_TARGET
     out["meets_pss_target"] = (
         out["peak_pss_per_worker_mb"] is not None and out["peak_pss_per_worker_mb"] <= PSS_TARGET_MB
@@ -588,7 +620,7 @@ def print_table(report: dict[str, Any]) -> None:
                     f"startup {c['browser_startup_s']:.2f} s, "
                     f"capture {c['capture_s']:.1f} s, CPU/frame browser {c['browser_cpu_s_per_frame']:.3f} s "
                     f"ffmpeg {c['ffmpeg_cpu_s_per_frame']:.3f} s, peak RSS by kind {c['peak_rss_mb_by_kind']}, "
-                    f"peak PSS by kind {c['peak_pss_mb_by_kind']}"
+                    f"peak PSS by kind {c['peak_pss_mb_by_kind']}, by memory {c['peak_pss_mb_by_memory']}"
                 )
         print(
             f"  bare loop: seek {bare['seek_s']:.1f} s + screenshot {bare['screenshot_s']:.1f} s, "
@@ -643,6 +675,11 @@ def print_summary(s: dict[str, Any], capture: str, env: dict[str, Any], cfg: dic
         f"({verdict} target <= {PSS_TARGET_MB} MB); "
         f"RSS {_mb(s['peak_rss_per_worker_mb'])}"
     )
+    if split := s.get("peak_pss_by_memory_mb"):
+        print(
+            f"    of it: heaps {split['anon']:.0f} MB, shared memory {split['shmem']:.0f} MB, "
+            f"the programs' file pages {split['file']:.0f} MB (shared with every other worker on the machine)"
+        )
     print(
         f"  CPU per frame at c1        browser {s['c1_browser_cpu_s_per_frame']:.3f} s, "
         f"FFmpeg {s['c1_ffmpeg_cpu_s_per_frame']:.3f} s ({env['cpus']} CPUs)"
