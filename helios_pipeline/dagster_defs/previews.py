@@ -18,10 +18,13 @@ from helios_pipeline.engine.thumbnail import jpeg_within
 DATA_URI_PREFIX = "data:image/jpeg;base64,"
 
 
+def _markdown_head(path: Path) -> str:
+    return f"![{path.name}]({DATA_URI_PREFIX}"
+
+
 def jpeg_budget(path: Path, max_bytes: int) -> int:
     """The bytes of JPEG that ``path``'s Markdown image may hold within ``max_bytes`` characters."""
-    head = f"![{path.name}]({DATA_URI_PREFIX}"
-    return (max_bytes - len(head) - 1) * 3 // 4  # base64: 4 characters per 3 bytes
+    return (max_bytes - len(_markdown_head(path)) - 1) * 3 // 4  # base64: 4 characters per 3 bytes
 
 
 def embedded_image(path: Path, max_bytes: int = 150_000, ladder: Sequence[bytes] = ()) -> dg.MarkdownMetadataValue:
@@ -33,4 +36,4 @@ def embedded_image(path: Path, max_bytes: int = 150_000, ladder: Sequence[bytes]
     when it cannot be read.
     """
     encoded = base64.b64encode(jpeg_within(path, jpeg_budget(path, max_bytes), ladder)).decode("ascii")
-    return dg.MetadataValue.md(f"![{path.name}]({DATA_URI_PREFIX}{encoded})")
+    return dg.MetadataValue.md(f"{_markdown_head(path)}{encoded})")

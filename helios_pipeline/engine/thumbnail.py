@@ -90,7 +90,10 @@ def ladder_graph(source: str, widths: Sequence[int]) -> tuple[str, list[str]]:
 @contextlib.contextmanager
 def ladder_outputs(outputs: Sequence[str]) -> Iterator[tuple[list[str], list[Path]]]:
     """FFmpeg's output options writing each of ``outputs`` (labels of ``ladder_graph``) as one JPEG, and the
-    files they go to, in a folder of its own that is removed after the block."""
+    files they go to, in a folder of its own that is removed after the block (none for no outputs)."""
+    if not outputs:
+        yield [], []
+        return
     with tempfile.TemporaryDirectory(prefix="helios-preview-") as folder:
         files = [Path(folder) / f"{index}.jpg" for index in range(len(outputs))]
         mapped = []
