@@ -53,7 +53,7 @@ def process_kind(name: str, command: str) -> str:
         return "caller"
     if "helios_pipeline.dagster_defs.daemon" in command:
         return "daemon"
-    if "dagster api grpc" in command or "dagster code-server" in command:
+    if " api grpc " in command or "dagster code-server" in command:  # Dagster's server, or the early one
         return "code server"
     return "run workers" if "python" in name else "other"
 

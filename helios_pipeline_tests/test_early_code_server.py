@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from helios_pipeline.dagster_defs.daemon import RENDER_DAEMONS, daemon_command
-from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, ModuleEntry, module_entry
+from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX, SERVER_MODULE, ModuleEntry, module_entry
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS, stop_process_tree
 from helios_pipeline.dagster_defs.private_api import workspace_location_names
 from helios_pipeline.dagster_defs.sensors import composition_inbox
@@ -85,7 +85,7 @@ def code_servers(daemon: subprocess.Popen) -> list[list[str]]:
             command = child.cmdline()
         except psutil.Error:
             continue
-        if command[1:5] == ["-m", "dagster", "api", "grpc"]:
+        if command[3:5] == ["api", "grpc"]:  # python -m dagster (Dagster's) or code_server (the early one)
             servers.append(command)
     return servers
 
@@ -122,6 +122,7 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
         servers = code_servers(daemon)
         assert len(servers) == 1, servers
         assert "--lazy-load-user-code" not in servers[0]
+        assert servers[0][1:3] == ["-m", SERVER_MODULE], servers  # Dagster and the code location imported frozen
         socket = Path(servers[0][servers[0].index("--socket") + 1])
         assert socket.parent.name.startswith(f"{FOLDER_PREFIX}{daemon.pid}-") and socket.is_socket()
         assert workspace_location_names(socket.parent / "workspace.yaml") == [location]

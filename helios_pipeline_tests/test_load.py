@@ -213,7 +213,7 @@ def serves_code(process: psutil.Process) -> bool:
     """A code server of the daemon (replaced about every minute; an old one exits once its runs have ended)."""
     with contextlib.suppress(psutil.Error):
         command = " ".join(process.cmdline())
-        return "dagster api grpc" in command or "dagster code-server" in command or "resource_tracker" in command
+        return " api grpc " in command or "dagster code-server" in command or "resource_tracker" in command
     return False
 
 

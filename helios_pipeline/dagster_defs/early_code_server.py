@@ -4,9 +4,10 @@ A daemon that loads ``workspace.yaml`` starts its code server only once it has i
 (~4 s on the 2-core machine), and that server then takes ~2 s more to import Dagster and the code location:
 a render on a machine where no deployment runs waited for both, one after the other. Here the daemon's
 entry point starts the same server first thing (``dagster api grpc`` with the workspace entry's module,
-attribute and working directory: the command Dagster's own deployments run) and, once it answers, hands the
-daemon a workspace that names it (a ``grpc_server`` entry with the same location name, as ``dagster dev``
-does). The runs, their code origins and the UI's view of them are the same as with the managed server.
+attribute and working directory: the command Dagster's own deployments run, through ``code_server``) and,
+once it answers, hands the daemon a workspace that names it (a ``grpc_server`` entry with the same location
+name, as ``dagster dev`` does). The runs, their code origins and the UI's view of them are the same as with the
+managed server.
 
 Only for the CLI's short-lived daemon: a long-lived one (``helios-pipeline ui``) keeps Dagster's managed
 server, which it replaces when the code on disk changed (``code_signature``) so that edits are picked up.
@@ -40,6 +41,8 @@ POLL_SECONDS = 0.05
 FOLDER_PREFIX = CODE_SERVER_PREFIX
 """The server's socket lives in ``<tmp>/helios-code-server-<daemon pid>-<random>/`` (a socket path must stay
 under 108 bytes, so not in DAGSTER_HOME); a killed daemon's folder is removed by the next one."""
+SERVER_MODULE = "helios_pipeline.dagster_defs.code_server"
+"""``dagster api grpc`` with Dagster and the code location imported out of the garbage collector's sight."""
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("helios_pipeline")
@@ -95,7 +98,7 @@ class EarlyCodeServer:
         self.folder = socket_folder(FOLDER_PREFIX)
         self.socket = self.folder / "grpc.sock"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "api", "grpc", "--socket", str(self.socket),
+            [sys.executable, "-m", SERVER_MODULE, "api", "grpc", "--socket", str(self.socket),
              "--log-level", "warning", *entry.server_args()],
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )  # fmt: skip

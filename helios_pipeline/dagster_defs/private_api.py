@@ -527,11 +527,22 @@ def daemon_loop_interval() -> float:
     return float(controller.DEFAULT_DAEMON_INTERVAL_SECONDS)
 
 
+def import_daemon() -> None:
+    """Import what ``run_daemon_cli`` runs: the daemon's command and the daemons it starts."""
+    import dagster._daemon.cli  # noqa: F401
+
+
 def run_daemon_cli(argv: list[str]) -> None:
     """``dagster-daemon`` with ``argv``, in this process (so the loop interval set above applies)."""
     from dagster._daemon.cli import cli
 
     cli.main(args=argv, prog_name="dagster-daemon", obj={})
+
+
+def import_code_server() -> None:
+    """Import what ``dagster api grpc`` runs: Dagster's command line and its gRPC code server."""
+    import dagster._cli
+    import dagster._grpc.server  # noqa: F401
 
 
 def workspace_location_names(workspace: Path) -> list[str]:
