@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import tempfile
@@ -11,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helios_pipeline.dagster_defs.assets import CHUNK_PREVIEW_CHARS
 from helios_pipeline.dagster_defs.previews import embedded_image, jpeg_budget
 from helios_pipeline.engine import thumbnail
+from helios_pipeline.engine.chunk import render_chunk
 from helios_pipeline.engine.contact_sheet import contact_sheet_path, write_contact_sheet
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.thumbnail import START_WIDTH, source_width
 from helios_pipeline.engine.tools import ffmpeg_path
+from helios_pipeline.plan import RenderChunk
+from helios_pipeline.spec import validate_spec
+from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import decode_gray_frames
 
 DATA_URI = re.compile(r"^!\[(?P<alt>[^\]]+)\]\(data:image/jpeg;base64,(?P<data>[A-Za-z0-9+/=]+)\)$")
@@ -41,6 +47,16 @@ def decoded_jpeg(markdown: str, folder: Path) -> tuple[str, Path]:
     jpeg = folder / "preview.jpg"
     jpeg.write_bytes(base64.b64decode(match["data"]))
     return match["alt"], jpeg
+
+
+def count_preview_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The FFmpeg and ffprobe runs the previews make from now on, by name."""
+    runs: list[str] = []
+    for name in ("run_ffmpeg", "ffmpeg_stdout", "run_ffprobe"):
+        real = getattr(thumbnail, name)
+        counted = lambda *args, _real=real, _name=name, **kwargs: runs.append(_name) or _real(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(thumbnail, name, counted)
+    return runs
 
 
 @pytest.mark.parametrize("budget", [150_000, 20_000, 999])
@@ -161,11 +177,7 @@ def test_the_sheets_own_run_makes_its_preview_so_none_decodes_it_again(
     for jpeg, width in zip(sheet.previews, widths, strict=True):
         (tmp_path / "rung.jpg").write_bytes(jpeg)
         assert source_width(tmp_path / "rung.jpg") == min(width, sheet_width - sheet_width % 2)
-    runs: list[str] = []
-    for name in ("run_ffmpeg", "ffmpeg_stdout", "run_ffprobe"):
-        real = getattr(thumbnail, name)
-        counted = lambda *args, _real=real, _name=name, **kwargs: runs.append(_name) or _real(*args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(thumbnail, name, counted)
+    runs = count_preview_runs(monkeypatch)
     markdown = embedded_image(sheet.path, budget, sheet.previews).value
     assert len(markdown) <= budget
     fits = [jpeg for jpeg in sheet.previews if len(jpeg) <= jpeg_budget(sheet.path, budget)]
@@ -178,3 +190,53 @@ def test_the_sheets_own_run_makes_its_preview_so_none_decodes_it_again(
     shown = decode_gray_frames(jpeg, 16)[0].astype(float)
     made_again = decode_gray_frames(decoded_jpeg(embedded_image(sheet.path, budget).value, tmp_path)[1], 16)[0]
     assert np.abs(shown - made_again).mean() < 12, "the preview is not a picture of the sheet"
+
+
+CUE = "1\n00:00:00,500 --> 00:00:01,200\nOn the first frame\n"
+"""A cue from frame 15 to 35 at 30 fps: on the first frame of a chunk that starts at frame 20."""
+
+
+@pytest.mark.slow
+def test_a_chunks_encoding_run_writes_its_first_frames_preview_and_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's preview is its first frame (subtitles burned in), written by the FFmpeg run that encodes the chunk
+    (a second run decoding the chunk took ~0.15 s at the end of every chunk run); the chunk's video comes out
+    byte for byte as without it, no preview folder is left, and the chunk asset's preview is picked from them
+    with no FFmpeg run: the screenshots' ICC profile, which would fill most of its budget, is left out."""
+    srt = tmp_path / "cue.srt"
+    srt.write_text(CUE, encoding="utf-8")
+    spec = validate_spec(
+        {"composition": str(COMPOSITIONS / "black"), "width": 256, "height": 256, "fps": 30, "frame_count": 40,
+         "subtitles": str(srt)},
+        base_dir=tmp_path,
+        source="test",
+    )  # fmt: skip
+    budget = jpeg_budget(Path("chunk_0001.mov"), CHUNK_PREVIEW_CHARS)
+    before = set(Path(tempfile.gettempdir()).glob("helios-preview-*"))
+
+    def chunk(folder: str) -> RenderChunk:
+        return RenderChunk(id=1, start_frame=20, frame_count=8, output_file=tmp_path / folder / "chunk_0001.mov")
+
+    with_preview = render_chunk(spec, chunk("a"), preview_bytes=budget)
+    without = render_chunk(spec, chunk("b"))
+    assert set(Path(tempfile.gettempdir()).glob("helios-preview-*")) == before
+    assert without.first_frame_previews == ()
+    video = Path(with_preview.output_file)
+    assert video.read_bytes() == Path(without.output_file).read_bytes(), "the preview changed the chunk's bits"
+    assert sorted(p.name for p in video.parent.iterdir()) == ["chunk_0001.mov"]
+    widths = thumbnail.preview_widths(budget)
+    assert len(with_preview.first_frame_previews) == len(widths)
+    assert (decode_gray_frames(video, 128)[0, 80:] > 128).sum() > 20, "the cue is not on the chunk's first frame"
+    band = decode_gray_frames(video, 32)[0, 20:].astype(float)  # the bottom band, where the cue is burned in
+    for index, (jpeg, width) in enumerate(zip(with_preview.first_frame_previews, widths, strict=True)):
+        rung = tmp_path / f"rung{index}.jpg"
+        rung.write_bytes(jpeg)
+        assert source_width(rung) == min(width, 256)
+        difference = np.abs(decode_gray_frames(rung, 32)[0, 20:] - band).mean()
+        assert difference < band.mean() / 2, "not the first frame"  # one without the cue: the band's whole mean
+    assert "previews" not in json.dumps(with_preview.to_dict())  # the worker's JSON result: facts only
+    assert not any(b"ICC_PROFILE" in jpeg for jpeg in with_preview.first_frame_previews)
+    runs = count_preview_runs(monkeypatch)
+    markdown = embedded_image(video, CHUNK_PREVIEW_CHARS, with_preview.first_frame_previews).value
+    assert runs == [] and len(markdown) <= CHUNK_PREVIEW_CHARS, runs

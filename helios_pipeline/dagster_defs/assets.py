@@ -371,7 +371,13 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     try:
         with interrupts_set(cancel):
             result = render_chunk(
-                plan.spec, chunk, on_progress=on_progress, cancel=cancel, playwright=prestarted_playwright()
+                plan.spec,
+                chunk,
+                on_progress=on_progress,
+                cancel=cancel,
+                playwright=prestarted_playwright(),
+                # the encoding run writes the preview too: none decodes the chunk for it on the critical path
+                preview_bytes=jpeg_budget(Path(chunk.output_file), CHUNK_PREVIEW_CHARS),
             )
     except PageError as exc:  # the page itself is broken (throws, never ready, never yields): retrying cannot help
         raise _fail(exc, retryable=False) from None
@@ -384,7 +390,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
     if result.blocked_requests:
         context.log.warning(describe_refusals(result.blocked_requests, result.blocked_urls, result.blocked_rule))
     output = Path(result.output_file)
-    thumbnail = preview_or_note(context, output, CHUNK_PREVIEW_CHARS)
+    thumbnail = preview_or_note(context, output, CHUNK_PREVIEW_CHARS, result.first_frame_previews)
     upload_started = time.perf_counter()
     try:
         stored = storage.publish(render_key, output)

@@ -21,13 +21,14 @@ from helios_pipeline.engine.begin_frame import dom_capture, wants_begin_frame
 from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.capture import CanvasCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
-from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command, fps_fraction
+from helios_pipeline.engine.encode import FIRST_FRAME, ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
+from helios_pipeline.engine.thumbnail import ladder_graph, ladder_outputs, preview_widths
 from helios_pipeline.engine.tools import ffmpeg_version
 from helios_pipeline.engine.watchdog import Watchdog, browser_call_failure, frame_limit, load_limit, watched_browser
 from helios_pipeline.plan import RenderChunk
@@ -70,9 +71,15 @@ class ChunkResult:
     encoder_settings: dict[str, str] = field(default_factory=dict)
     """What stream-copy concat needs to be equal in every chunk, read from the encoded file
     (``engine.chunk_compat.probe_chunk``); ``check_chunks_compatible`` compares them."""
+    first_frame_previews: tuple[bytes, ...] = field(default=(), repr=False)
+    """The chunk's first frame as JPEGs at ``thumbnail.preview_widths`` of ``render_chunk``'s ``preview_bytes``,
+    widest first (the ladder ``thumbnail.jpeg_within`` picks from), written by the run that encoded the chunk."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The facts as JSON values (the previews, bytes for this process's caller, are left out)."""
+        facts = asdict(self)
+        del facts["first_frame_previews"]
+        return facts
 
 
 @contextlib.contextmanager
@@ -108,10 +115,14 @@ def render_chunk(
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     playwright: Playwright | None = None,
+    preview_bytes: int | None = None,
 ) -> ChunkResult:
     """Render ``chunk`` of ``spec`` to ``chunk.output_file``; the file exists only if it is complete.
 
     ``playwright``: a Playwright the caller already started (and stops); by default the chunk starts its own.
+    ``preview_bytes``: also the first frame's preview ladder for a JPEG of at most that many bytes
+    (``ChunkResult.first_frame_previews``; none with ``video_codec: copy``), so that no FFmpeg run decodes the
+    chunk again for it.
     """
     started = time.perf_counter()
     output = Path(chunk.output_file)
@@ -119,6 +130,9 @@ def render_chunk(
     gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = Watchdog(cancel)
     current_frame: int | None = None
+    ladder, ladder_labels = "", []
+    if preview_bytes is not None and spec.video_codec != "copy":
+        ladder, ladder_labels = ladder_graph(FIRST_FRAME, preview_widths(preview_bytes))
     try:
         with (
             tag_children(CHUNK_ENV, str(output)),
@@ -126,6 +140,7 @@ def render_chunk(
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
+            ladder_outputs(ladder_labels) as (ladder_options, ladder_files),
             contextlib.ExitStack() as browser_stack,  # closed early: see below
         ):
             driver = browser_stack.enter_context(start_playwright(playwright))
@@ -149,7 +164,12 @@ def render_chunk(
             startup_seconds = time.perf_counter() - started
             encoder = ChunkEncoder(
                 chunk_encode_command(
-                    spec, chunk.frame_count, partial, input_args=capture.ffmpeg_input(), subtitles=subtitles
+                    spec,
+                    chunk.frame_count,
+                    partial,
+                    input_args=capture.ffmpeg_input(),
+                    subtitles=subtitles,
+                    first_frame=(ladder, ladder_options),
                 )
             )
             capture_started = time.perf_counter()
@@ -198,6 +218,7 @@ def render_chunk(
                 raise RenderError(f"chunk {chunk.id}: encoded {probed.frames} frames, expected {chunk.frame_count}")
             size = partial.stat().st_size
             blocked = network.summary()
+            previews = tuple(file.read_bytes() for file in ladder_files)
     except (PlaywrightError, RenderError, OSError) as exc:
         if isinstance(exc, RenderCancelled):
             raise
@@ -232,5 +253,6 @@ def render_chunk(
         chromium_version=chromium_version,
         ffmpeg_version=ffmpeg_version(),
         encoder_settings=probed.encoder_settings,
+        first_frame_previews=previews,
         **blocked,
     )

@@ -105,6 +105,10 @@ def codec_args(spec: RenderSpec, gop: int) -> list[str]:
     return args
 
 
+FIRST_FRAME = "[first]"
+"""The chunk's first frame (subtitles burned in) in its encoding run's filter graph: see ``chunk_encode_command``."""
+
+
 def chunk_encode_command(
     spec: RenderSpec,
     frame_count: int,
@@ -112,21 +116,32 @@ def chunk_encode_command(
     *,
     input_args: list[str] | None = None,
     subtitles: Path | None = None,
+    first_frame: tuple[str, list[str]] = ("", []),
 ) -> list[str]:
     """The FFmpeg command that turns piped frames into one chunk file.
 
     ``input_args`` describe what is piped in (default: JPEG/PNG images at the render's rate);
     ``subtitles`` is the chunk's own SRT (times relative to the chunk's first frame), burned in.
     With ``video_codec: copy`` the piped stream (in-page WebCodecs) is stored as it is.
+    ``first_frame``: a filter graph that takes ``FIRST_FRAME``, and the options of its outputs (the chunk's
+    preview ladder, ``thumbnail.ladder_graph``): the run that encodes the chunk writes them too, and the encoder
+    gets the same frames, so the chunk's bits do not change. Ignored with ``video_codec: copy`` (nothing decoded).
     """
     if input_args is None:
         demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
         input_args = [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
+    ladder, ladder_outputs = first_frame
     if spec.video_codec == "copy":
-        encoding = ["-c:v", "copy"]
+        encoding, ladder_outputs = ["-c:v", "copy"], []
     else:
-        filters = ["-vf", subtitles_filter(subtitles)] if subtitles is not None else []
-        encoding = [*filters, *codec_args(spec, frame_count), "-force_key_frames", "expr:eq(n,0)"]
+        codec = [*codec_args(spec, frame_count), "-force_key_frames", "expr:eq(n,0)"]
+        burn = subtitles_filter(subtitles) if subtitles is not None else ""
+        if ladder:  # the frames split after the subtitles: one copy to the encoder, the first frame to the ladder
+            video = f"[0:v]{burn}{',' if burn else ''}split=2[video][head]"
+            graph = f"{video};[head]trim=end_frame=1{FIRST_FRAME};{ladder}"
+            encoding = ["-filter_complex", graph, "-map", "[video]", *codec]
+        else:
+            encoding = [*(["-vf", burn] if burn else []), *codec]
     return ffmpeg_command(
         *input_args, "-i", "pipe:0",
         "-frames:v", str(frame_count),
@@ -134,6 +149,7 @@ def chunk_encode_command(
         *timescale_args(spec.fps, output),
         "-an", "-map_metadata", "-1",
         str(output),
+        *ladder_outputs,
     )  # fmt: skip
 
 

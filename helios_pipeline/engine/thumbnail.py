@@ -31,6 +31,9 @@ WIDTH_PER_ROOT_BYTE = 8
 """First guess of a width for a budget: about ``8 × sqrt(bytes)`` pixels (a tiny budget starts small)."""
 SHRINK_MARGIN = 0.9
 """Aim a little under the budget, so the second attempt nearly always fits."""
+DROP_ICC = "sidedata=mode=delete:type=ICC_PROFILE"
+"""A picture's ICC profile, which FFmpeg would copy into every JPEG: Chromium's screenshots carry one (~470 bytes,
+two thirds of a chunk preview's budget), and a thumbnail is no colour reference."""
 RUNG_STEP = 0.8
 RUNGS = 8
 """``jpeg_ladder``'s widths: 960, 768, 614 ... 200 px (each JPEG about 0.64 times the bytes of the one before)."""
@@ -51,7 +54,7 @@ def jpeg_at_width(source: Path, width: int, quality: int = JPEG_QUALITY) -> byte
     """The first picture of ``source`` as a JPEG ``width`` pixels wide (height keeps the aspect ratio)."""
     command = ffmpeg_command(
         "-i", str(source), "-frames:v", "1",
-        "-vf", f"scale={width}:-2:flags=area,format=yuvj420p",
+        "-vf", f"{DROP_ICC},scale={width}:-2:flags=area,format=yuvj420p",
         "-q:v", str(quality), "-f", "image2pipe", "-c:v", "mjpeg", "pipe:1",
     )  # fmt: skip
     return ffmpeg_stdout(command, f"preview of {source}")
@@ -83,7 +86,8 @@ def ladder_graph(source: str, widths: Sequence[int]) -> tuple[str, list[str]]:
         f"[s{index}]scale=w='2*trunc(min(iw,{width})/2)':h=-2:flags=area,format=yuvj420p{outputs[index]}"
         for index, width in enumerate(widths)
     )
-    graph = f"{source}split={len(widths)}" + "".join(f"[s{index}]" for index in range(len(widths))) + ";" + scales
+    branches = "".join(f"[s{index}]" for index in range(len(widths)))
+    graph = f"{source}{DROP_ICC},split={len(widths)}{branches};{scales}"
     return graph, outputs
 
 
