@@ -27,6 +27,7 @@ from helios_pipeline.dagster_defs.assets import (
     mixed_video,
     render_plan,
 )
+from helios_pipeline.dagster_defs.names import CHUNK_POOL
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.storage import RenderStorage
 from helios_pipeline.fingerprint import picture_fingerprint, render_fingerprint
@@ -215,6 +216,33 @@ def test_more_chunks_than_the_deployment_allows_is_a_spec_error(tmp_path: Path, 
     message = str(caught.value)
     assert "concurrency" in message and "HELIOS_MAX_CHUNKS" in message and str(spec_file) in message
     assert not storage.has_spec("too-many"), "a rejected spec must not be registered"
+
+
+@pytest.mark.parametrize(
+    ("pool", "max_chunks", "expected"),
+    [
+        ({"default_limit": 2}, 4, 2),  # the repo's dagster.yaml: 4 chunks would render in two waves of two
+        ({"default_limit": 2}, 1, 1),  # never more than the chunk dimension
+        ({"default_limit": 2, "set": 3}, 4, 3),  # `dagster instance concurrency set helios_chunks 3`
+        ({}, 4, 4),  # a pool without a limit: the whole dimension
+    ],
+)
+def test_a_spec_without_a_chunk_count_gets_as_many_as_the_deployment_renders_at_once(
+    tmp_path: Path, storage: RenderStorage, pool: dict, max_chunks: int, expected: int
+) -> None:
+    """More chunks than the ``helios_chunks`` pool's slots only wait for one, each paying a run's and a
+    browser's start; a spec that names its ``concurrency`` keeps it."""
+    overrides = {"concurrency": {"pools": {"default_limit": pool["default_limit"]}}} if pool else {}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        if "set" in pool:
+            instance.event_log_storage.set_concurrency_slots(CHUNK_POOL, pool["set"])
+        default = write_spec(tmp_path, "default-count", COMPOSITIONS / "frame_raf", frame_count=30)
+        _, spec = register_spec_file(storage, default, max_chunks, instance=instance)
+        assert spec.concurrency == expected
+        assert len(storage.plan_for("default-count").chunks) == expected
+        asked = write_spec(tmp_path, "asked", COMPOSITIONS / "frame_raf", frame_count=30, concurrency=1)
+        assert register_spec_file(storage, asked, max_chunks, instance=instance)[1].concurrency == 1
+    assert register_spec_file(storage, default, max_chunks)[1].concurrency == max_chunks  # no instance to ask
 
 
 def test_frames_per_chunk_beyond_the_chunk_dimension_names_the_field(tmp_path: Path, storage: RenderStorage) -> None:

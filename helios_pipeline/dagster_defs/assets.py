@@ -161,7 +161,7 @@ MIX_CONDITION = _when_inputs_ready(dg.AutomationCondition.newly_missing() | CONC
 def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox: Inbox) -> dg.MaterializeResult:
     key = context.partition_key
     try:
-        _register_from_spec_folders(key, storage, inbox)
+        _register_from_spec_folders(key, storage, inbox, context.instance)
         plan = storage.plan_for(key)
     except (SpecError, ValueError, StorageError) as exc:
         raise _fail(exc, retryable=False) from None
@@ -199,7 +199,7 @@ def render_plan(context: dg.AssetExecutionContext, storage: RenderStorage, inbox
     )
 
 
-def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) -> None:
+def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox, instance: dg.DagsterInstance) -> None:
     """Register a partition added by hand in the UI from its spec file, named like the partition.
 
     A spec in the UI's folder is read again at every plan, so a person who edits it and launches
@@ -214,7 +214,7 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
         )  # fmt: skip
     ui_spec = spec_named(inbox.ui_path, key)
     if ui_spec is not None:
-        register_spec_file(storage, ui_spec, SETTINGS.max_chunks, key)
+        register_spec_file(storage, ui_spec, SETTINGS.max_chunks, key, instance)
         return
     if storage.has_spec(key):
         return
@@ -226,7 +226,7 @@ def _register_from_spec_folders(key: str, storage: RenderStorage, inbox: Inbox) 
                   f"{inbox.ui_path} (HELIOS_UI_SPECS) or {inbox.path} (HELIOS_INBOX): save its spec there and "
                   "launch again")],
         )  # fmt: skip
-    register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key)
+    register_spec_file(storage, inbox_spec, SETTINGS.max_chunks, key, instance)
 
 
 def report_unused_chunks(

@@ -137,7 +137,7 @@ def submit(
     storage = storage_resource(settings)
     storage.store.check()  # a missing bucket or bad credentials fail here, before anything is registered
     since = time.time()
-    prepared = spec_for_render(spec, render_key or spec.name, settings.max_chunks, source)
+    prepared = spec_for_render(spec, render_key or spec.name, settings.max_chunks, source, instance)
     key = prepared.name
     running = render_in_progress(instance, key)
     if running is not None:

@@ -23,7 +23,9 @@ from helios_pipeline.spec import SpecError, load_spec, sanitize_key
 )
 def register_render(context: dg.OpExecutionContext, storage: RenderStorage) -> str:
     spec_path = Path(context.op_config["spec_path"])
-    key, spec = register_spec_file(storage, spec_path, SETTINGS.max_chunks, context.op_config["render_key"])
+    key, spec = register_spec_file(
+        storage, spec_path, SETTINGS.max_chunks, context.op_config["render_key"], context.instance
+    )
     context.instance.add_dynamic_partitions(renders.name, [key])
     context.log.info(f"registered render {key} ({spec.total_frames} frames) from {spec_path}")
     return key

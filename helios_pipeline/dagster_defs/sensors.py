@@ -59,7 +59,7 @@ def composition_inbox(context: dg.SensorEvaluationContext, storage: RenderStorag
             owner = owners.get(spec.name)
             if owner is not None and owner != path.name:
                 raise SpecError(str(path), [("name", f"render {spec.name!r} already comes from {owner}; rename one")])
-            key, _ = register_spec_file(storage, path, SETTINGS.max_chunks)
+            key, _ = register_spec_file(storage, path, SETTINGS.max_chunks, instance=context.instance)
         except (SpecError, ValueError, OSError) as exc:
             skipped.append(f"{path.name}: {exc}")
             context.log.warning(f"skipped {path}: {exc}")
