@@ -23,7 +23,10 @@ profile and artifacts folders there and removes them when the browser closes; a 
 stuck chunk) left them in the system's temporary folder, ~0.2 MB each."""
 UI_TEMP_PREFIX = "helios-ui-"
 """The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
-PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX)
+PREVIEW_TEMP_PREFIX = "helios-preview-"
+"""The JPEGs of a preview ladder (``engine.thumbnail.ladder_outputs``), written by the FFmpeg run that encodes a chunk
+or makes a contact sheet: they live as long as that run."""
+PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX, PREVIEW_TEMP_PREFIX)
 CODE_SERVER_PREFIX = "helios-code-server-"
 """The CLI's own daemon's early code server's socket folder (``early_code_server``)."""
 FORK_SERVER_PREFIX = "helios-forks-"

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from helios_pipeline.plan import RenderChunk
 from helios_pipeline.spec import validate_spec
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import decode_gray_frames
+from helios_pipeline_tests.helpers import REPO
 
 DATA_URI = re.compile(r"^!\[(?P<alt>[^\]]+)\]\(data:image/jpeg;base64,(?P<data>[A-Za-z0-9+/=]+)\)$")
 
@@ -240,3 +242,29 @@ def test_a_chunks_encoding_run_writes_its_first_frames_preview_and_the_same_bits
     runs = count_preview_runs(monkeypatch)
     markdown = embedded_image(video, CHUNK_PREVIEW_CHARS, with_preview.first_frame_previews).value
     assert runs == [] and len(markdown) <= CHUNK_PREVIEW_CHARS, runs
+
+
+LADDER_HELD = """
+import time
+from helios_pipeline.engine.thumbnail import ladder_outputs
+with ladder_outputs(["[w0]"]) as (_, files):
+    print(files[0].parent, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_ladder_folder_of_a_chunk_killed_outright_is_swept_by_the_next_one() -> None:
+    """A chunk's ladder folder lives as long as the chunk (the encoding run writes the JPEGs at its end): a worker
+    killed outright (SIGKILL, the out-of-memory killer) cannot remove it, so the next ladder on the host does."""
+    held = subprocess.Popen([sys.executable, "-c", LADDER_HELD], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        folder = Path(held.stdout.readline().strip())
+        assert folder.is_dir() and folder.name.startswith(f"helios-preview-{held.pid}@")
+    finally:
+        held.kill()
+        held.wait(10)
+    assert folder.is_dir(), "a process killed outright removes nothing"
+    with thumbnail.ladder_outputs(["[w0]"]) as (_, files):
+        assert files[0].parent.is_dir()
+        assert not folder.exists(), "the killed process's folder was left"
+    assert not files[0].parent.exists()

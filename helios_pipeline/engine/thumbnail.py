@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, ffmpeg_stdout, run_ffmpeg, run_ffprobe
+from helios_pipeline.scratch import PREVIEW_TEMP_PREFIX, process_folder
 
 START_WIDTH = 960
 """Widest preview tried first (it fits the UI's Markdown dialog); a narrower source keeps its own width."""
@@ -98,12 +99,15 @@ def ladder_outputs(outputs: Sequence[str]) -> Iterator[tuple[list[str], list[Pat
     if not outputs:
         yield [], []
         return
-    with tempfile.TemporaryDirectory(prefix="helios-preview-") as folder:
-        files = [Path(folder) / f"{index}.jpg" for index in range(len(outputs))]
+    folder = process_folder(PREVIEW_TEMP_PREFIX)  # a chunk's lives as long as the chunk: swept if it is killed
+    try:
+        files = [folder / f"{index}.jpg" for index in range(len(outputs))]
         mapped = []
         for output, file in zip(outputs, files, strict=True):
             mapped += ["-map", output, "-frames:v", "1", "-q:v", str(JPEG_QUALITY), "-c:v", "mjpeg", str(file)]
         yield mapped, files
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def jpeg_ladder(source: Path, widths: list[int]) -> list[bytes]:
