@@ -24,8 +24,8 @@ stuck chunk) left them in the system's temporary folder, ~0.2 MB each."""
 UI_TEMP_PREFIX = "helios-ui-"
 """The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
 PREVIEW_TEMP_PREFIX = "helios-preview-"
-"""The JPEGs of a preview ladder (``engine.thumbnail.ladder_outputs``), written by the FFmpeg run that encodes a chunk
-or makes a contact sheet: they live as long as that run."""
+"""The JPEGs of a preview ladder (``engine.thumbnail.ladder_outputs``), written by the FFmpeg run that makes a contact
+sheet or a picture's preview (a chunk's go beside the chunk)."""
 PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX, PREVIEW_TEMP_PREFIX)
 CODE_SERVER_PREFIX = "helios-code-server-"
 """The CLI's own daemon's early code server's socket folder (``early_code_server``)."""

@@ -37,9 +37,14 @@ def test_only_the_partials_of_this_hosts_gone_writers_are_removed(tmp_path: Path
     }
     for name in files.values():
         (tmp_path / name).write_bytes(b"x")
+    previews = tmp_path / f".chunk_0000.partial-{gone}@{host}.previews"  # a chunk's preview JPEGs (a folder)
+    previews.mkdir()
+    (previews / "0.jpg").write_bytes(b"x")
 
     removed = remove_orphaned_partials(tmp_path, tmp_path / "chunk_0000.mov")
-    assert sorted(path.name for path in removed) == sorted([files["gone here"], files["gone here, its filter script"]])
+    expected = [files["gone here"], files["gone here, its filter script"], previews.name]
+    assert sorted(path.name for path in removed) == sorted(expected)
+    assert not previews.exists()
     remove_orphaned_partials(tmp_path)
     left = {label for label, name in files.items() if (tmp_path / name).exists()}
     assert left == {"alive here", "gone on a host named like this one plus more", "gone elsewhere", "a finished file"}

@@ -23,7 +23,7 @@ from helios_pipeline.engine.capture import CanvasCapture, FrameCapture
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import FIRST_FRAME, ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
-from helios_pipeline.engine.fileio import atomic_output
+from helios_pipeline.engine.fileio import atomic_output, partial_path
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
@@ -140,7 +140,9 @@ def render_chunk(
             _chunk_subtitles(spec, chunk) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            ladder_outputs(ladder_labels) as (ladder_options, ladder_files),
+            # beside the chunk, on its volume: a full disk names the chunk's folder; a killed chunk's goes with its
+            # partial file (``fileio.remove_orphaned_partials``)
+            ladder_outputs(ladder_labels, partial_path(output, ".previews")) as (ladder_options, ladder_files),
             contextlib.ExitStack() as browser_stack,  # closed early: see below
         ):
             driver = browser_stack.enter_context(start_playwright(playwright))

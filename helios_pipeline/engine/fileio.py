@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import glob
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +24,19 @@ def partial_path(final: Path, suffix: str | None = None) -> Path:
 
 
 def remove_orphaned_partials(folder: Path, final: Path | None = None) -> list[Path]:
-    """Remove the temporary files in ``folder`` (of ``final`` only, if given) whose writer was a process on this
-    host that is gone: killed outright, it could not remove them. Returns what was removed."""
+    """Remove the temporary files in ``folder`` (of ``final`` only, if given), and their companion folders (a chunk's
+    preview JPEGs), whose writer was a process on this host that is gone: killed outright, it could not remove them.
+    Returns what was removed."""
     stem = glob.escape(final.stem) if final is not None else "*"
     removed = []
     for path in folder.glob(f".{stem}{PARTIAL_MARK}*@*.*"):
         tag = path.name.rpartition(PARTIAL_MARK)[2].rpartition(".")[0]  # the extension has no dot; a host may
         if gone_from_this_host(tag):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
                 removed.append(path)
     return removed
 

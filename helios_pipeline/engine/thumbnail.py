@@ -93,13 +93,17 @@ def ladder_graph(source: str, widths: Sequence[int]) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def ladder_outputs(outputs: Sequence[str]) -> Iterator[tuple[list[str], list[Path]]]:
+def ladder_outputs(outputs: Sequence[str], folder: Path | None = None) -> Iterator[tuple[list[str], list[Path]]]:
     """FFmpeg's output options writing each of ``outputs`` (labels of ``ladder_graph``) as one JPEG, and the
-    files they go to, in a folder of its own that is removed after the block (none for no outputs)."""
+    files they go to, in ``folder`` (made here; by default one of this process in the temporary folder), removed
+    after the block (none for no outputs)."""
     if not outputs:
         yield [], []
         return
-    folder = process_folder(PREVIEW_TEMP_PREFIX)  # a chunk's lives as long as the chunk: swept if it is killed
+    if folder is None:
+        folder = process_folder(PREVIEW_TEMP_PREFIX)  # swept by the next one if this process is killed outright
+    else:
+        folder.mkdir()
     try:
         files = [folder / f"{index}.jpg" for index in range(len(outputs))]
         mapped = []
