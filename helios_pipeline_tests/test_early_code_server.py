@@ -56,9 +56,16 @@ def test_the_repos_workspace_is_one_python_module_and_anything_else_is_left_to_d
     assert module_entry(tmp_path / "short.yaml") == ModuleEntry("helios.defs", None, None, None)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
-def own_daemon(tmp_path: Path, workspace: Path, log: Path) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance]]:
-    """The daemon as the CLI starts its own (``--early-code-server``), on a fresh instance."""
+def own_daemon(
+    tmp_path: Path, workspace: Path, log: Path, sigint_ignored: bool = False
+) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance]]:
+    """The daemon as the CLI starts its own (``--early-code-server``), on a fresh instance; ``sigint_ignored``: as
+    under `nohup ... &` or in the background of a script, which its children inherit."""
     home = tmp_path / "home"
     write_instance_config(home)
     instance = open_instance(home)
@@ -67,6 +74,7 @@ def own_daemon(tmp_path: Path, workspace: Path, log: Path) -> Iterator[tuple[sub
         process = subprocess.Popen(
             daemon_command("run", "-w", str(workspace), early_code_server_start=True),
             cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_ignore_sigint if sigint_ignored else None,
         )  # fmt: skip
     try:
         yield process, instance
@@ -138,10 +146,15 @@ def test_the_own_daemon_serves_the_workspace_from_its_early_code_server_and_remo
     assert not left, "the socket folder is removed with the daemon"
 
 
-def test_a_killed_own_daemon_takes_its_code_server_along_and_the_next_one_sweeps_the_socket(tmp_path: Path) -> None:
-    """SIGKILL to the daemon process alone (an OOM kill): its early code server must not outlive it; the
-    socket folder it could not remove goes when the next own daemon starts."""
-    with own_daemon(tmp_path, REPO / "workspace.yaml", tmp_path / "daemon.log") as (daemon, instance):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["", "sigint-ignored"])
+def test_a_killed_own_daemon_takes_its_code_server_along_and_the_next_one_sweeps_the_socket(
+    tmp_path: Path, sigint_ignored: bool
+) -> None:
+    """SIGKILL to the daemon process alone (an OOM kill): its early code server must not outlive it, also when
+    the daemon was started ignoring SIGINT (Dagster's server takes SIGTERM as SIGINT); the socket folder it could
+    not remove goes when the next own daemon starts."""
+    log = tmp_path / "daemon.log"
+    with own_daemon(tmp_path, REPO / "workspace.yaml", log, sigint_ignored) as (daemon, instance):
         wait_for(lambda: beating(instance), 120, "the daemon's heartbeats")
         server = psutil.Process(
             next(c.pid for c in psutil.Process(daemon.pid).children() if "grpc" in " ".join(c.cmdline()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import runpy
+import signal
 import sys
 
 from helios_pipeline.heap import long_lived_imports
@@ -49,6 +50,10 @@ def preload(argv: list[str]) -> None:
 
 
 def main() -> None:
+    # Dagster's server takes SIGTERM as SIGINT: started by a process that ignores SIGINT (under `nohup ... &`, or in
+    # the background of a script), it would ignore the SIGTERM that ends it with its daemon (PR_SET_PDEATHSIG)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     preload(sys.argv[1:])
     sys.argv = ["dagster", *sys.argv[1:]]
     runpy.run_module("dagster", run_name="__main__", alter_sys=True)
