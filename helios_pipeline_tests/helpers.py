@@ -7,6 +7,7 @@ module can be run, moved or deleted on its own.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -259,6 +261,71 @@ def busy_composition(folder: Path) -> Path:
     makes their overlap a matter of luck; these outlast the start-up jitter of parallel runs.
     """
     return frame_index_page(folder, "for (let i = 0, x = 0; i < 3e7; i++) x += i % 7;")
+
+
+class Gate:
+    """An HTTP endpoint on 127.0.0.1 that a gated page (``gated_composition``) asks before its frames: closed, it
+    holds each request up to 1 s and answers 204 (the page asks again); opened, 200. A render held at the gate is
+    in progress for as long as a test needs, without burning the CPU its Dagster processes need (``busy_composition``
+    does), and ends within a second or two of ``open()``."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.reached = threading.Event()  # a page has asked: a chunk is loaded and at its first frame
+        gate = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                gate.reached.set()
+                self.send_response(200 if gate.opened.wait(1.0) else 204)
+                self.send_header("Access-Control-Allow-Origin", "*")  # the page's own server is another origin
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def network(self) -> dict[str, list[str]]:
+        """The spec's ``network`` section that lets a gated page reach this gate (loopback is refused by default)."""
+        return {"allow": [self.address]}
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def close(self) -> None:
+        self.opened.set()  # held requests answer at once
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def gate() -> Iterator[Gate]:
+    started = Gate()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def gated_composition(folder: Path, at_gate: Gate) -> Path:
+    """frame_raf whose frames wait (``helios.waitUntilStable``) until ``at_gate`` is open; once it is, the page
+    no longer asks. Its spec needs ``network=at_gate.network`` and a ``stability_timeout`` longer than the hold."""
+    page = frame_index_page(folder, "")
+    script = (
+        "<script>let gateOpen = false; window.helios = { waitUntilStable: async () => {"
+        f" while (!gateOpen) gateOpen = (await fetch('http://{at_gate.address}/gate')).status === 200; }} }};"
+        "</script>\n</head>"
+    )
+    index = page / "index.html"
+    index.write_text(index.read_text(encoding="utf-8").replace("</head>", script, 1), encoding="utf-8")
+    return page
 
 
 def sensor_ticks(

@@ -54,6 +54,8 @@ from helios_pipeline_tests.helpers import (
     describe,
     final_video,
     frame_index_page,
+    gate,
+    gated_composition,
     latest_metadata,
     open_instance,
     render_runs,
@@ -71,6 +73,7 @@ RENDERS = "renders"
 PLAN = dg.AssetKey("render_plan")
 CONCAT = dg.AssetKey("concat_video")
 MIXED = dg.AssetKey("mixed_video")
+HOLD_MS = 240_000  # a gated page may wait this long for its gate (stability_timeout)
 # plan, chunks, concat + mix: three runs one after another (~30 s on an idle 2-core machine); the rest is
 # slack for a loaded CI machine.
 BACKFILL_TIMEOUT_S = 240
@@ -447,36 +450,41 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     backfill, no chunk or final run twice, no second daemon); a changed spec is refused before it can change the
     render in flight (its registered snapshot is what every run reads). Ctrl-C on a CLI that joined stops its
     following only: the render goes on for the CLI that submitted it."""
-    instance, frames = cli_deployment.instance, 600  # busy frames: ~20 s, so that it is still going when joined
-    page = busy_composition(cli_deployment.specs / "busy")
-    spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, concurrency=2)
-    changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, concurrency=2)
-    command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
-    first = cli_render(cli_deployment, spec)
-    try:
-        wait_for_a_chunk_run(cli_deployment, first, "twice")
-        # three more CLIs at once, while the first renders: a changed spec, and the same spec twice
-        options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
-        clis = {
-            name: subprocess.Popen([*command, str(path)], start_new_session=True, **options)
-            for name, path in (("changed", changed), ("interrupted", spec), ("again", spec))
-        }
-        interrupted = clis["interrupted"]
-        assert interrupted.stderr is not None
-        assert "render twice is already in progress" in interrupted.stderr.readline()
-        os.killpg(interrupted.pid, signal.SIGINT)
-        said = {name: cli.communicate(timeout=180)[1] for name, cli in clis.items()}
-        assert clis["changed"].returncode == 1, said["changed"]
-        assert "render twice is in progress" in said["changed"] and "with another spec" in said["changed"]
-        assert interrupted.returncode == 130, said["interrupted"]
-        assert "stopped following render twice: it goes on" in said["interrupted"]
-        assert clis["again"].returncode == 0, said["again"]
-        assert "render twice is already in progress" in said["again"], said["again"]
-        assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    instance, frames = cli_deployment.instance, 120
+    with gate() as held:  # the render waits at its first frames until the other CLIs have had their say
+        page = gated_composition(cli_deployment.specs / "gated", held)
+        fields: dict[str, Any] = {"concurrency": 2, "network": held.network, "stability_timeout": HOLD_MS}
+        spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, **fields)
+        changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, **fields)
+        command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
+        first = cli_render(cli_deployment, spec)
+        try:
+            wait_for_a_chunk_run(cli_deployment, first, "twice")
+            # three more CLIs at once, while the first renders: a changed spec, and the same spec twice
+            options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
+            clis = {
+                name: subprocess.Popen([*command, str(path)], start_new_session=True, **options)
+                for name, path in (("changed", changed), ("interrupted", spec), ("again", spec))
+            }
+            interrupted = clis["interrupted"]
+            assert interrupted.stderr is not None
+            assert "render twice is already in progress" in interrupted.stderr.readline()
+            os.killpg(interrupted.pid, signal.SIGINT)
+            said = {name: clis[name].communicate(timeout=180)[1] for name in ("changed", "interrupted")}
+            assert first.poll() is None, "the render was still held at its gate"
+            held.open()
+            said["again"] = clis["again"].communicate(timeout=180)[1]
+            assert clis["changed"].returncode == 1, said["changed"]
+            assert "render twice is in progress" in said["changed"] and "with another spec" in said["changed"]
+            assert interrupted.returncode == 130, said["interrupted"]
+            assert "stopped following render twice: it goes on" in said["interrupted"]
+            assert clis["again"].returncode == 0, said["again"]
+            assert "render twice is already in progress" in said["again"], said["again"]
+            assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
     assert frame_indices(spec.parent / "out" / "twice.mp4") == list(range(frames))  # not the changed spec's 90
     assert not (changed.parent / "out").exists()
     (backfill,) = render_backfills(instance, "twice")
@@ -499,24 +507,30 @@ def test_two_renders_started_at_once_share_one_daemon_that_outlives_the_first_cl
     one instance both launch every backfill's runs (final runs two and three times). The second CLI relies on the
     first one's daemon instead; the first CLI, done while the second render runs, hands its daemon over rather than
     stopping it with the other render's run workers, and the daemon stops once no render is left."""
-    instance, page = cli_deployment.instance, busy_composition(cli_deployment.specs / "busy")
-    frames = {"short": 30, "long": 300}  # one chunk each: both render at once in the chunk pool's two slots
-    specs = {
-        name: write_spec(cli_deployment.specs, name, page, frame_count=n, concurrency=1) for name, n in frames.items()
-    }
+    instance, frames = cli_deployment.instance, {"short": 30, "long": 120}  # one chunk each: in the pool's 2 slots
     command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
     options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
     clis = {}
-    try:
-        for name, spec in specs.items():
-            clis[name] = subprocess.Popen([*command, str(spec)], **options)
-            time.sleep(0.3)
-        said = {name: cli.communicate(timeout=300)[1] for name, cli in clis.items()}
-    finally:
-        for cli in clis.values():
-            if cli.poll() is None:
-                cli.kill()
-                cli.wait()
+    with gate() as held:  # the long render waits at its first frame until the short one's CLI is done
+        pages = {"short": COMPOSITIONS / "frame_raf", "long": gated_composition(cli_deployment.specs / "gated", held)}
+        fields: dict[str, Any] = {"concurrency": 1, "network": held.network, "stability_timeout": HOLD_MS}
+        specs = {
+            name: write_spec(cli_deployment.specs, name, pages[name], frame_count=n, **fields)
+            for name, n in frames.items()
+        }
+        try:
+            for name, spec in specs.items():
+                clis[name] = subprocess.Popen([*command, str(spec)], **options)
+                time.sleep(0.3)
+            said = {"short": clis["short"].communicate(timeout=300)[1]}
+            assert clis["long"].poll() is None, "the long render was still held at its gate"
+            held.open()
+            said["long"] = clis["long"].communicate(timeout=300)[1]
+        finally:
+            for cli in clis.values():
+                if cli.poll() is None:
+                    cli.kill()
+                    cli.wait()
     assert [cli.returncode for cli in clis.values()] == [0, 0], said
     assert "goes on for the other renders on this instance" in said["short"], said["short"]
     wait_for(lambda: not deployment_processes(cli_deployment.home), 30, "the shared daemon to stop", 0.5)
