@@ -292,9 +292,10 @@ class Gate:
         self.thread.start()
 
     @property
-    def network(self) -> dict[str, list[str]]:
-        """The spec's ``network`` section that lets a gated page reach this gate (loopback is refused by default)."""
-        return {"allow": [self.address]}
+    def spec_fields(self) -> dict[str, Any]:
+        """What a gated page's spec needs: a ``network`` section that lets it reach this gate (loopback is refused
+        by default), and a ``stability_timeout`` (ms a frame may wait) longer than any hold of a test."""
+        return {"network": {"allow": [self.address]}, "stability_timeout": 300_000}
 
     def open(self) -> None:
         self.opened.set()
@@ -316,7 +317,7 @@ def gate() -> Iterator[Gate]:
 
 def gated_composition(folder: Path, at_gate: Gate) -> Path:
     """frame_raf whose frames wait (``helios.waitUntilStable``) until ``at_gate`` is open; once it is, the page
-    no longer asks. Its spec needs ``network=at_gate.network`` and a ``stability_timeout`` longer than the hold."""
+    no longer asks. Its spec needs ``at_gate.spec_fields``."""
     page = frame_index_page(folder, "")
     script = (
         "<script>let gateOpen = false; window.helios = { waitUntilStable: async () => {"

@@ -73,7 +73,6 @@ RENDERS = "renders"
 PLAN = dg.AssetKey("render_plan")
 CONCAT = dg.AssetKey("concat_video")
 MIXED = dg.AssetKey("mixed_video")
-HOLD_MS = 240_000  # a gated page may wait this long for its gate (stability_timeout)
 # plan, chunks, concat + mix: three runs one after another (~30 s on an idle 2-core machine); the rest is
 # slack for a loaded CI machine.
 BACKFILL_TIMEOUT_S = 240
@@ -453,7 +452,7 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     instance, frames = cli_deployment.instance, 120
     with gate() as held:  # the render waits at its first frames until the other CLIs have had their say
         page = gated_composition(cli_deployment.specs / "gated", held)
-        fields: dict[str, Any] = {"concurrency": 2, "network": held.network, "stability_timeout": HOLD_MS}
+        fields: dict[str, Any] = {"concurrency": 2, **held.spec_fields}
         spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, **fields)
         changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, **fields)
         command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
@@ -513,7 +512,7 @@ def test_two_renders_started_at_once_share_one_daemon_that_outlives_the_first_cl
     clis = {}
     with gate() as held:  # the long render waits at its first frame until the short one's CLI is done
         pages = {"short": COMPOSITIONS / "frame_raf", "long": gated_composition(cli_deployment.specs / "gated", held)}
-        fields: dict[str, Any] = {"concurrency": 1, "network": held.network, "stability_timeout": HOLD_MS}
+        fields: dict[str, Any] = {"concurrency": 1, **held.spec_fields}
         specs = {
             name: write_spec(cli_deployment.specs, name, pages[name], frame_count=n, **fields)
             for name, n in frames.items()
