@@ -449,41 +449,36 @@ def test_the_same_render_submitted_again_while_it_runs_is_followed_and_a_changed
     backfill, no chunk or final run twice, no second daemon); a changed spec is refused before it can change the
     render in flight (its registered snapshot is what every run reads). Ctrl-C on a CLI that joined stops its
     following only: the render goes on for the CLI that submitted it."""
-    instance, frames = cli_deployment.instance, 120
-    with gate() as held:  # the render waits at its first frames until the other CLIs have had their say
-        page = gated_composition(cli_deployment.specs / "gated", held)
-        fields: dict[str, Any] = {"concurrency": 2, **held.spec_fields}
-        spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, **fields)
-        changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, **fields)
-        command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
-        first = cli_render(cli_deployment, spec)
-        try:
-            wait_for_a_chunk_run(cli_deployment, first, "twice")
-            # three more CLIs at once, while the first renders: a changed spec, and the same spec twice
-            options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
-            clis = {
-                name: subprocess.Popen([*command, str(path)], start_new_session=True, **options)
-                for name, path in (("changed", changed), ("interrupted", spec), ("again", spec))
-            }
-            interrupted = clis["interrupted"]
-            assert interrupted.stderr is not None
-            assert "render twice is already in progress" in interrupted.stderr.readline()
-            os.killpg(interrupted.pid, signal.SIGINT)
-            said = {name: clis[name].communicate(timeout=180)[1] for name in ("changed", "interrupted")}
-            assert first.poll() is None, "the render was still held at its gate"
-            held.open()
-            said["again"] = clis["again"].communicate(timeout=180)[1]
-            assert clis["changed"].returncode == 1, said["changed"]
-            assert "render twice is in progress" in said["changed"] and "with another spec" in said["changed"]
-            assert interrupted.returncode == 130, said["interrupted"]
-            assert "stopped following render twice: it goes on" in said["interrupted"]
-            assert clis["again"].returncode == 0, said["again"]
-            assert "render twice is already in progress" in said["again"], said["again"]
-            assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait()
+    instance, frames = cli_deployment.instance, 600  # busy frames: ~20 s, so that it is still going when joined
+    page = busy_composition(cli_deployment.specs / "busy")
+    spec = write_spec(cli_deployment.specs, "twice", page, frame_count=frames, concurrency=2)
+    changed = write_spec(cli_deployment.specs / "changed", "twice", page, frame_count=90, concurrency=2)
+    command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
+    first = cli_render(cli_deployment, spec)
+    try:
+        wait_for_a_chunk_run(cli_deployment, first, "twice")
+        # three more CLIs at once, while the first renders: a changed spec, and the same spec twice
+        options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
+        clis = {
+            name: subprocess.Popen([*command, str(path)], start_new_session=True, **options)
+            for name, path in (("changed", changed), ("interrupted", spec), ("again", spec))
+        }
+        interrupted = clis["interrupted"]
+        assert interrupted.stderr is not None
+        assert "render twice is already in progress" in interrupted.stderr.readline()
+        os.killpg(interrupted.pid, signal.SIGINT)
+        said = {name: cli.communicate(timeout=180)[1] for name, cli in clis.items()}
+        assert clis["changed"].returncode == 1, said["changed"]
+        assert "render twice is in progress" in said["changed"] and "with another spec" in said["changed"]
+        assert interrupted.returncode == 130, said["interrupted"]
+        assert "stopped following render twice: it goes on" in said["interrupted"]
+        assert clis["again"].returncode == 0, said["again"]
+        assert "render twice is already in progress" in said["again"], said["again"]
+        assert first.wait(timeout=180) == 0, cli_output(cli_deployment)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
     assert frame_indices(spec.parent / "out" / "twice.mp4") == list(range(frames))  # not the changed spec's 90
     assert not (changed.parent / "out").exists()
     (backfill,) = render_backfills(instance, "twice")

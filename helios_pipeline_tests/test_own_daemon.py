@@ -142,9 +142,9 @@ time.sleep(60)
 OWN_DAEMON = f"""
 import os, signal, subprocess, sys, threading, time
 from helios_pipeline.dagster_defs import daemon
-cli_gone, handed_over, signalled, stopped_runs = threading.Event(), threading.Event(), [], []
+cli_gone, signalled, stopped_runs = threading.Event(), [], []
 server = subprocess.Popen([sys.executable, "-c", {FORK_SERVER!r}])
-daemon._stop_when_the_cli_is_gone(os.getppid(), cli_gone, handed_over, signalled, stopped_runs)
+daemon._stop_when_the_cli_is_gone(os.getppid(), cli_gone, None, signalled, stopped_runs)
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopping.set())
 print(os.getpid(), flush=True)

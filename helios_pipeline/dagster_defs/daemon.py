@@ -54,10 +54,19 @@ AHEAD_FLAG = "--unless-another-daemon-beats"
 WITH_PARENT_FLAG = "--stop-with-parent"
 """A daemon that lives as long as the process that started it (``helios-pipeline ui``), as the CLI's own does: see
 ``_stop_when_the_cli_is_gone``."""
-HANDOVER_SIGNAL = signal.SIGUSR1
-"""Sent by the CLI to its own daemon when its render is done while other renders on the instance rely on that
-daemon (they found it beating, and started none of their own): the daemon then outlives the CLI until no backfill or
-run is left in progress on the instance, instead of stopping with its group (their run workers included)."""
+HANDOVER_SUFFIX = ".handed-over"
+
+
+def handover_file(home: Path, daemon_pid: int) -> Path:
+    """Created by the CLI in its DAGSTER_HOME for its own daemon when its render is done while other renders on the
+    instance rely on that daemon (they found it beating, and started none of their own): the daemon then outlives
+    the CLI until no backfill or run is left in progress on the instance, instead of stopping with its group (their
+    run workers included). A file, not a signal: a signal's Python handler runs in the daemon's main thread only,
+    which Dagster keeps in 5 s sleeps, so the thread that watches the CLI could find it gone before the handler had
+    run, and stopped the renders it had been handed (seen in tests: the other render's chunk run "terminated")."""
+    return home / f"helios-daemon-{daemon_pid}{HANDOVER_SUFFIX}"
+
+
 IDLE_POLL_SECONDS = 1.0
 STOOD_DOWN = 3
 """The exit code of such a daemon that found another daemon beating (it started nothing)."""
@@ -144,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     home = os.environ.get("DAGSTER_HOME")
     if home and warm_launcher.configured(Path(home) / "dagster.yaml"):
         warm_launcher.warm_up()  # its imports overlap the daemon's start, not the first run's
-    handed_over = threading.Event()
     signalled: list = []  # the process tree below this one, as it was before the stop's SIGTERM
     stopped_runs: list[str] = []  # the runs whose workers were in that tree
-    if own:
-        signal.signal(HANDOVER_SIGNAL, lambda _signum, _frame: handed_over.set())
+    handover = handover_file(Path(home), os.getpid()) if own and home else None
+    if handover is not None:
+        handover.unlink(missing_ok=True)  # a killed daemon's, whose process id this one has now
     if with_parent:  # a thread: only now, as the fork server is this process forked only while it runs one thread
-        _stop_when_the_cli_is_gone(started_by, cli_gone, handed_over, signalled, stopped_runs)
+        _stop_when_the_cli_is_gone(started_by, cli_gone, handover, signalled, stopped_runs)
     try:
         private_api.run_daemon_cli(early.daemon_args(argv) if early is not None else argv)
     except SystemExit as exc:
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             early.stop()
         if cli_gone.is_set():
             _finish_stop_without_the_cli(signalled, stopped_runs)
+        if handover is not None:
+            handover.unlink(missing_ok=True)
     if own:
         _exit_now()
 
@@ -178,20 +189,20 @@ def _import_dagster_daemon() -> None:
 
 
 def _stop_when_the_cli_is_gone(
-    started_by: int, gone: threading.Event, handed_over: threading.Event, signalled: list, stopped_runs: list[str]
+    started_by: int, gone: threading.Event, handover: Path | None, signalled: list, stopped_runs: list[str]
 ) -> None:
     """The CLI's own daemon, and `helios-pipeline ui`'s (``WITH_PARENT_FLAG``), live as long as the CLI that
     started them. A CLI killed outright (SIGKILL, the out-of-memory killer) cannot stop its daemon, and in a
     session of its own that would run on, rendering for nobody: once this process's parent is another (it was
     re-parented), the daemon's group gets SIGTERM, as from the CLI's interrupt; what is left after
     ``INTERRUPT_DAEMON_SECONDS`` is killed, this process included. A CLI that handed its daemon over
-    (``HANDOVER_SIGNAL``) leaves it serving the instance's other renders: it stops once none is left. The tree
+    (``handover_file``) leaves it serving the instance's other renders: it stops once none is left. The tree
     below this process is noted in ``signalled`` before the SIGTERM (see ``_finish_stop_without_the_cli``)."""
 
     def watch() -> None:
         while os.getppid() == started_by:
             time.sleep(PARENT_POLL_SECONDS)
-        if handed_over.is_set():
+        if handover is not None and handover.exists():
             _say(f"the CLI that started it (pid {started_by}) handed it over: serving the instance's other renders")
             _wait_until_the_instance_is_idle()
             _say("no render is left in progress on this instance: stopping")

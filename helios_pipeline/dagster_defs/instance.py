@@ -193,7 +193,7 @@ class RenderDaemon:
         )
 
     def hand_over(self) -> None:
-        """Our daemon outlives this render: other renders on the instance rely on it (``HANDOVER_SIGNAL``)."""
+        """Our daemon outlives this render: other renders on the instance rely on it (``daemon.handover_file``)."""
         if self.process is None or self.process.poll() is not None or self.handed_over:
             return
         if hand_over(self.process):

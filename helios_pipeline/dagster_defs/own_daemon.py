@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from helios_pipeline.dagster_defs.daemon import AHEAD_FLAG, HANDOVER_SIGNAL, daemon_command
+from helios_pipeline.dagster_defs.daemon import AHEAD_FLAG, daemon_command, handover_file
 from helios_pipeline.dagster_defs.settings import PROJECT_ROOT, dagster_home
 from helios_pipeline.processes import start_group, stop_group
 
@@ -116,11 +116,10 @@ _handed_over: set[int] = set()
 
 
 def hand_over(daemon: subprocess.Popen) -> bool:
-    """Tell the CLI's own daemon to outlive the CLI while other renders rely on it (``daemon.HANDOVER_SIGNAL``);
+    """Tell the CLI's own daemon to outlive the CLI while other renders rely on it (``daemon.handover_file``);
     False if it is gone already."""
-    try:
-        os.kill(daemon.pid, HANDOVER_SIGNAL)
-    except ProcessLookupError:
+    if daemon.poll() is not None:
         return False
+    handover_file(dagster_home(), daemon.pid).touch()
     _handed_over.add(daemon.pid)
     return True
