@@ -29,6 +29,7 @@ from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, Bulk
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from helios_pipeline.dagster_defs.daemon import HANDOVER_SUFFIX
 from helios_pipeline.dagster_defs.own_daemon import LOG_NAME as DAEMON_LOG_NAME
 from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import (
@@ -531,6 +532,7 @@ def test_two_renders_started_at_once_share_one_daemon_that_outlives_the_first_cl
     log = (cli_deployment.home / DAEMON_LOG_NAME).read_text(encoding="utf-8", errors="replace")
     assert log.count("Instance is configured with the following daemons") == 1, "a second daemon ran"
     assert "handed it over" in log and "no render is left in progress on this instance: stopping" in log
+    assert not list(cli_deployment.home.glob(f"*{HANDOVER_SUFFIX}")), "the stopped daemon left its hand-over file"
     for name, count in frames.items():
         assert frame_indices(specs[name].parent / "out" / f"{name}.mp4") == list(range(count))
         (backfill,) = render_backfills(instance, name)

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from dagster._daemon.types import DaemonHeartbeat
 
-from helios_pipeline.dagster_defs.daemon import STOOD_DOWN
+from helios_pipeline.dagster_defs.daemon import STOOD_DOWN, handover_file
 from helios_pipeline.dagster_defs.early_code_server import FOLDER_PREFIX
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
-from helios_pipeline.dagster_defs.own_daemon import daemon_serving, local_instance, start_daemon
+from helios_pipeline.dagster_defs.own_daemon import daemon_serving, hand_over, local_instance, start_daemon
 from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
 from helios_pipeline.processes import process_tree, stop_group
 from helios_pipeline.scratch import DRIVER_TEMP_PREFIX
@@ -219,3 +219,23 @@ def test_a_daemon_whose_cli_is_gone_ends_the_runs_its_workers_left_open(
         assert instance.get_run_by_id(others.run_id).status == dg.DagsterRunStatus.STARTED
         logs = [entry.message for entry in instance.all_logs(left_open.run_id)]
         assert any(daemon.CLI_GONE in message for message in logs), logs
+
+
+def test_a_cli_hands_its_daemon_over_by_a_file_the_daemon_can_read_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over is a file in DAGSTER_HOME named by the daemon's process id, there before the CLI exits: the
+    daemon's thread that watches the CLI reads it as soon as it finds the CLI gone (a signal's handler would run
+    only once Dagster's main thread woke from its 5 s sleep). A daemon already gone is not handed over."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert hand_over(daemon)
+        assert handover_file(tmp_path / "home", daemon.pid).is_file()
+    finally:
+        daemon.kill()
+        daemon.wait()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not hand_over(gone)
+    assert not handover_file(tmp_path / "home", gone.pid).exists()
