@@ -305,14 +305,11 @@ class Gate:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> Gate:
+        return self
 
-@contextlib.contextmanager
-def gate() -> Iterator[Gate]:
-    started = Gate()
-    try:
-        yield started
-    finally:
-        started.close()
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def gated_composition(folder: Path, at_gate: Gate) -> Path:

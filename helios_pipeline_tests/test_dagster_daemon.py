@@ -46,6 +46,7 @@ from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     CHUNK,
     DEPLOYMENT_MAX_CHUNKS,
+    Gate,
     automation_ticks_since,
     backfill_runs,
     busy_composition,
@@ -55,7 +56,6 @@ from helios_pipeline_tests.helpers import (
     describe,
     final_video,
     frame_index_page,
-    gate,
     gated_composition,
     latest_metadata,
     open_instance,
@@ -506,7 +506,7 @@ def test_two_renders_started_at_once_share_one_daemon_that_outlives_the_first_cl
     command = [sys.executable, "-m", "helios_pipeline.cli", "render", "-q"]
     options: dict[str, Any] = {"cwd": REPO, "env": cli_deployment.env, "stderr": subprocess.PIPE, "text": True}
     clis = {}
-    with gate() as held:  # the long render waits at its first frame until the short one's CLI is done
+    with Gate() as held:  # the long render waits at its first frame until the short one's CLI is done
         pages = {"short": COMPOSITIONS / "frame_raf", "long": gated_composition(cli_deployment.specs / "gated", held)}
         fields: dict[str, Any] = {"concurrency": 1, **held.spec_fields}
         specs = {

@@ -24,11 +24,11 @@ from helios_pipeline.dagster_defs.runner import follow
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     REPO,
+    Gate,
     chunk_runs,
     deployment_env,
     deployment_processes,
     driver_parents,
-    gate,
     gated_composition,
     open_instance,
     render_runs,
@@ -86,7 +86,7 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
     for name in ("DAGSTER_HOME", "HELIOS_STORAGE", "HELIOS_INBOX", "HELIOS_MAX_CHUNKS"):
         monkeypatch.setenv(name, env[name])  # follow() reads the deployment's storage
     instance = open_instance(home)
-    with running_daemon(env, tmp_path / "daemon.log"), gate() as first_gate, gate() as next_gate:
+    with running_daemon(env, tmp_path / "daemon.log"), Gate() as first_gate, Gate() as next_gate:
         page = gated_composition(tmp_path / "first", first_gate)  # held until its run worker is killed
         first = write_spec(
             tmp_path / "specs", "killed", page, **SIZE, frame_count=60, concurrency=2, **first_gate.spec_fields
@@ -151,7 +151,7 @@ def test_a_chunk_whose_driver_died_is_retried_with_a_driver_of_its_own(
                     return process
         return None
 
-    with running_daemon(env, tmp_path / "daemon.log"), gate() as held:
+    with running_daemon(env, tmp_path / "daemon.log"), Gate() as held:
         page = gated_composition(tmp_path / "held", held)  # held until its driver is killed
         spec = write_spec(
             tmp_path / "specs", "driver-died", page, **SIZE, frame_count=30, concurrency=1, **held.spec_fields
