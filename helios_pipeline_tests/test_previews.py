@@ -268,3 +268,14 @@ def test_the_ladder_folder_of_a_chunk_killed_outright_is_swept_by_the_next_one()
         assert files[0].parent.is_dir()
         assert not folder.exists(), "the killed process's folder was left"
     assert not files[0].parent.exists()
+
+
+def test_a_ladder_folder_left_under_this_process_name_is_written_over_and_removed(tmp_path: Path) -> None:
+    """A chunk's ladder folder is named by the writer's pid and host (its partial name): one left by a writer killed
+    outright whose pid this process now has must not fail the chunk."""
+    folder = tmp_path / ".chunk_000.partial-tag.previews"
+    folder.mkdir()
+    (folder / "0.jpg").write_bytes(b"left over")
+    with thumbnail.ladder_outputs(["[w0]"], folder) as (options, files):
+        assert files == [folder / "0.jpg"] and str(files[0]) in options
+    assert not folder.exists()

@@ -102,8 +102,8 @@ def ladder_outputs(outputs: Sequence[str], folder: Path | None = None) -> Iterat
         return
     if folder is None:
         folder = process_folder(PREVIEW_TEMP_PREFIX)  # swept by the next one if this process is killed outright
-    else:
-        folder.mkdir()
+    else:  # left by a chunk writer killed outright whose pid and host this process now has: written over (-y)
+        folder.mkdir(exist_ok=True)
     try:
         files = [folder / f"{index}.jpg" for index in range(len(outputs))]
         mapped = []
