@@ -379,7 +379,7 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
     for check in checks:
         table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail)
     Console().print(table)
-    required = {"chromium", "ffmpeg", "ffprobe", "encoder libx264", "encoder aac", "playwright"}
+    required = {"chromium", "ffmpeg", "ffprobe", "encoder libx264", "encoder aac"}
     return EXIT_OK if all(c.ok for c in checks if c.name in required) else EXIT_FAILED
 
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +28,30 @@ CHUNK_ENV = "HELIOS_CHUNK_OUTPUT"
 """Set to the chunk's output file in every process a chunk starts (its worker, Chromium, FFmpeg): finds strays."""
 
 
-def start_group(command: Sequence[str], *, term_with_parent: bool = False, **popen_args: Any) -> subprocess.Popen:
+def start_group(
+    command: Sequence[str], *, term_with_parent: bool = False, fds: Mapping[int, int] | None = None, **popen_args: Any
+) -> subprocess.Popen:
     """``subprocess.Popen`` in a new session (so a new process group, whose id is the child's pid).
 
     With ``term_with_parent`` the child gets SIGTERM when this process ends, even killed outright (Linux's
-    parent-death signal): in a session of its own it would otherwise run on, orphaned."""
-    if term_with_parent:
-        popen_args["preexec_fn"] = functools.partial(_term_when_gone, os.getpid())
+    parent-death signal): in a session of its own it would otherwise run on, orphaned. ``fds`` maps the child's
+    file descriptor numbers to this process's (Chromium's DevTools pipe is its fds 3 and 4)."""
+    if term_with_parent or fds:
+        popen_args["preexec_fn"] = functools.partial(_prepare_child, os.getpid() if term_with_parent else None, fds)
+    if fds:
+        # not ``pass_fds``: those numbers must already be open here. This process's own descriptors are not
+        # inheritable (PEP 446), so the child gets the numbered ones and its standard streams
+        popen_args["close_fds"] = False
     return subprocess.Popen(list(command), start_new_session=True, **popen_args)
+
+
+def _prepare_child(parent: int | None, fds: Mapping[int, int] | None) -> None:
+    """In the child, before it executes: its numbered descriptors (``fds``, sources above them), then the
+    parent-death signal."""
+    for number, source in (fds or {}).items():
+        os.dup2(source, number)
+    if parent is not None:
+        _term_when_gone(parent)
 
 
 PR_SET_PDEATHSIG = 1

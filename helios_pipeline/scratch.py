@@ -16,17 +16,15 @@ from pathlib import Path
 
 import psutil
 
-DRIVER_TEMP_PREFIX = "helios-playwright-"
-"""Playwright node driver's own temporary folder (its ``TMPDIR``), removed when it stops (or, the process killed
-outright, by the next driver's start on the host or the stop that killed it). The driver makes each browser's
-profile and artifacts folders there and removes them when the browser closes; a browser killed (a cancelled or
-stuck chunk) left them in the system's temporary folder, ~0.2 MB each."""
+BROWSER_TEMP_PREFIX = "helios-chromium-"
+"""A Chromium's own folder (``engine.browser.launch_browser``): its profile and its temporary files (its ``TMPDIR``),
+removed when it closes (or, the process that launched it killed outright, by the next launch on the host)."""
 UI_TEMP_PREFIX = "helios-ui-"
 """The temporary folder of `helios-pipeline ui`'s webserver and daemon (their ``TMPDIR``), removed when they stop."""
 PREVIEW_TEMP_PREFIX = "helios-preview-"
 """The JPEGs of a preview ladder (``engine.thumbnail.ladder_outputs``), written by the FFmpeg run that makes a contact
 sheet or a picture's preview (a chunk's go beside the chunk)."""
-PREFIXES = (DRIVER_TEMP_PREFIX, UI_TEMP_PREFIX, PREVIEW_TEMP_PREFIX)
+PREFIXES = (BROWSER_TEMP_PREFIX, UI_TEMP_PREFIX, PREVIEW_TEMP_PREFIX)
 CODE_SERVER_PREFIX = "helios-code-server-"
 """The CLI's own daemon's early code server's socket folder (``early_code_server``)."""
 FORK_SERVER_PREFIX = "helios-forks-"

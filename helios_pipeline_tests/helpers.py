@@ -45,8 +45,8 @@ from helios_pipeline.dagster_defs.registry import register_spec_file
 from helios_pipeline.dagster_defs.runner import stop_process_tree
 from helios_pipeline.dagster_defs.sensors import render_automation
 from helios_pipeline.dagster_defs.storage import RenderStorage
-from helios_pipeline.engine.browser import DRIVER_TEMP_PREFIX
 from helios_pipeline.plan import default_work_dir
+from helios_pipeline.scratch import BROWSER_TEMP_PREFIX
 from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
 from helios_pipeline_tests.services import free_port
 
@@ -183,14 +183,20 @@ def deployment_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
-def driver_parents(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes that started a Playwright driver (``node … cli.js run-driver``) among ``processes``: those
-    executing a chunk step (a run worker, a Celery pool process). Found from the driver up, not by scanning each
-    process's tree, where a child that vanishes mid-scan hides the process that rendered."""
+def is_browser(process: psutil.Process) -> bool:
+    """A chunk's Chromium (its main process, which the engine drives over ``--remote-debugging-pipe``)."""
+    return "--remote-debugging-pipe" in process.cmdline()
+
+
+def browser_parents(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes that started a chunk's Chromium among ``processes``: those executing a chunk step (a run
+    worker, a Celery pool process). Found from the browser up, not by scanning each process's tree, where a child
+    that vanishes mid-scan hides the process that rendered."""
     parents = {}
     for process in processes:
         with contextlib.suppress(psutil.Error):
-            if "run-driver" in process.cmdline() and (parent := process.parent()) is not None:
+            # not the wrapper script that may run Chromium (it has the same command line)
+            if is_browser(process) and (parent := process.parent()) is not None and not is_browser(parent):
                 parents[parent.pid] = parent
     return list(parents.values())
 
@@ -361,10 +367,10 @@ def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]
         stop_process_tree(process)  # SIGTERM to the group, then SIGKILL to whatever is left after 20 s
 
 
-def driver_scratch() -> set[str]:
-    """Playwright's folders in the system's temporary folder: each browser's profile and artifacts, and a driver's
-    own (``DRIVER_TEMP_PREFIX``). A killed browser used to leave the first two behind."""
-    prefixes = ("playwright-artifacts-", "playwright_chromiumdev_profile-", DRIVER_TEMP_PREFIX)
+def browser_scratch() -> set[str]:
+    """The browsers' folders in the system's temporary folder (``BROWSER_TEMP_PREFIX``: profile and temporary files),
+    and Playwright's, which chunks used until 2026-12-02 (a killed browser left its profile behind)."""
+    prefixes = ("playwright-artifacts-", "playwright_chromiumdev_profile-", BROWSER_TEMP_PREFIX)
     return {path.name for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith(prefixes)}
 
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import CDPSession
 
 from helios_pipeline.engine import capture
+from helios_pipeline.engine.cdp import CdpSession
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.probe import probe
@@ -80,14 +80,14 @@ def test_webcodecs_frames_are_seeked_in_batches_per_round_trip(
     """Up to CANVAS_BATCH_FRAMES frames per CDP call (16 + 16 + 13 of 45), fewer when a call has used
     its time budget (none left: one frame per call); the frames are the same either way."""
     seek_calls: list[str] = []
-    send = CDPSession.send
+    send = CdpSession.send
 
-    def counting_send(self: CDPSession, method: str, params: dict | None = None) -> dict:
-        if method == "Runtime.evaluate" and "encodeFrames" in params["expression"]:
+    def counting_send(self: CdpSession, method: str, params: dict | None = None, timeout: float | None = None) -> dict:
+        if method == "Runtime.evaluate" and params["expression"].startswith("window.__helios_canvas.encodeFrames("):
             seek_calls.append(params["expression"])
-        return send(self, method, params)
+        return send(self, method, params, timeout)
 
-    monkeypatch.setattr(CDPSession, "send", counting_send)
+    monkeypatch.setattr(CdpSession, "send", counting_send)
     monkeypatch.setattr(capture, "CANVAS_BATCH_BUDGET_MS", budget_ms)
     result = _render(tmp_path / "out.mp4", frame_count=45, concurrency=1, executor=InProcessExecutor())
     assert len(seek_calls) == round_trips

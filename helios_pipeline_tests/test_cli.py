@@ -304,7 +304,7 @@ def test_render_duration_and_frames_flags_are_exclusive(project: Path) -> None:
 def test_doctor_lists_chromium_ffmpeg_and_libx264(tmp_path: Path) -> None:
     result = run_cli("doctor", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("chromium", "ffmpeg", "ffprobe", "libx264", "aac", "playwright"):
+    for name in ("chromium", "ffmpeg", "ffprobe", "libx264", "aac"):
         assert name in result.stdout, result.stdout
     for check in ("chromium", "ffmpeg", "encoder libx264"):
         row = next(line for line in result.stdout.splitlines() if check in line)

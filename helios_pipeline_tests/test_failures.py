@@ -20,7 +20,7 @@ from helios_pipeline_tests.conftest import COMPOSITIONS, processes_for
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     assert_nothing_left,
-    driver_scratch,
+    browser_scratch,
 )
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_cancel_event_mid_render_stops_everything(concurrency: int, executor: ty
     output.parent.mkdir()
     cancel = threading.Event()
     progress: list[float] = []
-    scratch_before = driver_scratch()
+    scratch_before = browser_scratch()
 
     def on_progress(value: float) -> None:
         progress.append(value)
@@ -88,7 +88,7 @@ def test_cancel_event_mid_render_stops_everything(concurrency: int, executor: ty
         )  # fmt: skip
     assert 0 < progress[-1] < 0.9
     assert_nothing_left(output)
-    assert driver_scratch() <= scratch_before, "the killed browsers' profile folders were left in the temp folder"
+    assert browser_scratch() <= scratch_before, "the killed browsers' profile folders were left in the temp folder"
 
 
 @pytest.mark.parametrize("concurrency", ["1", "2"], ids=["one chunk", "two chunks"])
@@ -99,7 +99,7 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Pat
         sys.executable, "-m", "helios_pipeline.cli", "render", "--local", str(COMPOSITIONS / "slow"), "-o", str(output),
         "--width", "160", "--height", "120", "--fps", "30", "--frames", "300", "--concurrency", concurrency,
     ]  # fmt: skip
-    scratch_before = driver_scratch()
+    scratch_before = browser_scratch()
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     while not any(p.name().startswith(("chrom", "headless")) for p in processes_for(default_work_dir(output))):
@@ -112,7 +112,7 @@ def test_ctrl_c_on_the_cli_leaves_nothing_behind(concurrency: str, tmp_path: Pat
     assert process.returncode == 130, stderr
     assert "cancelled" in stderr
     assert_nothing_left(output)
-    assert driver_scratch() <= scratch_before, "the killed browsers' profile folders were left in the temp folder"
+    assert browser_scratch() <= scratch_before, "the killed browsers' profile folders were left in the temp folder"
 
 
 def test_a_render_killed_outright_leaves_nothing_once_it_is_rendered_again(tmp_path: Path) -> None:

@@ -37,7 +37,6 @@ from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
 
 from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
 from helios_pipeline.dagster_defs.names import CHUNK_ASSET, CHUNK_POOL, CONCAT_ASSET, MIXED_ASSET, PLAN_ASSET
-from helios_pipeline.engine.browser import LAUNCH_MARKER
 from helios_pipeline_tests.conftest import COMPOSITIONS
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
@@ -94,11 +93,11 @@ class Figures:
 
 
 def browsers(home: Path) -> int:
-    """Chromium browsers of the deployment alive now (each chunk launches one, marked with a unique id)."""
+    """Chromium browsers of the deployment alive now (each chunk launches one, with a profile folder of its own)."""
     launches = set()
     for process in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            marker = next((arg for arg in process.info["cmdline"] or [] if arg.startswith(LAUNCH_MARKER)), None)
+            marker = next((arg for arg in process.info["cmdline"] or [] if arg.startswith("--user-data-dir=")), None)
             if (
                 marker
                 and process.status() != psutil.STATUS_ZOMBIE

@@ -21,7 +21,7 @@ from helios_pipeline.dagster_defs.instance import REQUIRED_DAEMONS
 from helios_pipeline.dagster_defs.own_daemon import daemon_serving, hand_over, local_instance, start_daemon
 from helios_pipeline.dagster_defs.warm_launcher import FORK_SERVER_TITLE
 from helios_pipeline.processes import process_tree, stop_group
-from helios_pipeline.scratch import DRIVER_TEMP_PREFIX
+from helios_pipeline.scratch import BROWSER_TEMP_PREFIX
 from helios_pipeline_tests.helpers import REPO, open_instance, wait_for, write_instance_config
 
 
@@ -124,8 +124,8 @@ def test_the_cli_starts_its_daemon_before_it_imports_dagster_and_not_beside_one_
 
 RUN_WORKER = """
 import os, signal, sys, time
-from helios_pipeline.scratch import DRIVER_TEMP_PREFIX, process_folder
-folder = process_folder(DRIVER_TEMP_PREFIX)
+from helios_pipeline.scratch import BROWSER_TEMP_PREFIX, process_folder
+folder = process_folder(BROWSER_TEMP_PREFIX)
 (folder / "profile").mkdir()  # a browser's, that a stopping browser writes into while the worker removes it
 def stop(*_):
     time.sleep(1.5)  # stopping its browser; its own removal of the folder loses the race to the browser's writes
@@ -172,7 +172,7 @@ def test_a_daemon_whose_cli_is_gone_waits_for_re_parented_run_workers_before_it_
     env.pop("DAGSTER_HOME", None)
     cli = subprocess.Popen([sys.executable, "-c", CLI], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        folders = wait_for(lambda: list(scratch.glob(f"{DRIVER_TEMP_PREFIX}*")), 30, "the run worker's folder")
+        folders = wait_for(lambda: list(scratch.glob(f"{BROWSER_TEMP_PREFIX}*")), 30, "the run worker's folder")
         (daemon,) = [child for child in psutil.Process(cli.pid).children() if child.cmdline()[1:2] == ["-c"]]
         worker = wait_for(
             lambda: [p for p in process_tree(daemon.pid) if "process_folder" in " ".join(p.cmdline())],

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine.audio.mix import mix_final
 from helios_pipeline.engine.audio.page_audio import (
@@ -35,7 +34,7 @@ from helios_pipeline.engine.browser import launch_browser
 from helios_pipeline.engine.chunk import ChunkResult
 from helios_pipeline.engine.concat import concat_chunks
 from helios_pipeline.engine.encode import fps_fraction, timescale_args
-from helios_pipeline.engine.page import new_render_page
+from helios_pipeline.engine.page import load_composition, new_render_page
 from helios_pipeline.engine.probe import count_video_frames, has_audio_stream, probe
 from helios_pipeline.engine.server import composition_url, serve_folder
 from helios_pipeline.orchestrator import LocalExecutor, RenderOrchestrator
@@ -381,12 +380,11 @@ def test_scan_reads_every_media_element(sources: Path, tmp_path: Path) -> None:
         composition = str(site / "index.html")
         with (
             composition_url(composition) as url,
-            sync_playwright() as playwright,
-            launch_browser(playwright) as browser,
+            launch_browser() as browser,
         ):
             spec = RenderSpec(composition=composition, width=64, height=64, fps=FPS, frame_count=1)
-            _, page, _ = new_render_page(browser, spec)  # the engine's set-up installs the shadow-root walk
-            page.goto(url, wait_until="load")
+            page = new_render_page(browser, spec)  # the engine's set-up installs the shadow-root walk
+            load_composition(page, url, spec)
             found = collect_page_audio(page, url, composition, tmp_path, ".chunk")
             try:
                 tracks = {track.label.split('"')[1]: track for track in found.tracks}

@@ -25,11 +25,12 @@ from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     REPO,
     Gate,
+    browser_parents,
     chunk_runs,
     deployment_env,
     deployment_processes,
-    driver_parents,
     gated_composition,
+    is_browser,
     open_instance,
     render_runs,
     running_daemon,
@@ -55,12 +56,9 @@ def submit(env: dict[str, str], spec: Path) -> tuple[str, float]:
 def rendering_run_process(home: Path) -> psutil.Process | None:
     """A chunk run's worker process (forked by the run launcher) whose Chromium is running.
 
-    It is the parent of Playwright's driver, which started Chromium. The driver's own child, Chromium, has
-    "playwright" in its command line too (its profile folder): matching that would pick the driver, whose
-    death fails only the step (a step retry, no run retry), whenever process ids have wrapped and the
-    driver's is the lower one.
+    It is the process that started Chromium (or the wrapper script that runs it).
     """
-    for process in driver_parents(deployment_processes(home)):
+    for process in browser_parents(deployment_processes(home)):
         with contextlib.suppress(psutil.Error):
             if any("chrom" in child.name().lower() for child in process.children(recursive=True)):
                 return process
@@ -130,12 +128,11 @@ def test_a_killed_chunk_run_frees_its_slot_and_the_next_render_is_parallel_again
     instance.dispose()
 
 
-def test_a_chunk_whose_driver_died_is_retried_with_a_driver_of_its_own(
+def test_a_chunk_whose_browser_died_is_retried_in_its_run_with_a_browser_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The warm run worker starts Playwright's driver for its chunk ahead of the step. When that driver dies
-    mid-chunk (killed here; a stuck browser's watchdog kills a driver whose call stays blocked), the step fails
-    and is retried in the same run: the retry must start a driver of its own, not be handed the dead one."""
+    """A chunk's Chromium killed mid-chunk (the out-of-memory killer; a stuck browser's watchdog does the same) fails
+    the step, which is retried in the same run with a browser of its own and renders every frame."""
     home = tmp_path / "home"
     write_instance_config(home)
     (tmp_path / "inbox").mkdir()
@@ -144,25 +141,25 @@ def test_a_chunk_whose_driver_died_is_retried_with_a_driver_of_its_own(
         monkeypatch.setenv(name, env[name])
     instance = open_instance(home)
 
-    def rendering_driver() -> psutil.Process | None:
+    def rendering_browser() -> psutil.Process | None:
         for process in deployment_processes(home):
             with contextlib.suppress(psutil.Error):
-                if "run-driver" in process.cmdline() and any("chrom" in c.name().lower() for c in process.children()):
+                if is_browser(process) and "chrom" in process.name() and "--type=" not in " ".join(process.cmdline()):
                     return process
         return None
 
     with running_daemon(env, tmp_path / "daemon.log"), Gate() as held:
-        page = gated_composition(tmp_path / "held", held)  # held until its driver is killed
+        page = gated_composition(tmp_path / "held", held)  # held until its browser is killed
         spec = write_spec(
-            tmp_path / "specs", "driver-died", page, **SIZE, frame_count=30, concurrency=1, **held.spec_fields
+            tmp_path / "specs", "browser-died", page, **SIZE, frame_count=30, concurrency=1, **held.spec_fields
         )
         key, since = submit(env, spec)
-        wait_for(rendering_driver, 120, "a chunk's driver with its Chromium", 0.2).kill()
+        wait_for(rendering_browser, 120, "a chunk's Chromium", 0.2).kill()
         held.open()
         status = follow(instance, key, since, lambda _status: None, timeout=300)
         assert frame_indices(Path(status.output)) == list(range(30))
         (runs,) = chunk_runs(render_runs(instance, key)).values()
         assert len(runs) == 1, "a step retry in the same run was expected, not a run retry"
         retried = instance.all_logs(runs[0].dagster_run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
-        assert retried, "the chunk step was not retried after its driver died"
+        assert retried, "the chunk step was not retried after its browser died"
     instance.dispose()

@@ -44,10 +44,10 @@ from helios_pipeline_tests.cluster import (
 from helios_pipeline_tests.framecode import frame_indices
 from helios_pipeline_tests.helpers import (
     CHUNK,
+    browser_parents,
     busy_composition,
     chunk_runs,
     describe,
-    driver_parents,
     graphql,
     render_runs,
     wait_for,
@@ -361,7 +361,7 @@ def pool_process(worker: Worker) -> psutil.Process | None:
     run, and its chunk step, execute in the pool process). Killing the main process instead would not stop
     the run: its pool process finishes the task on its own. (Found through the whole tree before, a child
     that vanished mid-scan made the pool process look idle, and the main process was killed: seen in CI.)"""
-    for process in driver_parents(worker.processes()):
+    for process in browser_parents(worker.processes()):
         with contextlib.suppress(psutil.Error):
             if "celery" in " ".join(process.cmdline()):
                 return process

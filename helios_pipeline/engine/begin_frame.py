@@ -16,19 +16,11 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from playwright.sync_api import CDPSession
-from playwright.sync_api import Error as PlaywrightError
-
-from helios_pipeline.engine.capture import (
-    DomCapture,
-    FrameCapture,
-    evaluate,
-    image_input,
-    screenshot_parameters,
-    seek_expression,
-)
+from helios_pipeline.engine.capture import DomCapture, FrameCapture, image_input, screenshot_parameters, seek_expression
 from helios_pipeline.engine.capture_setting import dom_capture_choice
+from helios_pipeline.engine.cdp import CdpError, CdpSession
 from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.page import evaluate
 from helios_pipeline.spec import RenderSpec
 
 BEGIN_FRAME = "HeadlessExperimental.beginFrame"
@@ -42,21 +34,21 @@ def wants_begin_frame(spec: RenderSpec) -> bool:
     return spec.mode == "dom" and dom_capture_choice() == "auto"
 
 
-def begin_frame_available(cdp: CDPSession, params: dict[str, Any]) -> bool:
+def begin_frame_available(cdp: CdpSession, params: dict[str, Any]) -> bool:
     """Probe: does this page take BeginFrames? Chromium answers "wasn't found" (new headless) or "only
     supported with --run-all-compositor-stages-before-draw" (headless-shell launched without control) when not.
 
-    The probe frame is drawn with a screenshot, discarded: after the page's load (and Playwright's resize to the
-    render's size) the first frames may draw nothing, and the first captured frame must not be one of them.
+    The probe frame is drawn with a screenshot, discarded: after the page's load (and the resize to the render's
+    size) the first frames may draw nothing, and the first captured frame must not be one of them.
     """
     try:
         draw_screenshot(cdp, params, None)
-    except PlaywrightError:
+    except CdpError:
         return False
     return True
 
 
-def draw_screenshot(cdp: CDPSession, params: dict[str, Any], frame: int | None) -> bytes:
+def draw_screenshot(cdp: CdpSession, params: dict[str, Any], frame: int | None) -> bytes:
     """One BeginFrame's screenshot. A frame the compositor could not draw yet (no screenshot: the first
     frames after a navigation or resize) is drawn again: the DOM has not changed, so neither does the picture."""
     for _ in range(MAX_UNDRAWN_FRAMES):
@@ -72,7 +64,7 @@ class BeginFrameCapture:
     """Seek, then one BeginFrame whose screenshot is the frame (same image parameters as the screenshot path)."""
 
     spec: RenderSpec
-    cdp: CDPSession
+    cdp: CdpSession
     description: str = "dom/beginframe"
     frame_params: dict[str, Any] = field(default_factory=dict)
     """``HeadlessExperimental.beginFrame`` parameters: the screenshot's format, quality, optimizeForSpeed."""
@@ -92,7 +84,7 @@ class BeginFrameCapture:
         return b""
 
 
-def dom_capture(spec: RenderSpec, cdp: CDPSession) -> FrameCapture:
+def dom_capture(spec: RenderSpec, cdp: CdpSession) -> FrameCapture:
     """BeginFrame where the page takes it, else the screenshot path; the transparent background either way."""
     screenshot = DomCapture(spec, cdp)  # sets the background override, which BeginFrame's frames use too
     if wants_begin_frame(spec):

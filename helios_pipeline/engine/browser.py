@@ -1,23 +1,24 @@
-"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network;
-Playwright's node driver started with a small young generation."""
+"""Chromium launch: one headless browser per chunk, flags chosen for determinism and a closed network, driven
+over its DevTools pipe (``engine.cdp``) with no driver process in between."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
-import threading
-import uuid
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
-from playwright.sync_api import Browser, Playwright, sync_playwright
 
-from helios_pipeline.engine.driver_cache import enable_node_compile_cache
+from helios_pipeline.engine.cdp import CdpConnection, CdpError, CdpSession
 from helios_pipeline.engine.errors import RenderError
 from helios_pipeline.engine.tools import chromium_path
-from helios_pipeline.processes import child_env, end_within, process_tree, thread_tags
-from helios_pipeline.scratch import DRIVER_TEMP_PREFIX, process_folder
+from helios_pipeline.processes import child_env, end_within, process_tree, start_group
+from helios_pipeline.scratch import BROWSER_TEMP_PREFIX, process_folder
 
 LAUNCH_ARGS = (
     "--disable-gpu",
@@ -38,6 +39,29 @@ LAUNCH_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
     # WebRTC may send UDP, which no proxy sees: keep it to proxied connections (the network policy's gate)
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    # what a browser under automation needs (the switches Playwright launched chunks with until 2026-12-02): no
+    # field trials, extensions, crash reporter, hang monitor, keychain or throttling of the many DevTools messages
+    "--disable-field-trial-config",
+    "--disable-back-forward-cache",
+    "--disable-breakpad",
+    "--disable-component-extensions-with-background-pages",
+    "--disable-default-apps",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-hang-monitor",
+    "--disable-ipc-flooding-protection",
+    "--disable-popup-blocking",
+    "--disable-prompt-on-repost",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--no-service-autorun",
+    "--enable-unsafe-swiftshader",  # WebGL pages draw in software
+    "--enable-features=CDPScreenshotNewSurface",
+    # a page's CSS sees a device without hover and with a coarse pointer, as it did under Playwright
+    "--blink-settings=primaryHoverType=2,availableHoverTypes=2,primaryPointerType=4,availablePointerTypes=4",
+    "--headless",
+    "--no-startup-window",  # no first tab: each page is a target of its own browser context
 )
 
 DISABLED_FEATURES = ("PaintHolding", "Translate", "MediaRouter", "OptimizationHints")
@@ -49,13 +73,6 @@ DISABLED_FEATURES = ("PaintHolding", "Translate", "MediaRouter", "OptimizationHi
 # --force-gpu-mem-available-mb change pixels (benchmarks/README.md). Add a flag here only with its figure.
 MEMORY_ARGS: tuple[str, ...] = ()
 MEMORY_DISABLED_FEATURES: tuple[str, ...] = ()
-
-DRIVER_NODE_OPTIONS = ("--max-semi-space-size=1",)
-"""V8 options for Playwright's node driver. Every screenshot passes through it as a base64 string (~0.3 MB
-at 1080p), which fills V8's default 16 MB semi-spaces between scavenges: with 1 MB ones the driver
-holds ~30-40 MB less (peak PSS per 1080p chunk worker: driver 116 -> 84 MB, benchmarks/README.md) and
-relays the same bytes."""
-_ENVIRON_LOCK = threading.Lock()
 
 BEGIN_FRAME_ARGS = (
     # chromium-headless-shell draws a frame only when HeadlessExperimental.beginFrame asks for one, and then
@@ -70,17 +87,16 @@ BEGIN_FRAME_ARGS = (
     "--disable-checker-imaging",
 )
 
-LAUNCH_TIMEOUT_MS = 30000
-"""How long Chromium may take to start and answer Playwright; past it Playwright kills it and the chunk fails."""
+
+LAUNCH_TIMEOUT_S = 30.0
+"""How long Chromium may take to start and answer its first command; past it the launch fails."""
 
 CLOSE_GRACE_SECONDS = 3.0
-"""How long a browser whose driver is gone (Playwright cannot close it) gets to end by itself once it has lost its
-pipe, before it is killed: while it ends, it writes into its profile folder, which the driver's folder holds."""
+"""How long a closing browser gets to end by itself before its processes are killed: it writes its profile while
+it ends, and its folder is removed after."""
 
-LAUNCH_MARKER = "--helios-launch-id"
-"""A switch Chromium ignores; its unique value tells one chunk's browser from another's in one process."""
-_LAUNCHED: dict[int, psutil.Process] = {}
-_LOCK = threading.Lock()
+LOG_TAIL_LINES = 5
+"""Lines of Chromium's own output quoted when it fails to start."""
 
 
 def launch_args(begin_frame_control: bool = False, *, memory: bool = True) -> list[str]:
@@ -98,102 +114,135 @@ def launch_args(begin_frame_control: bool = False, *, memory: bool = True) -> li
     return args
 
 
-def launch_playwright() -> Playwright:
-    """``sync_playwright().start()`` with the driver's compile cache and ``DRIVER_NODE_OPTIONS``; the caller stops it.
+@dataclass
+class Browser:
+    """A running Chromium: its process, the DevTools connection to it, and its own temporary folder."""
 
-    Playwright gives its driver a copy of this process's environment when it starts, and has no other
-    way in: ``NODE_OPTIONS`` (other ``NODE_OPTIONS`` kept), ``TMPDIR`` (see ``DRIVER_TEMP_PREFIX``) and this
-    thread's ``tag_children`` variables are set for the moment of the start only.
-    """
-    enable_node_compile_cache()
-    scratch = str(process_folder(DRIVER_TEMP_PREFIX))  # before TMPDIR changes: tempfile keeps the real one
-    with _ENVIRON_LOCK:
-        options = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), *DRIVER_NODE_OPTIONS)))
-        changed = {"NODE_OPTIONS": options, "TMPDIR": scratch, **thread_tags()}  # tags: see processes.tag_children
-        saved = {name: os.environ.get(name) for name in changed}
-        os.environ.update(changed)
-        try:
-            playwright = sync_playwright().start()
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-    stop = playwright.stop
+    process: subprocess.Popen
+    """What was started: Chromium itself, or a wrapper script that runs it as its child (Debian's /usr/bin ones)."""
+    connection: CdpConnection
+    folder: Path
+    version: str = ""
+    """Chromium's version number (``Browser.getVersion``), recorded with every chunk."""
+    main: psutil.Process | None = None
+    """Chromium's browser process (its renderers, GPU and utility processes are its descendants)."""
 
-    def stop_then_remove_scratch() -> None:
-        try:
-            stop()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    @property
+    def pid(self) -> int:
+        return self.main.pid if self.main is not None else self.process.pid
 
-    playwright.stop = stop_then_remove_scratch  # type: ignore[method-assign]  (Playwright sets it the same way)
-    return playwright
+    def open_page(self, width: int, height: int, proxy: str | None = None) -> CdpSession:
+        """A new page in a browser context of its own (``proxy``: every connection of it goes there, loopback
+        included), at ``width`` x ``height`` CSS pixels, device scale 1; its session is attached, nothing enabled."""
+        context: dict[str, object] = {"disposeOnDetach": True}
+        if proxy is not None:
+            context |= {"proxyServer": proxy, "proxyBypassList": "<-loopback>"}
+        context_id = self.connection.send("Target.createBrowserContext", context)["browserContextId"]
+        target = self.connection.send("Target.createTarget", {"url": "about:blank", "browserContextId": context_id})
+        attached = self.connection.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        page = CdpSession(self.connection, attached["sessionId"])
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        page.send("Emulation.setDeviceMetricsOverride", {**metrics, "screenWidth": width, "screenHeight": height})
+        page.send("Emulation.setFocusEmulationEnabled", {"enabled": True})  # the page has focus, as a visible tab
+        return page
+
+    def close(self) -> None:
+        """Ask Chromium to close, kill what is left after ``CLOSE_GRACE_SECONDS``, remove its folder."""
+        tree = [*process_tree(self.process.pid), *(process_tree(self.main.pid) if self.main is not None else [])]
+        if not self.connection.closed.is_set():
+            with contextlib.suppress(CdpError):
+                self.connection.send("Browser.close", timeout=CLOSE_GRACE_SECONDS)
+        end_within(tree, CLOSE_GRACE_SECONDS)
+        self.process.wait()
+        self.connection.close()  # its reader has seen the pipe end with the browser
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def start_playwright(started: Playwright | None = None) -> Iterator[Playwright]:
-    """A Playwright for one chunk or still: ``started`` (the caller's, left running) or one of its own."""
-    if started is not None:
-        yield started
-        return
-    playwright = launch_playwright()
+def _high(fd: int) -> int:
+    """``fd`` moved above the numbers the child is given (3, 4), so that giving them cannot close it."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+def _start(folder: Path, begin_frame_control: bool) -> Browser:
+    """Start Chromium with its DevTools pipe (its fd 3 reads our commands, its fd 4 writes its answers)."""
+    commands_read, commands_write = (_high(fd) for fd in os.pipe())
+    answers_read, answers_write = (_high(fd) for fd in os.pipe())
+    log_path = folder / "chromium.log"
+    command = [
+        chromium_path(), *launch_args(begin_frame_control), f"--user-data-dir={folder / 'profile'}",
+        "--remote-debugging-pipe",
+    ]  # fmt: skip
+    env = {**(child_env() or os.environ), "TMPDIR": str(folder)}  # Chromium's own temporary files go with it
     try:
-        yield playwright
-    finally:
-        playwright.stop()
+        with open(log_path, "wb") as log:
+            process = start_group(
+                command, term_with_parent=True, fds={3: commands_read, 4: answers_write}, env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )  # fmt: skip
+    except OSError as exc:
+        for fd in (commands_read, commands_write, answers_read, answers_write):
+            os.close(fd)
+        raise RenderError(f"could not start Chromium ({command[0]}): {exc}") from None
+    os.close(commands_read)
+    os.close(answers_write)
+    browser = Browser(process, CdpConnection(commands_write, answers_read), folder)
+    try:
+        product = browser.connection.send("Browser.getVersion", timeout=LAUNCH_TIMEOUT_S)["product"]
+    except CdpError as exc:
+        said = _log_tail(log_path)  # before the folder goes
+        browser.close()
+        raise RenderError(f"Chromium ({command[0]}) did not start: {said or exc.message}") from None
+    browser.version = str(product).rpartition("/")[2]
+    browser.main = _main_process(process.pid)
+    return browser
+
+
+def _main_process(pid: int) -> psutil.Process | None:
+    """The browser process in the tree of ``pid``: the deepest with the pipe switch that is no helper (``--type=``);
+    a wrapper script running Chromium has the switch in its command line too, as its parent."""
+    found = None
+    for process in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            if "--remote-debugging-pipe" in command and not any(arg.startswith("--type=") for arg in command):
+                found = process
+    return found
+
+
+def _log_tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return " | ".join(lines[-LOG_TAIL_LINES:])
+    return ""
 
 
 @contextlib.contextmanager
-def launch_browser(playwright: Playwright, *, begin_frame_control: bool = False) -> Iterator[Browser]:
+def launch_browser(*, begin_frame_control: bool = False) -> Iterator[Browser]:
     """Launch Chromium headless and always close it, even when the chunk fails.
 
     With ``begin_frame_control`` a headless-shell renders nothing until BeginFrame asks: only for pages
     captured with ``engine.begin_frame.BeginFrameCapture`` (which falls back to screenshots elsewhere).
-
-    The launch carries a unique marker switch (Chromium ignores unknown switches) so that
-    ``browser_process`` can find this browser's own process among the caller's children.
+    Its profile and temporary files live in a folder of this process's (``scratch.process_folder``), removed
+    when it closes, or by the next launch on the host when this process was killed outright.
     """
-    marker = f"{LAUNCH_MARKER}={uuid.uuid4().hex}"
-    browser = playwright.chromium.launch(
-        executable_path=chromium_path(), headless=True, args=[*launch_args(begin_frame_control), marker],
-        timeout=LAUNCH_TIMEOUT_MS, env=child_env(),
-        handle_sigint=False, handle_sigterm=False, handle_sighup=False,
-    )  # fmt: skip
+    folder = process_folder(BROWSER_TEMP_PREFIX)
     try:
-        with _LOCK:
-            _LAUNCHED[id(browser)] = _find_process(marker)
+        browser = _start(folder, begin_frame_control)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
         yield browser
     finally:
-        with contextlib.suppress(Exception):
-            browser.close()
-        with _LOCK:
-            launched = _LAUNCHED.pop(id(browser), None)
-        if launched is not None:
-            _wait_until_gone(launched)
-
-
-def _wait_until_gone(browser: psutil.Process) -> None:
-    """Return once the browser's processes have ended, killing them past ``CLOSE_GRACE_SECONDS``. Playwright's
-    close waits for them, but fails at once when the driver is gone (a SIGTERM to the run worker's group reaches
-    it too): the driver's folder removed then, the ending browser wrote its profile into it again."""
-    end_within(process_tree(browser.pid) if browser.is_running() else [], CLOSE_GRACE_SECONDS)
-
-
-def _find_process(marker: str) -> psutil.Process:
-    """The launched browser's main process: the caller's descendant whose command line has ``marker``."""
-    for process in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if marker in process.cmdline():
-                return process
-    raise RenderError(f"Chromium ({chromium_path()}) started, but no process with its launch switch {marker} was found")
+        browser.close()
 
 
 def browser_process(browser: Browser) -> psutil.Process | None:
-    """The main process of an open browser started by ``launch_browser`` (renderers are its descendants)."""
-    with _LOCK:
-        return _LAUNCHED.get(id(browser))
+    """The browser process of an open browser (renderers are its descendants), None once it has ended."""
+    main = browser.main
+    with contextlib.suppress(psutil.Error):
+        if main is not None and main.is_running() and main.status() != psutil.STATUS_ZOMBIE:
+            return main
+    return None

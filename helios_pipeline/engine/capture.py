@@ -14,18 +14,17 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from playwright.sync_api import CDPSession, Page
-
+from helios_pipeline.engine.cdp import CdpSession
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
-from helios_pipeline.engine.page import frame_time_ms
+from helios_pipeline.engine.page import RenderPage, evaluate, frame_time_ms, seek_failure
 from helios_pipeline.engine.page_scripts import page_script
 from helios_pipeline.spec import RenderSpec
 
 CANVAS_WAIT_MS = 5000
 CANVAS_BATCH_FRAMES = 16
 """WebCodecs canvas mode seeks and encodes up to this many frames per CDP round trip: a round trip
-(Python -> Playwright's driver -> Chromium and back) costs more CPU than seeking and encoding a
+(Python -> Chromium and back) costs more CPU than seeking and encoding a
 simple frame, and the CPU is shared with the encoder (benchmarks/README.md, bench_canvas.py)."""
 CANVAS_BATCH_BUDGET_MS = 250
 """... and starts no further frame in that call after this much real time, so one call lasts at
@@ -56,24 +55,6 @@ def seek_expression(frame: int, time_ms: float) -> str:
     return f"window.__helios_seek({frame}, {time_ms!r})"
 
 
-def seek_failure(details: dict[str, Any]) -> str:
-    """The page's own message for a failed seek: a readiness timeout, or what the page threw."""
-    exception = details.get("exception") or {}
-    text = str(exception.get("description") or details.get("text") or "unknown error").strip()
-    first_line = text.splitlines()[0]
-    if first_line.startswith("HeliosFrameTimeout: "):
-        return "did not become ready: " + first_line.removeprefix("HeliosFrameTimeout: ")
-    return f"the page threw: {first_line}"
-
-
-def evaluate(cdp: CDPSession, expression: str, frame: int | None) -> Any:
-    """Run ``expression`` in the page (awaiting it); page exceptions become PageError for ``frame``."""
-    reply = cdp.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
-    if "exceptionDetails" in reply:
-        raise PageError(seek_failure(reply["exceptionDetails"]), frame)
-    return reply.get("result", {}).get("value")
-
-
 def image_input(spec: RenderSpec) -> list[str]:
     demuxer = ["-f", "mjpeg"] if spec.intermediate_image_format == "jpeg" else ["-f", "image2pipe", "-c:v", "png"]
     return [*demuxer, "-framerate", str(fps_fraction(spec.fps))]
@@ -92,7 +73,7 @@ class DomCapture:
     """Seek, then a CDP screenshot of the viewport: the path where BeginFrame is unavailable."""
 
     spec: RenderSpec
-    cdp: CDPSession
+    cdp: CdpSession
     description: str = "dom"
     screenshot_params: dict[str, Any] = field(default_factory=dict)
     """CDP ``Page.captureScreenshot`` parameters (image format, quality, optimizeForSpeed)."""
@@ -158,9 +139,9 @@ class CanvasCapture:
     """Canvas mode: WebCodecs in the page when possible, else the canvas as images."""
 
     spec: RenderSpec
-    cdp: CDPSession
-    page: Page
+    page: RenderPage
     frame_count: int
+    cdp: CdpSession = field(init=False)
     description: str = "canvas"
     codec: str | None = None
     _index: int = 0
@@ -168,6 +149,7 @@ class CanvasCapture:
     """Chunk-local frames already seeked and encoded (a call may encode several)."""
 
     def __post_init__(self) -> None:
+        self.cdp = self.page.cdp
         self.page.evaluate(page_script("canvas_capture.js"))
         config = {
             "selector": self.spec.canvas_selector,

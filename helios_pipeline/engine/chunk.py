@@ -12,19 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import CDPSession, Page, Playwright
-from playwright.sync_api import Error as PlaywrightError
-
 from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.begin_frame import dom_capture, wants_begin_frame
-from helios_pipeline.engine.browser import start_playwright
 from helios_pipeline.engine.capture import CanvasCapture, FrameCapture
+from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.chunk_compat import probe_chunk
 from helios_pipeline.engine.encode import FIRST_FRAME, ChunkEncoder, chunk_encode_command, fps_fraction
 from helios_pipeline.engine.errors import NoSpaceError, PageError, RenderCancelled, RenderError
 from helios_pipeline.engine.fileio import atomic_output, partial_path
-from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.page import RenderPage, frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.subtitles import chunk_srt
@@ -59,7 +56,7 @@ class ChunkResult:
     page_audio_sources: int = 0
     """Audible <audio>/<video> elements of the page whose sound the chunk carries (as PCM)."""
     chromium_version: str = ""
-    """The rendering browser's version (Playwright's ``browser.version``)."""
+    """The rendering browser's version (``Browser.getVersion``)."""
     ffmpeg_version: str = ""
     """The first line of the encoding FFmpeg's ``ffmpeg -version``."""
     blocked_requests: int = 0
@@ -93,12 +90,12 @@ def _chunk_subtitles(spec: RenderSpec, chunk: RenderChunk) -> Iterator[Path | No
         yield srt
 
 
-def make_capture(spec: RenderSpec, cdp: CDPSession, page: Page, frame_count: int) -> FrameCapture:
+def make_capture(spec: RenderSpec, page: RenderPage, frame_count: int) -> FrameCapture:
     """DOM screenshots (by BeginFrame where the browser has it), or the canvas (WebCodecs in the page, or
     images) in canvas mode. Called with the page loaded, under the watchdog (the BeginFrame probe draws)."""
     if spec.mode == "canvas":
-        return CanvasCapture(spec, cdp, page, frame_count)
-    return dom_capture(spec, cdp)
+        return CanvasCapture(spec, page, frame_count)
+    return dom_capture(spec, page.cdp)
 
 
 def _os_failure(exc: OSError, chunk: RenderChunk, output: Path) -> OSError:
@@ -114,19 +111,17 @@ def render_chunk(
     *,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-    playwright: Playwright | None = None,
     preview_bytes: int | None = None,
 ) -> ChunkResult:
     """Render ``chunk`` of ``spec`` to ``chunk.output_file``; the file exists only if it is complete.
 
-    ``playwright``: a Playwright the caller already started (and stops); by default the chunk starts its own.
     ``preview_bytes``: also the first frame's preview ladder for a JPEG of at most that many bytes
     (``ChunkResult.first_frame_previews``; none with ``video_codec: copy``), so that no FFmpeg run decodes the
     chunk again for it.
     """
     started = time.perf_counter()
     output = Path(chunk.output_file)
-    page_errors: list[str] = []  # what the page threw (filled once the page exists)
+    page: RenderPage | None = None  # what the page threw is in its errors
     gate: PageNetwork | None = None  # the page's network policy (a page error says what it refused)
     watchdog = Watchdog(cancel)
     current_frame: int | None = None
@@ -145,23 +140,22 @@ def render_chunk(
             ladder_outputs(ladder_labels, partial_path(output, ".previews")) as (ladder_options, ladder_files),
             contextlib.ExitStack() as browser_stack,  # closed early: see below
         ):
-            driver = browser_stack.enter_context(start_playwright(playwright))
             browser = browser_stack.enter_context(
-                watched_browser(driver, watchdog, begin_frame_control=wants_begin_frame(spec))
+                watched_browser(watchdog, begin_frame_control=wants_begin_frame(spec))
             )
             chromium_version = browser.version
             gate = network
             watchdog.arm(load_limit(), "loading the page")
-            context, page, page_errors = new_render_page(browser, spec, network.proxy)
+            page = new_render_page(browser, spec, network.proxy)
             network.watch(page)
             try:
-                cdp = load_composition(context, page, url, spec, page_errors)
+                load_composition(page, url, spec)
             except RenderError:
                 if rule := network.own_origin_refusal():  # a composition URL the deployment forbids
                     raise PageError(f"the network policy refuses the composition {spec.composition}: {rule}") from None
                 raise
-            network.check(page, None)
-            capture = make_capture(spec, cdp, page, chunk.frame_count)
+            network.check(None)
+            capture = make_capture(spec, page, chunk.frame_count)
             watchdog.disarm()
             startup_seconds = time.perf_counter() - started
             encoder = ChunkEncoder(
@@ -190,9 +184,9 @@ def render_chunk(
                         raise RenderCancelled(f"chunk {chunk.id} cancelled at frame {frame}")
                     watchdog.arm(frame_limit(spec), "capturing the frame")
                     data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
-                    if page_errors:
-                        raise PageError(page_errors[0], frame)
-                    network.check(page, frame)
+                    if page.errors:
+                        raise PageError(page.errors[0], frame)
+                    network.check(frame)
                     watchdog.disarm()
                     if data:
                         encoder.write(data, frame)  # bounded by the encoder's own stall check
@@ -201,13 +195,13 @@ def render_chunk(
                 current_frame = None
                 watchdog.arm(frame_limit(spec), "flushing the in-page encoder")
                 tail = capture.finish()
-                network.check(page, None)
+                network.check(None)
                 watchdog.disarm()
                 if tail:
                     encoder.write(tail)
                 capture_seconds = time.perf_counter() - capture_started
                 encoder.end_input()
-                browser_stack.close()  # Chromium (and a driver of the chunk's own) shut down while FFmpeg finishes
+                browser_stack.close()  # Chromium shuts down while FFmpeg finishes
                 encoder.finish()
                 page_audio.mux_into(partial)
             except BaseException:
@@ -221,7 +215,7 @@ def render_chunk(
             size = partial.stat().st_size
             blocked = network.summary()
             previews = tuple(file.read_bytes() for file in ladder_files)
-    except (PlaywrightError, RenderError, OSError) as exc:
+    except (CdpError, RenderError, OSError) as exc:
         if isinstance(exc, RenderCancelled):
             raise
         if cancel is not None and cancel.is_set():  # the browser was killed for it, or the next frame saw it
@@ -229,7 +223,7 @@ def render_chunk(
         if isinstance(exc, OSError):
             raise _os_failure(exc, chunk, output) from None
         failure = browser_call_failure(
-            exc, watchdog=watchdog, gate=gate, page_errors=page_errors, frame=current_frame, what=f"chunk {chunk.id}"
+            exc, watchdog=watchdog, gate=gate, page=page, frame=current_frame, what=f"chunk {chunk.id}"
         )
         if failure is exc:
             raise

@@ -49,7 +49,7 @@ def run_checks() -> list[Check]:
             checks.append(
                 Check(f"encoder {encoder}", encoder in available, "available" if encoder in available else "missing")
             )
-    for package in ("playwright", "dagster"):
+    for package in ("dagster",):
         try:
             checks.append(Check(package, True, metadata.version(package)))
         except metadata.PackageNotFoundError:

@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page
+import requests
 
 from helios_pipeline.engine.egress import EgressGate, Refusal, egress_gate
 from helios_pipeline.engine.errors import PageError, RenderError
+from helios_pipeline.engine.page import RenderPage
 from helios_pipeline.network import DEFAULT_PORTS, REPORTED_URLS, Guard, read_deployment_policy
 from helios_pipeline.spec import RenderSpec
 
 REFUSED_MARK = "ERR_SOCKS_CONNECTION_FAILED"
 """How Chromium reports a connection the gate refused."""
-STRICT_SETTLE_MS = 200
+STRICT_SETTLE_S = 0.2
 """How long a strict failure waits for the page's failed-request event, to name the URL."""
+DOWNLOAD_TIMEOUT_S = 60.0
+"""How long a page audio source downloaded through the gate may take to connect, and between two reads."""
 
 
 def _endpoint(url: str) -> tuple[str, int] | None:
@@ -48,11 +51,13 @@ class PageNetwork:
         self._lock = threading.Lock()
         self._refusals: list[tuple[str, int, str]] = []
         self._urls: dict[tuple[str, int], list[str]] = {}
+        self._requests: dict[str, str] = {}
+        """The page's requests (DevTools request id -> URL): a failed one's event names only its id."""
 
     @property
-    def proxy(self) -> dict[str, str] | None:
-        """The browser context's proxy setting: the gate, loopback included (None: no gate, mode open)."""
-        return None if self.gate is None else {"server": self.gate.proxy_url, "bypass": "<-loopback>"}
+    def proxy(self) -> str | None:
+        """The browser context's proxy: the gate, loopback included (None: no gate, mode open)."""
+        return None if self.gate is None else self.gate.proxy_url
 
     def refused(self, host: str, port: int, refusal: Refusal) -> None:
         with self._lock:
@@ -67,15 +72,19 @@ class PageNetwork:
                 if url not in urls:
                     urls.append(url)
 
-    def watch(self, page: Page) -> None:
-        """Learn the URLs behind refusals from the page's own events (no request is held up)."""
+    def watch(self, page: RenderPage) -> None:
+        """Learn the URLs behind refusals from the page's own network events (no request is held up)."""
         if self.gate is None:
             return
-        page.on("requestfailed", lambda request: self._failed(request.url, request.failure or ""))
-        page.on("websocket", lambda socket: self.tried(socket.url))
+        urls: dict[str, str] = {}
+        page.cdp.on(
+            "Network.requestWillBeSent", lambda event: urls.__setitem__(event["requestId"], event["request"]["url"])
+        )
+        page.cdp.on("Network.loadingFailed", lambda event: self._failed(urls.get(event["requestId"], ""), event))
+        page.cdp.on("Network.webSocketCreated", lambda event: self.tried(event["url"]))
 
-    def _failed(self, url: str, failure: str) -> None:
-        if REFUSED_MARK in failure:
+    def _failed(self, url: str, event: dict[str, Any]) -> None:
+        if url and REFUSED_MARK in str(event.get("errorText", "")):
             self.tried(url)
 
     @property
@@ -93,10 +102,10 @@ class PageNetwork:
                         found.append((url, rule))
         return found[:REPORTED_URLS]
 
-    def check(self, page: Page, frame: int | None) -> None:
+    def check(self, frame: int | None) -> None:
         """With ``strict``, fail on the first refusal, naming its URL and the rule."""
         if self.guard.strict and self.blocked_count:
-            raise self.refusal_error(page, frame, "(strict)")
+            raise self.refusal_error(frame, "(strict)")
 
     def own_origin_refusal(self) -> str | None:
         """The rule that refused the page's own origin (a composition URL the deployment forbids), or None."""
@@ -104,26 +113,28 @@ class PageNetwork:
         with self._lock:
             return next((rule for host, port, rule in self._refusals if (host, port) == own), None)
 
-    def refusal_error(self, page: Page, frame: int | None, why: str) -> PageError:
+    def refusal_error(self, frame: int | None, why: str) -> PageError:
         """The first refusal as a page error (deterministic: the same page is refused again)."""
-        with contextlib.suppress(PlaywrightError):
-            page.wait_for_timeout(STRICT_SETTLE_MS)  # the failed request's event names the URL
+        time.sleep(STRICT_SETTLE_S)  # the failed request's event names the URL
         url, rule = self.blocked()[0]
         return PageError(f"the page requested {url}, which the network policy refuses: {rule} {why}", frame)
 
-    def download(self, page: Page, url: str, label: str) -> bytes | None:
+    def download(self, url: str, label: str) -> bytes | None:
         """Fetch ``url`` through the gate (each redirect hop decided); None when the policy refuses it."""
+        assert self.gate is not None, "downloads go through the gate"
+        proxy = self.gate.proxy_url.replace("socks5://", "socks5h://")  # host names resolved by the gate, as for pages
         before = self.blocked_count
         try:
-            response = page.context.request.get(url)
-        except PlaywrightError as exc:
+            response = requests.get(url, proxies={"http": proxy, "https": proxy}, timeout=DOWNLOAD_TIMEOUT_S)
+        except requests.RequestException as exc:
             if self.blocked_count > before:
                 self.tried(url)
                 return None
-            raise RenderError(f"page audio: {label}: could not load {url}: {exc.message.splitlines()[0]}") from None
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RenderError(f"page audio: {label}: could not load {url}: {first_line}") from None
         if not response.ok:
-            raise RenderError(f"page audio: {label}: {url} answered HTTP {response.status}")
-        return response.body()
+            raise RenderError(f"page audio: {label}: {url} answered HTTP {response.status_code}")
+        return response.content
 
     def explain(self, error: PageError) -> PageError:
         """``error`` with the first refusal added: a page that throws on a refused fetch says why it was refused."""

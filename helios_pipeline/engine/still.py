@@ -16,16 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from playwright.sync_api import Error as PlaywrightError
-
 from helios_pipeline.engine.begin_frame import wants_begin_frame
-from helios_pipeline.engine.browser import start_playwright
+from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.chunk import make_capture
 from helios_pipeline.engine.encode import fps_fraction
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import ffmpeg_command, run_ffmpeg
 from helios_pipeline.engine.fileio import atomic_output
-from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
+from helios_pipeline.engine.page import RenderPage, frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.page_network import PageNetwork, page_network
 from helios_pipeline.engine.poster import poster_path  # noqa: F401  (re-exported: the still's callers name it)
 from helios_pipeline.engine.server import composition_url
@@ -126,7 +124,7 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
     image_format = check_still_request(spec, frame, output)
     capture_spec = _capture_spec(spec, image_format)
     composition_frame = spec.start_frame + frame
-    page_errors: list[str] = []
+    page: RenderPage | None = None
     gate: PageNetwork | None = None  # the page's network policy, as for a chunk
     watchdog = Watchdog()
     try:
@@ -135,28 +133,27 @@ def render_still(spec: RenderSpec, frame: int, output: Path) -> StillResult:
             _frame_subtitles(spec, composition_frame, output) as subtitles,
             composition_url(spec.composition) as url,
             page_network(spec, url) as network,
-            start_playwright() as playwright,
-            watched_browser(playwright, watchdog, begin_frame_control=wants_begin_frame(capture_spec)) as browser,
+            watched_browser(watchdog, begin_frame_control=wants_begin_frame(capture_spec)) as browser,
         ):
             gate = network
             watchdog.arm(load_limit(), "loading the page")
-            context, page, page_errors = new_render_page(browser, spec, network.proxy)
+            page = new_render_page(browser, spec, network.proxy)
             network.watch(page)
-            cdp = load_composition(context, page, url, spec, page_errors)
-            capture = make_capture(capture_spec, cdp, page, 1)  # the video's capture: BeginFrame or screenshot
+            load_composition(page, url, spec)
+            capture = make_capture(capture_spec, page, 1)  # the video's capture: BeginFrame or screenshot
             watchdog.arm(frame_limit(spec), "capturing the frame")
             picture = capture.capture(0, composition_frame, frame_time_ms(composition_frame, spec.fps))
             watchdog.disarm()
-            if page_errors:
-                raise PageError(page_errors[0], composition_frame)
-            network.check(page, composition_frame)  # strict: a refused request fails the still as it fails a chunk
+            if page.errors:
+                raise PageError(page.errors[0], composition_frame)
+            network.check(composition_frame)  # strict: a refused request fails the still as it fails a chunk
             if subtitles is None:
                 partial.write_bytes(picture)
             else:
                 _burn_subtitles(picture, subtitles, partial)
-    except (PlaywrightError, RenderError) as exc:
+    except (CdpError, RenderError) as exc:
         failure = browser_call_failure(
-            exc, watchdog=watchdog, gate=gate, page_errors=page_errors, frame=composition_frame,
+            exc, watchdog=watchdog, gate=gate, page=page, frame=composition_frame,
             what=f"still of frame {frame}",
         )  # fmt: skip
         if failure is exc:

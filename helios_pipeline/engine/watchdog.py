@@ -1,6 +1,6 @@
 """The chunk watchdog: every blocking browser call of a chunk ends within a known time.
 
-Playwright's calls into a page (``Runtime.evaluate``, screenshots, new pages) have no time-out of
+DevTools calls into a page (``Runtime.evaluate``, screenshots, new pages) have no time-out of
 their own, and a page's in-page bound (``stability_timeout``) cannot fire when its main thread never
 yields or when Chromium stops answering. The watchdog is armed around each such call with a limit
 (the page's own bound plus a margin); past it, it kills this chunk's browser tree, which makes the
@@ -11,8 +11,7 @@ blocked call fail, and records *why* it fired so the chunk can say whose fault i
 - otherwise (browser processes stopped, or idle without answering): Chromium stopped answering,
   which a fresh browser may not do -> :class:`StuckError`, retried.
 
-If even then the blocked call does not fail (Playwright's driver, which relays it, is stopped as
-well), the chunk's own driver is killed after ``DRIVER_GRACE_S``.
+A killed browser closes its end of the DevTools pipe, which fails every call still waiting (``engine.cdp``).
 """
 
 from __future__ import annotations
@@ -25,16 +24,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
-from playwright.sync_api import Browser, Playwright
-from playwright.sync_api import Error as PlaywrightError
 
-from helios_pipeline.engine.browser import browser_process, launch_browser
+from helios_pipeline.engine.browser import Browser, browser_process, launch_browser
+from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.errors import PageError, RenderError, StuckError
 from helios_pipeline.engine.page import LOAD_TIMEOUT_MS
 from helios_pipeline.processes import kill_tree
 from helios_pipeline.spec import RenderSpec
 
 if TYPE_CHECKING:  # page_network imports the engine's page set-up; only the type is needed here
+    from helios_pipeline.engine.page import RenderPage
     from helios_pipeline.engine.page_network import PageNetwork
 
 WATCHDOG_MARGIN_S = 15.0
@@ -43,9 +42,6 @@ BUSY_SAMPLE_S = 2.0
 """How long the watchdog watches the renderer's CPU before it kills a stuck browser."""
 BUSY_CPU_SHARE = 0.1
 """A renderer using at least this share of one core while stuck is running the page's code (a loop)."""
-DRIVER_GRACE_S = 10.0
-"""After the browser was killed, how long the blocked call may take to fail before Playwright's driver (this
-chunk's own ``node`` process, which relays every call) is killed too: a stopped driver never answers either."""
 POLL_S = 0.25
 
 
@@ -107,8 +103,6 @@ class Watchdog:
         self._limit = 0.0
         self._doing = ""
         self._closing = False
-        self._driver: psutil.Process | None = None
-        self._driver_deadline: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helios-watchdog", daemon=True)
         self._thread.start()
@@ -124,12 +118,10 @@ class Watchdog:
         """Start the clock for the next blocking call(s): ``doing`` names them in the error ("capturing the frame")."""
         self._limit, self._doing = limit, doing
         self._deadline = time.monotonic() + limit
-        self._driver_deadline = None
 
     def disarm(self) -> None:
-        """The watched calls returned (the chunk is back in control): stop both clocks."""
+        """The watched calls returned (the chunk is back in control): stop the clock."""
         self._deadline = None
-        self._driver_deadline = None
 
     def guard_close(self, limit: float) -> None:
         """Bound closing the browser: past ``limit`` it is killed, which is no failure of the chunk."""
@@ -143,15 +135,9 @@ class Watchdog:
                 self.cancelled = True
                 self._deadline = None
                 self._end_browser()
-                self._driver_deadline = time.monotonic() + DRIVER_GRACE_S
             elif self._deadline is not None and now > self._deadline:
                 self._deadline = None
                 self._fire()
-                self._driver_deadline = time.monotonic() + DRIVER_GRACE_S
-            elif self._driver_deadline is not None and now > self._driver_deadline:
-                self._driver_deadline = None
-                if self._driver is not None:
-                    kill_tree(self._driver)
 
     def _fire(self) -> None:
         root = browser_process(self._browser) if self._browser is not None else None
@@ -159,36 +145,24 @@ class Watchdog:
             if not self._closing:
                 self.stall = Stall(self._doing, self._limit, page_busy=False, stopped=0)
             return
-        self._driver = _driver_of(root)
         if self._closing:  # the chunk's work is done or already failed: only end the browser
             kill_tree(root)
             return
         tree = _tree(root)
-        watched = tree if self._driver is None else [self._driver, *tree]
-        stopped = sum(1 for process in watched if _status(process) == psutil.STATUS_STOPPED)
+        stopped = sum(1 for process in tree if _status(process) == psutil.STATUS_STOPPED)
         busy = not stopped and _renderer_busy(tree)
         self.stall = Stall(self._doing, self._limit, page_busy=busy, stopped=stopped)
         kill_tree(root)
 
     def _end_browser(self) -> None:
-        """Kill the watched browser (cancelled: nothing to diagnose); its driver too if a call stays blocked."""
+        """Kill the watched browser (cancelled: nothing to diagnose)."""
         root = browser_process(self._browser) if self._browser is not None else None
         if root is not None:
-            self._driver = _driver_of(root)
             kill_tree(root)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-
-
-def _driver_of(root: psutil.Process) -> psutil.Process | None:
-    """The Playwright driver that launched the browser ``root`` (its parent ``node ... run-driver``), if it is one."""
-    with contextlib.suppress(psutil.Error):
-        parent = root.parent()
-        if parent is not None and "run-driver" in parent.cmdline():
-            return parent
-    return None
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -223,13 +197,11 @@ def _cpu(process: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def watched_browser(
-    playwright: Playwright, watchdog: Watchdog, *, begin_frame_control: bool = False
-) -> Iterator[Browser]:
+def watched_browser(watchdog: Watchdog, *, begin_frame_control: bool = False) -> Iterator[Browser]:
     """A chunk's or a still's Chromium under ``watchdog``, whose clock also bounds closing it (a stopped browser
     never closes); a stuck ``HeadlessExperimental.beginFrame`` is bounded like any other capture call."""
     try:
-        with launch_browser(playwright, begin_frame_control=begin_frame_control) as browser:
+        with launch_browser(begin_frame_control=begin_frame_control) as browser:
             watchdog.watch(browser)
             try:
                 yield browser
@@ -240,11 +212,11 @@ def watched_browser(
 
 
 def browser_call_failure(
-    exc: PlaywrightError | RenderError,
+    exc: CdpError | RenderError,
     *,
     watchdog: Watchdog,
     gate: PageNetwork | None,
-    page_errors: list[str],
+    page: RenderPage | None,
     frame: int | None,
     what: str,
 ) -> BaseException:
@@ -254,9 +226,9 @@ def browser_call_failure(
         return watchdog.stall.error(frame)
     if isinstance(exc, PageError):
         return exc if gate is None else gate.explain(exc)
-    if not isinstance(exc, PlaywrightError):
+    if not isinstance(exc, CdpError):
         return exc
-    if page_errors:
-        error = PageError(page_errors[0], frame)
+    if page is not None and page.errors:
+        error = PageError(page.errors[0], frame)
         return error if gate is None else gate.explain(error)
     return RenderError(f"{what}: browser failed: {exc.message.splitlines()[0]}")

@@ -48,9 +48,11 @@ from helios_pipeline.engine.audio.timeline import (
     source_inputs,
     track_lines,
 )
+from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.encode import timescale_args
-from helios_pipeline.engine.errors import RenderError
+from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.ffmpeg import FFmpegProcess, ffmpeg_command, run_ffmpeg
+from helios_pipeline.engine.page import RenderPage
 from helios_pipeline.engine.page_network import PageNetwork
 from helios_pipeline.engine.page_scripts import page_script
 from helios_pipeline.engine.probe import audio_stream_duration
@@ -194,9 +196,9 @@ def mux_audio(video: Path, audio: Path, fps: float) -> None:
 # -- reading the page ------------------------------------------------------------------------------
 
 
-def scan_media(page: Any, metadata_timeout_ms: int = METADATA_TIMEOUT_MS) -> list[MediaElement]:
+def scan_media(page: RenderPage, metadata_timeout_ms: int = METADATA_TIMEOUT_MS) -> list[MediaElement]:
     """Every ``<audio>``/``<video>`` of the loaded page (open shadow roots included), in document order."""
-    return [MediaElement.from_page(item) for item in page.evaluate(page_script("media_scan.js"), metadata_timeout_ms)]
+    return [MediaElement.from_page(item) for item in page.call(page_script("media_scan.js"), metadata_timeout_ms)]
 
 
 def local_file_for(src: str, page_url: str, composition: str) -> Path | None:
@@ -217,12 +219,12 @@ def local_file_for(src: str, page_url: str, composition: str) -> Path | None:
     return path
 
 
-def fetch_in_page(page: Any, url: str, label: str) -> bytes:
+def fetch_in_page(page: RenderPage, url: str, label: str) -> bytes:
     """The bytes behind a ``blob:`` or ``data:`` URL, read inside the page."""
     try:
-        data_url = page.evaluate(page_script("fetch_data_url.js"), url)
-    except Exception as exc:
-        message = str(getattr(exc, "message", exc)).splitlines()[0]
+        data_url = page.call(page_script("fetch_data_url.js"), url)
+    except (PageError, CdpError) as exc:
+        message = exc.reason.removeprefix("the page threw: ") if isinstance(exc, PageError) else exc.message
         raise RenderError(f"page audio: could not read {label} in the page: {message}") from None
     _, _, payload = str(data_url).partition(",")
     try:
@@ -250,7 +252,7 @@ class PageAudioSources:
 
 
 def collect_page_audio(
-    page: Any, page_url: str, composition: str, work_dir: Path, prefix: str, network: PageNetwork | None = None
+    page: RenderPage, page_url: str, composition: str, work_dir: Path, prefix: str, network: PageNetwork | None = None
 ) -> PageAudioSources:
     """Scan the loaded page and resolve each audible element's source.
 
@@ -278,7 +280,7 @@ def collect_page_audio(
             elif (local := local_file_for(element.src, page_url, composition)) is not None:
                 source = str(local)
             elif scheme in ("http", "https") and network is not None and network.gate is not None:
-                data = network.download(page, element.src, element.label)
+                data = network.download(element.src, element.label)
                 if data is None:
                     continue  # refused by the network policy: counted with the chunk's refusals
                 source = temp_file(data)
@@ -315,7 +317,7 @@ class ChunkPageAudio:
     """
 
     def __init__(
-        self, page: Any, page_url: str, spec: RenderSpec, chunk: RenderChunk, network: PageNetwork | None = None
+        self, page: RenderPage, page_url: str, spec: RenderSpec, chunk: RenderChunk, network: PageNetwork | None = None
     ):
         self.page, self.page_url, self.spec, self.chunk = page, page_url, spec, chunk
         self.network = network
