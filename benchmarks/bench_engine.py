@@ -56,7 +56,7 @@ from helios_pipeline.engine.begin_frame import (
     draw_screenshot,
     wants_begin_frame,
 )
-from helios_pipeline.engine.browser import launch_args, launch_browser, start_playwright
+from helios_pipeline.engine.browser import launch_args, launch_browser
 from helios_pipeline.engine.capture import DomCapture, evaluate, seek_expression
 from helios_pipeline.engine.capture_setting import DOM_CAPTURE_ENV
 from helios_pipeline.engine.encode import ChunkEncoder, chunk_encode_command
@@ -163,11 +163,11 @@ def bare_capture(spec: RenderSpec, *, keep_images: bool) -> BareResult:
     total_bytes = 0
     with (
         composition_url(spec.composition) as url,
-        start_playwright() as playwright,
-        launch_browser(playwright, begin_frame_control=wants_begin_frame(spec)) as browser,
+        launch_browser(begin_frame_control=wants_begin_frame(spec)) as browser,
     ):
-        context, page, errors = new_render_page(browser, spec)
-        cdp = load_composition(context, page, url, spec, errors)
+        page = new_render_page(browser, spec)
+        load_composition(page, url, spec)
+        cdp, errors = page.cdp, page.errors
         dom = dom_capture(spec, cdp)
         startup = time.perf_counter() - started
         browser_tree = psutil.Process().children(recursive=True)

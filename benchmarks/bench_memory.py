@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Chromium's memory by process type, per set of launch flags, with every frame compared.
 
-For each variant of launch flags it starts Playwright (its node driver) and one Chromium, opens the
-render page the engine's way (``new_render_page``, ``load_composition``), seeks and screenshots
+For each variant of launch flags it starts one Chromium the engine's way (``launch_browser``, driven over its
+DevTools pipe), opens the render page (``new_render_page``, ``load_composition``), seeks and screenshots
 ``--frames`` frames as chunks do (``dom_capture``: BeginFrame where the browser has it, else
-screenshots; the method is in the report), and samples the PSS of every process every ~0.25 s, and the
-driver's once more before the first frame (what it holds before any frame crosses it). A process's
+screenshots; the method is in the report), and samples the PSS of every process every ~0.25 s. A process's
 type comes from its command line: Chromium's ``--type=``
 (``renderer``, ``gpu-process``, ``zygote``, ``utility`` with its ``--utility-sub-type``: network,
-storage, audio...), no ``--type`` for the browser process, and Playwright's ``node`` driver.
+storage, audio...), no ``--type`` for the browser process (and a wrapper script that may run it).
 
 Each variant's screenshots (the bytes the engine pipes to FFmpeg) are hashed and compared with
 the first variant's: a flag that changes a single pixel changes a JPEG, and is reported.
@@ -30,17 +29,16 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psutil
-from playwright.sync_api import sync_playwright
 
 from helios_pipeline.engine import browser as engine_browser
 from helios_pipeline.engine.begin_frame import dom_capture
+from helios_pipeline.engine.browser import launch_browser
 from helios_pipeline.engine.page import frame_time_ms, load_composition, new_render_page
 from helios_pipeline.engine.server import composition_url
 from helios_pipeline.engine.tools import chromium_path
@@ -54,7 +52,7 @@ MB = 1024 * 1024
 BASE = "base"
 """The engine's flags without its memory flags (``launch_args(memory=False)``): what each variant adds to."""
 ENGINE = "engine"
-"""The engine's flags as a chunk launches them (``launch_args()``), and its driver's ``NODE_OPTIONS``."""
+"""The engine's flags as a chunk launches them (``launch_args()``)."""
 
 CANDIDATES: dict[str, list[str]] = {
     # processes: fewer of them, each with its own heap, V8 isolate, allocator caches
@@ -76,13 +74,6 @@ CANDIDATES: dict[str, list[str]] = {
     "no_gpu_rasterization": ["--disable-gpu-rasterization", "--disable-gpu-compositing"],
     "no_swiftshader": ["--disable-software-rasterizer"],
     "legacy_screenshot": ["--disable-features=CDPScreenshotNewSurface"],
-}
-
-DRIVER_CANDIDATES: dict[str, dict[str, str]] = {
-    # Playwright's node driver: every screenshot passes through it as a base64 string
-    "node_semi_space_1": {"NODE_OPTIONS": "--max-semi-space-size=1"},
-    "node_jitless": {"NODE_OPTIONS": "--jitless --max-semi-space-size=1"},
-    "node_old_space_64": {"NODE_OPTIONS": "--max-semi-space-size=1 --max-old-space-size=64"},
 }
 
 
@@ -114,21 +105,12 @@ def variant_args(name: str, extra: list[str]) -> list[str]:
     return merge_features([*base, *CANDIDATES.get(name, []), *extra])
 
 
-def driver_env(name: str) -> dict[str, str]:
-    """The node driver's environment for a variant: the engine's ``NODE_OPTIONS`` for ``engine``, else none."""
-    if name == ENGINE:
-        return {"NODE_OPTIONS": " ".join(engine_browser.DRIVER_NODE_OPTIONS)}
-    return DRIVER_CANDIDATES.get(name, {})
-
-
 # -- process types -----------------------------------------------------------------------------------
 
 
 def process_type(process: psutil.Process) -> str:
-    """``browser``, ``renderer``, ``gpu``, ``zygote``, ``network``/``storage``/... (utilities), ``node``, ``other``."""
+    """``browser``, ``renderer``, ``gpu``, ``zygote``, ``network``/``storage``/... (utilities), ``other``."""
     name = process.name().lower()
-    if "node" in name:
-        return "node"
     if "chrom" not in name and "headless" not in name:
         return "other"
     cmdline = process.cmdline()
@@ -213,56 +195,30 @@ def pss_of_type(kind: str) -> int:
 # -- one variant ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def driver_environment(env: dict[str, str]) -> Iterator[None]:
-    """``env`` in this process's environment while Playwright starts its driver (which copies it)."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -> dict[str, Any]:
+def run_variant(spec: RenderSpec, args: list[str]) -> dict[str, Any]:
     """Launch with ``args``, capture every frame of ``spec``; PSS peaks by type, frame hashes, timings."""
     hashes: list[str] = []
-    with driver_environment(driver_env):
-        playwright = sync_playwright().start()
-    try:
-        with PssSampler() as sampler, composition_url(spec.composition) as url:
-            started = time.perf_counter()
-            browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=args)
-            try:
-                context, page, errors = new_render_page(browser, spec)
-                cdp = load_composition(context, page, url, spec, errors)
-                capture = dom_capture(spec, cdp)  # BeginFrame where the browser has it, as chunks capture
-                startup = time.perf_counter() - started
-                driver_idle = pss_of_type("node")  # the page is loaded, no frame has crossed the driver yet
-                loop_started = time.perf_counter()
-                for index, frame in enumerate(range(spec.start_frame, spec.start_frame + spec.total_frames)):
-                    data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
-                    if errors:
-                        raise RuntimeError(f"frame {frame}: {errors[0]}")
-                    hashes.append(hashlib.sha256(data).hexdigest())
-                capture_s = time.perf_counter() - loop_started
-                sampler.sample()  # the state after the last frame, before anything closes
-                version = browser.version
-            finally:
-                browser.close()
-    finally:
-        playwright.stop()
+    with PssSampler() as sampler, composition_url(spec.composition) as url:
+        started = time.perf_counter()
+        with launch_browser(args=args) as browser:
+            page = new_render_page(browser, spec)
+            load_composition(page, url, spec)
+            capture = dom_capture(spec, page.cdp)  # BeginFrame where the browser has it, as chunks capture
+            startup = time.perf_counter() - started
+            loop_started = time.perf_counter()
+            for index, frame in enumerate(range(spec.start_frame, spec.start_frame + spec.total_frames)):
+                data = capture.capture(index, frame, frame_time_ms(frame, spec.fps))
+                if page.errors:
+                    raise RuntimeError(f"frame {frame}: {page.errors[0]}")
+                hashes.append(hashlib.sha256(data).hexdigest())
+            capture_s = time.perf_counter() - loop_started
+            sampler.sample()  # the state after the last frame, before anything closes
+            version = browser.version
     peaks = sampler.peaks
     return {
         "args": args,
-        "driver_env": driver_env,
         "browser_version": version,
         "capture_method": capture.description,
-        "node_pss_mb_before_first_frame": round(driver_idle / MB, 1),
         "startup_s": round(startup, 2),
         "capture_fps": round(spec.total_frames / capture_s, 2),
         "peak_pss_mb": round(peaks.total / MB, 1),
@@ -270,7 +226,6 @@ def run_variant(spec: RenderSpec, args: list[str], driver_env: dict[str, str]) -
         "peak_pss_mb_by_type_at_peak": {k: round(v / MB, 1) for k, v in sorted(peaks.at_total.items())},
         "processes_at_peak": dict(sorted(peaks.counts.items())),
         "peak_pss_mb_by_type": {k: round(v / MB, 1) for k, v in sorted(peaks.by_type.items())},
-        "chromium_pss_mb_at_peak": round(sum(v for k, v in peaks.at_total.items() if k != "node") / MB, 1),
         "samples": peaks.samples,
         "frame_hashes": hashes,
         "load1_after": load1(),
@@ -297,19 +252,16 @@ def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
     changed = frames_changed(runs, reference) if runs is not reference else []
     return {
         "args": runs[0]["args"],
-        "driver_env": runs[0]["driver_env"],
         "repetitions": len(runs),
         "peak_pss_mb": median([r["peak_pss_mb"] for r in runs]),
         "peak_pss_mb_all": [r["peak_pss_mb"] for r in runs],
         "uss_mb_at_peak": median([r["uss_mb_at_peak"] for r in runs]),
-        "chromium_pss_mb_at_peak": median([r["chromium_pss_mb_at_peak"] for r in runs]),
         "peak_pss_mb_by_type_at_peak": {
             k: median([r["peak_pss_mb_by_type_at_peak"].get(k, 0.0) for r in runs]) for k in kinds
         },
         "processes_at_peak": runs[0]["processes_at_peak"],
         "capture_fps": median([r["capture_fps"] for r in runs]),
         "capture_method": runs[0]["capture_method"],
-        "node_pss_mb_before_first_frame": median([r["node_pss_mb_before_first_frame"] for r in runs]),
         "startup_s": median([r["startup_s"] for r in runs]),
         "frames_changed": len(changed),
         "first_changed_frames": changed[:10],
@@ -320,7 +272,7 @@ def summarise(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
 
 # -- report ----------------------------------------------------------------------------------------------
 
-COLUMNS = ("browser", "renderer", "gpu", "network", "storage", "zygote", "node")
+COLUMNS = ("browser", "renderer", "gpu", "network", "storage", "zygote")
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -331,11 +283,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"Render   : {report['config']['composition']} {report['config']['size']}, {report['config']['frames']} frames"
     )
     print(
-        "PSS in MB at the sample with the largest sum (node = Playwright's driver), medians of "
+        "PSS in MB at the sample with the largest sum, medians of "
         f"{report['config']['repeat']} repetition(s); frames vs the first variant"
     )
-    header = f"{'variant':<22}" + "".join(f"{c:>9}" for c in (*COLUMNS, "other")) + f"{'chromium':>9}{'total':>8}"
-    header += f"{'USS':>6}{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}{'node idle':>10}  capture"
+    header = f"{'variant':<22}" + "".join(f"{c:>9}" for c in (*COLUMNS, "other")) + f"{'total':>8}"
+    header += f"{'USS':>6}{'vs first':>9}{'fps':>6}{'procs':>6}{'load':>6}  capture"
     print(header)
     print("-" * len(header))
     for name, run in report["variants"].items():
@@ -345,9 +297,9 @@ def print_table(report: dict[str, Any]) -> None:
         same = "same" if not run["frames_changed"] else f"{run['frames_changed']} diff"
         procs = sum(run["processes_at_peak"].values())
         print(
-            f"{name:<22}{cells}{run['chromium_pss_mb_at_peak']:>9.0f}{run['peak_pss_mb']:>8.0f}"
+            f"{name:<22}{cells}{run['peak_pss_mb']:>8.0f}"
             f"{run['uss_mb_at_peak']:>6.0f}{same:>9}{run['capture_fps']:>6.1f}{procs:>6}{max(run['load1_after']):>6.1f}"
-            f"{run['node_pss_mb_before_first_frame']:>10.0f}  {run['capture_method']}"
+            f"  {run['capture_method']}"
         )
 
 
@@ -360,9 +312,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=[BASE, ENGINE, *CANDIDATES, *DRIVER_CANDIDATES],
-        help="variants, in order (the first is the reference for frames): "
-        f"{BASE}, {ENGINE}, {', '.join(CANDIDATES)}, {', '.join(DRIVER_CANDIDATES)}",
+        default=[BASE, ENGINE, *CANDIDATES],
+        help=f"variants, in order (the first is the reference for frames): {BASE}, {ENGINE}, {', '.join(CANDIDATES)}",
     )
     parser.add_argument("--extra", default="", help="an ad-hoc variant 'extra': these flags on top of the base flags")
     parser.add_argument("--repeat", type=int, default=1, help="run the variants R times, interleaved; medians")
@@ -370,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.extra:
         args.variants.append("extra")
-    unknown = [v for v in args.variants if v not in (BASE, ENGINE, "extra", *CANDIDATES, *DRIVER_CANDIDATES)]
+    unknown = [v for v in args.variants if v not in (BASE, ENGINE, "extra", *CANDIDATES)]
     if unknown:
         parser.error(f"unknown variants: {', '.join(unknown)}")
     return args
@@ -396,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.variants:  # interleaved: a slow or crowded spell hits every variant
             log(f"[rep {rep}] {name} ...")
             try:
-                run = run_variant(spec, variant_args(name, extra if name == "extra" else []), driver_env(name))
+                run = run_variant(spec, variant_args(name, extra if name == "extra" else []))
             except Exception as exc:  # a flag that breaks the browser is a result, not the end of the run
                 log(f"{name} failed: {exc}")
                 continue

@@ -1,8 +1,8 @@
 """helios_pipeline: frame-exact, chunked rendering of HTML video compositions.
 
 The public names below are imported on first use, not with the package: every chunk worker is
-``python -m helios_pipeline.engine.worker``, which imports this package first, and should start
-Playwright's driver before it spends ~0.2 s importing the spec model (pydantic).
+``python -m helios_pipeline.engine.worker``, which imports this package first, and imports only what
+its chunk needs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _HOMES = {
     "load_spec": "helios_pipeline.spec",
     "RenderChunk": "helios_pipeline.plan",
     "RenderPlan": "helios_pipeline.plan",
-    "render_still": "helios_pipeline.stills",  # brings Playwright, which importing the spec must not
+    "render_still": "helios_pipeline.stills",  # brings the capture engine, which importing the spec must not
 }
 
 

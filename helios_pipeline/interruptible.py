@@ -73,7 +73,7 @@ def interrupts_set(cancel: threading.Event) -> Iterator[None]:
     """While in the block, SIGINT and SIGTERM set ``cancel`` instead of raising; on leaving it, the first such signal
     is raised again, to the handlers that were there before (Dagster's run worker then stops the step as usual).
 
-    A handler that raises does so in whatever the main thread is running: inside Playwright's event loop, asyncio
+    A handler that raises does so in whatever the main thread is running: inside a library's event loop, asyncio
     catches any exception but ``KeyboardInterrupt`` in a callback and only logs it, so Dagster's interrupt of a run
     worker (``DagsterExecutionInterruptedError``) was lost and the chunk rendered on to the end after its run was
     stopped. A chunk looks at ``cancel`` between frames, and its watchdog kills a browser that a stuck call holds.

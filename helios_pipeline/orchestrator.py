@@ -39,7 +39,7 @@ from helios_pipeline.processes import CHUNK_ENV, start_group, stop_group, stop_g
 from helios_pipeline.spec import RenderSpec, resolve_spec, source_label
 from helios_pipeline.storage.s3 import default_client, upload_to_uri
 
-if TYPE_CHECKING:  # Playwright's import (~0.07 s) only where a chunk renders: not in the CLI's Dagster path
+if TYPE_CHECKING:  # the capture engine's imports only where a chunk renders: not in the CLI's Dagster path
     from helios_pipeline.engine.chunk import ChunkResult
 
 ProgressCallback = Callable[[float], None]
@@ -273,7 +273,7 @@ def _render_all(
 def default_executor() -> RenderExecutor:
     """Chunks render in threads of this process (``InProcessExecutor``), however many there are.
 
-    A worker process costs a Python start and the engine's imports before its driver starts: ~0.6 s
+    A worker process costs a Python start and the engine's imports before its browser starts: ~0.6 s
     on a one-chunk render, and on three chunks on two cores ~2.3 CPU-s of ~9 (``bench_canvas.py``).
     What a worker gave, a sibling stopped whole when a chunk fails, the in-process chunk has too: its
     watchdog kills its browser the moment the render is aborted. ``LocalExecutor`` stays for callers

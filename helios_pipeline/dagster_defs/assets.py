@@ -75,7 +75,7 @@ def _fail(exc: Exception, *, retryable: bool) -> dg.Failure:
 
 # A terminated run (UI "Terminate", the CLI's Ctrl-C) interrupts its step. Dagster retries an interrupted
 # step that has a RetryPolicy, which rendered a terminated chunk all over again and ended its run in SUCCESS;
-# and an interrupt inside Playwright can surface as some other error. Once the run is being terminated, a
+# and an interrupt inside a browser call can surface as some other error. Once the run is being terminated, a
 # chunk fails without retry, and its run ends CANCELED.
 INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
 

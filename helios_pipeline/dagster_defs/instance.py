@@ -215,7 +215,7 @@ class RenderDaemon:
         self.begin_stop(grace)
         assert self._stopping is not None
         self._stopping.finish(while_waiting)
-        remove_all_orphaned_folders()  # of what the stop had to kill: Playwright's drivers of its run workers
+        remove_all_orphaned_folders()  # of what the stop had to kill: the browsers of its run workers
         self.instance.wipe_daemon_heartbeats()  # our daemon is gone: the next render must not count on it
 
 
@@ -244,8 +244,8 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = DAEMON_STOP_SE
     """Stop a daemon started in its own session and wait for everything it started to exit.
 
     SIGTERM goes to the daemon's process group (daemon, code server, run workers, FFmpeg); Chromium
-    runs in a session of its own and exits with its Playwright driver. Whatever is still alive after
-    ``timeout`` is killed, so a render never leaves processes behind (the code server outlives a
-    SIGTERMed daemon for as long as a run is still executing in it).
+    runs in a session of its own and exits when its chunk's process (its DevTools pipe) is gone.
+    Whatever is still alive after ``timeout`` is killed, so a render never leaves processes behind (the
+    code server outlives a SIGTERMed daemon for as long as a run is still executing in it).
     """
     stop_group(process, timeout)

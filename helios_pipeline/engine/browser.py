@@ -146,9 +146,23 @@ class Browser:
         page.send("Emulation.setFocusEmulationEnabled", {"enabled": True})  # the page has focus, as a visible tab
         return page
 
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this browser now: what was started (a wrapper script, maybe) and Chromium's tree."""
+        found = {process.pid: process for process in process_tree(self.process.pid)}
+        if self.main is not None:
+            found |= {process.pid: process for process in process_tree(self.main.pid)}
+        return list(found.values())
+
+    def kill(self) -> None:
+        """SIGKILL every process of this browser, a wrapper script included: it holds the DevTools pipe open too,
+        and a waiting call fails only once every holder is gone."""
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
     def close(self) -> None:
         """Ask Chromium to close, kill what is left after ``CLOSE_GRACE_SECONDS``, remove its folder."""
-        tree = [*process_tree(self.process.pid), *(process_tree(self.main.pid) if self.main is not None else [])]
+        tree = self.processes()
         if not self.connection.closed.is_set():
             with contextlib.suppress(CdpError):
                 self.connection.send("Browser.close", timeout=CLOSE_GRACE_SECONDS)
@@ -165,13 +179,13 @@ def _high(fd: int) -> int:
     return moved
 
 
-def _start(folder: Path, begin_frame_control: bool) -> Browser:
+def _start(folder: Path, args: list[str]) -> Browser:
     """Start Chromium with its DevTools pipe (its fd 3 reads our commands, its fd 4 writes its answers)."""
     commands_read, commands_write = (_high(fd) for fd in os.pipe())
     answers_read, answers_write = (_high(fd) for fd in os.pipe())
     log_path = folder / "chromium.log"
     command = [
-        chromium_path(), *launch_args(begin_frame_control), f"--user-data-dir={folder / 'profile'}",
+        chromium_path(), *args, f"--user-data-dir={folder / 'profile'}",
         "--remote-debugging-pipe",
     ]  # fmt: skip
     env = {**(child_env() or os.environ), "TMPDIR": str(folder)}  # Chromium's own temporary files go with it
@@ -219,17 +233,18 @@ def _log_tail(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def launch_browser(*, begin_frame_control: bool = False) -> Iterator[Browser]:
+def launch_browser(*, begin_frame_control: bool = False, args: list[str] | None = None) -> Iterator[Browser]:
     """Launch Chromium headless and always close it, even when the chunk fails.
 
     With ``begin_frame_control`` a headless-shell renders nothing until BeginFrame asks: only for pages
     captured with ``engine.begin_frame.BeginFrameCapture`` (which falls back to screenshots elsewhere).
     Its profile and temporary files live in a folder of this process's (``scratch.process_folder``), removed
-    when it closes, or by the next launch on the host when this process was killed outright.
+    when it closes, or by the next launch on the host when this process was killed outright. ``args`` replace
+    ``launch_args`` (benchmarks of other flags).
     """
     folder = process_folder(BROWSER_TEMP_PREFIX)
     try:
-        browser = _start(folder, begin_frame_control)
+        browser = _start(folder, launch_args(begin_frame_control) if args is None else args)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

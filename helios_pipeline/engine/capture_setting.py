@@ -1,5 +1,5 @@
-"""``HELIOS_DOM_CAPTURE``: which DOM capture a deployment allows. Kept apart from the capture code (no
-Playwright import), so the CLI and the sensors can refuse a bad value before anything renders."""
+"""``HELIOS_DOM_CAPTURE``: which DOM capture a deployment allows. Kept apart from the capture code (none
+of its imports), so the CLI and the sensors can refuse a bad value before anything renders."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where a video's poster lives, apart from the still renderer that draws it.
 
 A final run names the poster file whether or not it renders one; keeping the name here lets the
-mix and the assets import it without loading Playwright (``engine/still.py``), which only a run
+mix and the assets import it without loading the capture engine (``engine/still.py``), which only a run
 that renders a poster needs.
 """
 

@@ -13,7 +13,8 @@ from helios_pipeline.engine.errors import ToolNotFoundError
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium", "/usr/bin/chromium-browser")
 INSTALL_HINT_BROWSER = (
     "install one with `apt-get install chromium-headless-shell` (or `chromium`), or "
-    "`pip install playwright && python -m playwright install chromium-headless-shell`, or set HELIOS_CHROMIUM to a Chromium binary"
+    "`pip install playwright && python -m playwright install chromium-headless-shell`, "
+    "or set HELIOS_CHROMIUM to a Chromium binary"
 )
 INSTALL_HINT_FFMPEG = "install it with `apt-get install ffmpeg`, or set {var} to its path"
 

@@ -29,7 +29,6 @@ from helios_pipeline.engine.browser import Browser, browser_process, launch_brow
 from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.errors import PageError, RenderError, StuckError
 from helios_pipeline.engine.page import LOAD_TIMEOUT_MS
-from helios_pipeline.processes import kill_tree
 from helios_pipeline.spec import RenderSpec
 
 if TYPE_CHECKING:  # page_network imports the engine's page set-up; only the type is needed here
@@ -140,35 +139,30 @@ class Watchdog:
                 self._fire()
 
     def _fire(self) -> None:
-        root = browser_process(self._browser) if self._browser is not None else None
-        if root is None:
+        browser = self._browser
+        if browser is None or browser_process(browser) is None:
             if not self._closing:
                 self.stall = Stall(self._doing, self._limit, page_busy=False, stopped=0)
+            if browser is not None:
+                browser.kill()  # what is left of it (a wrapper script holding its pipe)
             return
         if self._closing:  # the chunk's work is done or already failed: only end the browser
-            kill_tree(root)
+            browser.kill()
             return
-        tree = _tree(root)
+        tree = browser.processes()
         stopped = sum(1 for process in tree if _status(process) == psutil.STATUS_STOPPED)
         busy = not stopped and _renderer_busy(tree)
         self.stall = Stall(self._doing, self._limit, page_busy=busy, stopped=stopped)
-        kill_tree(root)
+        browser.kill()
 
     def _end_browser(self) -> None:
         """Kill the watched browser (cancelled: nothing to diagnose)."""
-        root = browser_process(self._browser) if self._browser is not None else None
-        if root is not None:
-            kill_tree(root)
+        if self._browser is not None:
+            self._browser.kill()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-
-
-def _tree(root: psutil.Process) -> list[psutil.Process]:
-    with contextlib.suppress(psutil.Error):
-        return [root, *root.children(recursive=True)]
-    return [root]
 
 
 def _status(process: psutil.Process) -> str:
