@@ -5,8 +5,8 @@ The engine speaks to its browser directly: no driver process relays the calls. P
 twice. Messages are JSON, each ended by a NUL byte, on two pipes (Chromium reads fd 3, writes fd 4).
 
 A reader thread parses what the browser writes: replies wake their caller, events go to the handlers registered
-with ``on``. Handlers run on the reader thread, so they must only record (append, set): a handler that sent a
-command would wait for a reply that only its own thread can read.
+with ``on``. Handlers run on the reader thread, so they must only record (append, set) or ``post`` (send without
+waiting): a handler that waited for a reply would wait for what only its own thread can read.
 """
 
 from __future__ import annotations
@@ -89,6 +89,14 @@ class CdpConnection:
         if call.error is not None:
             raise call.error
         return call.result or {}
+
+    def post(self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None) -> None:
+        """Send a command without waiting for its reply (which is dropped): what an event handler may send."""
+        message: dict[str, Any] = {"id": next(self._ids), "method": method, "params": params or {}}
+        if session_id is not None:
+            message["sessionId"] = session_id
+        with contextlib.suppress(OSError):
+            self._write(json.dumps(message).encode() + b"\0")
 
     def on(self, method: str, handler: EventHandler, *, session_id: str | None = None) -> None:
         """Call ``handler(params)`` for each event ``method`` of ``session_id`` (None: the browser's own)."""
@@ -175,6 +183,9 @@ class CdpSession:
 
     def send(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
         return self.connection.send(method, params, session_id=self.session_id, timeout=timeout)
+
+    def post(self, method: str, params: dict[str, Any] | None = None) -> None:
+        self.connection.post(method, params, session_id=self.session_id)
 
     def on(self, method: str, handler: EventHandler) -> None:
         self.connection.on(method, handler, session_id=self.session_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,9 @@ class RenderPage:
     _statuses: dict[str, int] = field(default_factory=dict)
     """Each loader's HTTP status."""
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    child_watchers: list[Callable[[CdpSession], None]] = field(default_factory=list)
+    """Called (on the reader thread) with the session of each worker or out-of-process frame the page starts,
+    before it runs: they may register handlers and ``post`` commands."""
 
     def evaluate(self, expression: str, frame: int | None = None) -> Any:
         """The value of ``expression`` (a promise is awaited); what it throws is a ``PageError`` for ``frame``."""
@@ -102,6 +106,13 @@ class RenderPage:
                     return f"no load event within {timeout:.0f} s"
                 self._changed.wait(min(left, 0.25))
         return None
+
+    def _attached(self, params: dict[str, Any]) -> None:
+        """A worker or out-of-process frame of the page, paused until its watchers have subscribed."""
+        child = CdpSession(self.cdp.connection, str(params["sessionId"]))
+        for watch in self.child_watchers:
+            watch(child)
+        child.post("Runtime.runIfWaitingForDebugger")
 
     def _threw(self, params: dict[str, Any]) -> None:
         self.errors.append(f"the page threw: {exception_text(params.get('exceptionDetails') or {})}")
@@ -134,9 +145,11 @@ def new_render_page(browser: Browser, spec: RenderSpec, proxy: str | None = None
     cdp.on("Inspector.targetCrashed", page._crashed)
     cdp.on("Network.responseReceived", page._response)
     cdp.on("Page.lifecycleEvent", page._lifecycle)
+    cdp.on("Target.attachedToTarget", page._attached)
     for domain in ("Page", "Runtime", "Network", "Inspector"):
         cdp.send(f"{domain}.enable")
     cdp.send("Page.setLifecycleEventsEnabled", {"enabled": True})
+    cdp.send("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True})
     cdp.send("Page.addScriptToEvaluateOnNewDocument", {"source": init_script(spec)})
     return page
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from helios_pipeline.engine.cdp import CdpSession
 from helios_pipeline.engine.egress import EgressGate, Refusal, egress_gate
 from helios_pipeline.engine.errors import PageError, RenderError
 from helios_pipeline.engine.page import RenderPage
@@ -51,8 +52,8 @@ class PageNetwork:
         self._lock = threading.Lock()
         self._refusals: list[tuple[str, int, str]] = []
         self._urls: dict[tuple[str, int], list[str]] = {}
-        self._requests: dict[str, str] = {}
-        """The page's requests (DevTools request id -> URL): a failed one's event names only its id."""
+        self._requests: dict[tuple[str, str], str] = {}
+        """The page's requests ((session, DevTools request id) -> URL): a failed one's event names only its id."""
 
     @property
     def proxy(self) -> str | None:
@@ -73,17 +74,29 @@ class PageNetwork:
                     urls.append(url)
 
     def watch(self, page: RenderPage) -> None:
-        """Learn the URLs behind refusals from the page's own network events (no request is held up)."""
+        """Learn the URLs behind refusals from the network events of the page and of the workers and frames it
+        starts (no request is held up)."""
         if self.gate is None:
             return
-        urls: dict[str, str] = {}
-        page.cdp.on(
-            "Network.requestWillBeSent", lambda event: urls.__setitem__(event["requestId"], event["request"]["url"])
-        )
-        page.cdp.on("Network.loadingFailed", lambda event: self._failed(urls.get(event["requestId"], ""), event))
-        page.cdp.on("Network.webSocketCreated", lambda event: self.tried(event["url"]))
+        self._subscribe(page.cdp)
+        page.child_watchers.append(self._subscribe_child)
 
-    def _failed(self, url: str, event: dict[str, Any]) -> None:
+    def _subscribe(self, session: CdpSession) -> None:
+        session.on("Network.requestWillBeSent", lambda event: self._requested(session.session_id, event))
+        session.on("Network.loadingFailed", lambda event: self._failed(session.session_id, event))
+        session.on("Network.webSocketCreated", lambda event: self.tried(event["url"]))
+
+    def _subscribe_child(self, session: CdpSession) -> None:
+        self._subscribe(session)
+        session.post("Network.enable")  # before the paused worker or frame runs (``RenderPage._attached``)
+
+    def _requested(self, session_id: str, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._requests[(session_id, event["requestId"])] = event["request"]["url"]
+
+    def _failed(self, session_id: str, event: dict[str, Any]) -> None:
+        with self._lock:
+            url = self._requests.get((session_id, event["requestId"]), "")
         if url and REFUSED_MARK in str(event.get("errorText", "")):
             self.tried(url)
 
