@@ -188,6 +188,17 @@ def is_browser(process: psutil.Process) -> bool:
     return "--remote-debugging-pipe" in process.cmdline()
 
 
+def is_browser_main(process: psutil.Process) -> bool:
+    """Chromium's own browser process: not a helper (``--type=``), and not the wrapper script that may run it
+    (Debian's /usr/bin one, whose process has the same command line and even the same name)."""
+    command = process.cmdline()
+    return (
+        is_browser(process)
+        and "chrom" in Path(process.exe()).name
+        and not any(a.startswith("--type=") for a in command)
+    )
+
+
 def browser_parents(processes: list[psutil.Process]) -> list[psutil.Process]:
     """The processes that started a chunk's Chromium among ``processes``: those executing a chunk step (a run
     worker, a Celery pool process). Found from the browser up, not by scanning each process's tree, where a child

@@ -30,7 +30,7 @@ from helios_pipeline_tests.helpers import (
     deployment_env,
     deployment_processes,
     gated_composition,
-    is_browser,
+    is_browser_main,
     open_instance,
     render_runs,
     running_daemon,
@@ -144,7 +144,7 @@ def test_a_chunk_whose_browser_died_is_retried_in_its_run_with_a_browser_of_its_
     def rendering_browser() -> psutil.Process | None:
         for process in deployment_processes(home):
             with contextlib.suppress(psutil.Error):
-                if is_browser(process) and "chrom" in process.name() and "--type=" not in " ".join(process.cmdline()):
+                if is_browser_main(process):
                     return process
         return None
 

@@ -34,7 +34,7 @@ from helios_pipeline_tests.helpers import (
     assert_nothing_left,
     busy_composition,
     chunk_key,
-    is_browser,
+    is_browser_main,
     latest_metadata,
     register,
     run,
@@ -83,7 +83,7 @@ def _browser_tree(candidates: Iterable[psutil.Process]) -> list[psutil.Process]:
     """The Chromium browser process among ``candidates`` (not the wrapper script that may run it) and all below it."""
     for process in candidates:
         try:
-            if is_browser(process) and "chrom" in process.name() and "--type=" not in " ".join(process.cmdline()):
+            if is_browser_main(process):
                 return [process, *process.children(recursive=True)]
         except psutil.Error:
             continue
