@@ -14,7 +14,7 @@ import importlib
 from helios_pipeline.dagster_defs import private_api
 from helios_pipeline.heap import long_lived_imports
 
-THIRD_PARTY_MODULES = ("pydantic", "yaml", "psutil", "requests")
+THIRD_PARTY_MODULES = ("pydantic", "yaml", "psutil")
 """Imported by the renders' code; none of them starts a thread or opens a file at import, so they survive a fork."""
 CODE_LOCATION_MODULE = "helios_pipeline.dagster_defs.definitions"
 

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
 from helios_pipeline.engine.cdp import CdpSession
 from helios_pipeline.engine.egress import EgressGate, Refusal, egress_gate
 from helios_pipeline.engine.errors import PageError, RenderError
@@ -134,6 +132,8 @@ class PageNetwork:
 
     def download(self, url: str, label: str) -> bytes | None:
         """Fetch ``url`` through the gate (each redirect hop decided); None when the policy refuses it."""
+        import requests  # ~8 MB and 0.1 s that only a page with remote audio sources under a policy needs
+
         assert self.gate is not None, "downloads go through the gate"
         proxy = self.gate.proxy_url.replace("socks5://", "socks5h://")  # host names resolved by the gate, as for pages
         before = self.blocked_count
