@@ -45,8 +45,6 @@ def process_kind(name: str, command: str) -> str:
         return "chromium"
     if name.startswith(("ffmpeg", "ffprobe")):
         return "ffmpeg"
-    if name.startswith("node"):  # the Playwright driver (its main thread names the process node-MainThread)
-        return "driver"
     if name.startswith("helios-") or "multiprocessing.forkserver" in command:  # the warm launcher's processes
         return "run workers"
     if "helios_pipeline.cli" in command:  # the `helios-pipeline render` being timed
@@ -123,12 +121,12 @@ class CpuByKind:
 
 class WorkerMemory:
     """With ``--memory``: the peak PSS of each chunk worker's process tree (the Python process that drives a
-    Chromium through its Playwright driver, with that driver, Chromium and FFmpeg), split by kind, and the
+    Chromium over its DevTools pipe, with Chromium and FFmpeg), split by kind, and the
     deployment's own processes (daemon, fork server, code server) at the same moments; sampled every ``interval``
     s (reading ``smaps_rollup`` costs ~1 ms per process, so it is opt-in: it takes CPU from the render it times).
 
     A Dagster chunk run is a process of its own; the library renders its chunks as threads of the CLI's process,
-    one driver each, so its tree is divided by its drivers: the figures are per chunk either way."""
+    one browser each, so its tree is divided by its browsers: the figures are per chunk either way."""
 
     def __init__(self, enabled: bool, interval: float = 1.0) -> None:
         import threading
@@ -151,7 +149,12 @@ class WorkerMemory:
                     seen[process.pid] = (kind, process.memory_full_info().pss / 2**20, process.ppid())
             except psutil.Error:
                 continue
-        roots = {parent for kind, _, parent in seen.values() if kind == "driver" and parent in seen}
+        # a chunk's browser: the topmost Chromium process (or the wrapper script running it) below a Python one
+        browsers = [
+            (pid, parent) for pid, (kind, _, parent) in seen.items()
+            if kind == "chromium" and parent in seen and seen[parent][0] != "chromium"
+        ]  # fmt: skip
+        roots = {parent for _, parent in browsers}
         trees: dict[int, dict[str, float]] = {root: {} for root in roots}
         for pid, (kind, pss, _) in seen.items():
             root = pid
@@ -162,7 +165,7 @@ class WorkerMemory:
                 label = "python" if pid == root else kind
                 split[label] = split.get(label, 0.0) + pss
         for root, split in trees.items():
-            chunks = sum(1 for kind, _, parent in seen.values() if kind == "driver" and parent == root)
+            chunks = sum(1 for _, parent in browsers if parent == root)
             split = {kind: mb / chunks for kind, mb in split.items()}
             if sum(split.values()) > sum(self.workers.get(root, {}).values()):
                 self.workers[root] = split

@@ -6,8 +6,9 @@ otherwise from the frame size: Chromium's compositor and screenshot buffers and 
 grow with the pixels per frame, so a 4K render needs far more than a 720p one.
 
 The model is anchored on one measurement (``benchmarks/bench_engine.py``, 1080p DOM page): a chunk
-worker peaks at ~1.16 GB RSS (Chromium ~700 MB, FFmpeg ~250 MB, Playwright driver ~140 MB), to which
-the Dagster run process (``dagster api execute_run``, ~300 MB with the definitions loaded) is added.
+worker peaks at ~0.97 GB RSS (Chromium ~710 MB, FFmpeg ~215 MB; no driver process since 2026-12-02, when
+Playwright's ~140 MB left it), to which the Dagster run process (``dagster api execute_run``, ~300 MB with the
+definitions loaded) is added.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import json
 from helios_pipeline.fargate import smallest_fargate_size
 from helios_pipeline.spec import RenderSpec
 
-BASE_MIB = 820
-"""Resident whatever the frame size: Dagster run process ~300, idle Chromium ~350, driver ~140, FFmpeg ~30."""
+BASE_MIB = 680
+"""Resident whatever the frame size: Dagster run process ~300, idle Chromium ~350, FFmpeg ~30."""
 DOM_MIB_PER_MEGAPIXEL = 270
 """DOM mode, per megapixel: what Chromium (~350 MB) and FFmpeg (~215 MB) add at 1080p (2.07 MP) over idle."""
 CANVAS_FACTOR = 1.5
