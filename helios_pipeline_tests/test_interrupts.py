@@ -1,4 +1,4 @@
-"""A run worker's SIGINT/SIGTERM while a chunk renders is never lost inside Playwright's event loop."""
+"""A run worker's SIGINT/SIGTERM while a chunk renders is never lost inside an event loop's callback."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def raising_handlers():
 
 
 def _signal_from_a_callback(signum: int, wait_seconds: float = 5) -> None:
-    """An event loop running a callback that the signal lands in (Playwright's protocol handling, in a render)."""
+    """An event loop running a callback that the signal lands in (a library's protocol handling)."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
