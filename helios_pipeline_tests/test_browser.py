@@ -65,7 +65,8 @@ def test_a_killed_browser_fails_the_waiting_call_at_once_and_leaves_no_folder() 
         killer.start()
         started = time.monotonic()
         with pytest.raises(BrowserClosed, match=r"Runtime\.evaluate: the browser closed its DevTools pipe"):
-            page.send("Runtime.evaluate", {"expression": "new Promise(() => {})", "awaitPromise": True})
+            # the time-out only keeps a broken build from hanging the suite: the pipe's end must fail it first
+            page.send("Runtime.evaluate", {"expression": "new Promise(() => {})", "awaitPromise": True}, timeout=20)
         assert time.monotonic() - started < 5
         with pytest.raises(BrowserClosed):
             page.send("Runtime.evaluate", {"expression": "1"})
