@@ -364,6 +364,8 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 context.log.warning(f"progress not recorded: {exc}")
 
     context.log.info(f"rendering frames {chunk.start_frame}..{chunk.end_frame - 1} of {render_key}")
+    from helios_pipeline.dagster_defs.run_worker import prestarted_browser  # the warm launcher's head start
+    from helios_pipeline.engine.begin_frame import wants_begin_frame
     from helios_pipeline.engine.chunk import render_chunk  # the capture engine: only chunk runs import it
 
     cancel = threading.Event()  # a SIGINT or SIGTERM to the run worker while it renders (see interrupts_set)
@@ -374,6 +376,7 @@ def chunk_video(context: dg.AssetExecutionContext, storage: RenderStorage) -> dg
                 chunk,
                 on_progress=on_progress,
                 cancel=cancel,
+                browser=prestarted_browser(wants_begin_frame(plan.spec)),
                 # the encoding run writes the preview too: none decodes the chunk for it on the critical path
                 preview_bytes=jpeg_budget(Path(chunk.output_file), CHUNK_PREVIEW_CHARS),
             )

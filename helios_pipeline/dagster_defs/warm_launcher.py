@@ -38,6 +38,7 @@ import setproctitle
 import yaml
 
 from helios_pipeline.dagster_defs import private_api
+from helios_pipeline.dagster_defs.names import CHUNK_ASSET
 from helios_pipeline.scratch import FORK_SERVER_PREFIX, socket_folder
 
 PID_TAG = "helios/run_worker_pid"
@@ -173,13 +174,13 @@ def _set_title(title: str, name: str) -> None:
     setproctitle.setthreadtitle(name)
 
 
-def _execute_in_worker(serialized_args: str) -> None:
+def _execute_in_worker(serialized_args: str, start_browser: bool) -> None:
     """The worker's body, imported from the preloaded module (it is in the fork server already)."""
     from helios_pipeline.dagster_defs import run_worker
 
     run_id = multiprocessing.current_process().name.removeprefix(WORKER_NAME_PREFIX)
     _set_title(RUN_WORKER_TITLE.format(run_id=run_id), RUN_WORKER_NAME)
-    run_worker.execute(serialized_args)
+    run_worker.execute(serialized_args, start_browser)
 
 
 def _gone(process: multiprocessing.process.BaseProcess) -> bool:
@@ -207,7 +208,7 @@ class WarmRunLauncher(dg.DefaultRunLauncher):
         run = context.dagster_run
         process = fork_server().Process(
             target=_execute_in_worker,
-            args=(private_api.execute_run_args(self._instance, run),),
+            args=(private_api.execute_run_args(self._instance, run), CHUNK_ASSET in (run.asset_selection or ())),
             name=f"{WORKER_NAME_PREFIX}{run.run_id}",
         )
         process.start()

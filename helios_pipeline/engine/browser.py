@@ -126,6 +126,8 @@ class Browser:
     """Chromium's version number (``Browser.getVersion``), recorded with every chunk."""
     main: psutil.Process | None = None
     """Chromium's browser process (its renderers, GPU and utility processes are its descendants)."""
+    begin_frame_control: bool = False
+    """Launched with ``BEGIN_FRAME_ARGS``: it draws only when BeginFrame asks (DOM capture), never on its own."""
 
     @property
     def pid(self) -> int:
@@ -179,7 +181,7 @@ def _high(fd: int) -> int:
     return moved
 
 
-def _start(folder: Path, args: list[str]) -> Browser:
+def _start(folder: Path, args: list[str], begin_frame_control: bool) -> Browser:
     """Start Chromium with its DevTools pipe (its fd 3 reads our commands, its fd 4 writes its answers)."""
     commands_read, commands_write = (_high(fd) for fd in os.pipe())
     answers_read, answers_write = (_high(fd) for fd in os.pipe())
@@ -201,7 +203,9 @@ def _start(folder: Path, args: list[str]) -> Browser:
         raise RenderError(f"could not start Chromium ({command[0]}): {exc}") from None
     os.close(commands_read)
     os.close(answers_write)
-    browser = Browser(process, CdpConnection(commands_write, answers_read), folder)
+    browser = Browser(
+        process, CdpConnection(commands_write, answers_read), folder, begin_frame_control=begin_frame_control
+    )
     try:
         product = browser.connection.send("Browser.getVersion", timeout=LAUNCH_TIMEOUT_S)["product"]
     except CdpError as exc:
@@ -232,22 +236,31 @@ def _log_tail(path: Path) -> str:
     return ""
 
 
-@contextlib.contextmanager
-def launch_browser(*, begin_frame_control: bool = False, args: list[str] | None = None) -> Iterator[Browser]:
-    """Launch Chromium headless and always close it, even when the chunk fails.
+def start_browser(*, begin_frame_control: bool = False, args: list[str] | None = None) -> Browser:
+    """Launch Chromium headless; the caller closes it (``launch_browser`` does, however the block ends).
 
     With ``begin_frame_control`` a headless-shell renders nothing until BeginFrame asks: only for pages
     captured with ``engine.begin_frame.BeginFrameCapture`` (which falls back to screenshots elsewhere).
     Its profile and temporary files live in a folder of this process's (``scratch.process_folder``), removed
     when it closes, or by the next launch on the host when this process was killed outright. ``args`` replace
-    ``launch_args`` (benchmarks of other flags).
+    ``launch_args`` (benchmarks of other flags). The browser gets the parent-death signal of the launching
+    *thread*: launch it on the thread that outlives its use.
     """
     folder = process_folder(BROWSER_TEMP_PREFIX)
     try:
-        browser = _start(folder, launch_args(begin_frame_control) if args is None else args)
+        return _start(folder, launch_args(begin_frame_control) if args is None else args, begin_frame_control)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def launch_browser(
+    *, begin_frame_control: bool = False, args: list[str] | None = None, started: Browser | None = None
+) -> Iterator[Browser]:
+    """``start_browser``'s browser, or ``started`` (one the caller launched ahead, handed over), always closed at
+    the end of the block, even when the chunk fails."""
+    browser = started if started is not None else start_browser(begin_frame_control=begin_frame_control, args=args)
     try:
         yield browser
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 from helios_pipeline.disk_full import is_no_space, no_space_message
 from helios_pipeline.engine.audio.page_audio import ChunkPageAudio
 from helios_pipeline.engine.begin_frame import dom_capture, wants_begin_frame
+from helios_pipeline.engine.browser import Browser
 from helios_pipeline.engine.capture import CanvasCapture, FrameCapture
 from helios_pipeline.engine.cdp import CdpError
 from helios_pipeline.engine.chunk_compat import probe_chunk
@@ -111,10 +112,13 @@ def render_chunk(
     *,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    browser: Browser | None = None,
     preview_bytes: int | None = None,
 ) -> ChunkResult:
     """Render ``chunk`` of ``spec`` to ``chunk.output_file``; the file exists only if it is complete.
 
+    ``browser``: a Chromium the caller launched ahead for this chunk (with ``begin_frame.wants_begin_frame``'s
+    control), which the chunk uses and closes; by default it launches its own.
     ``preview_bytes``: also the first frame's preview ladder for a JPEG of at most that many bytes
     (``ChunkResult.first_frame_previews``; none with ``video_codec: copy``), so that no FFmpeg run decodes the
     chunk again for it.
@@ -141,7 +145,7 @@ def render_chunk(
             contextlib.ExitStack() as browser_stack,  # closed early: see below
         ):
             browser = browser_stack.enter_context(
-                watched_browser(watchdog, begin_frame_control=wants_begin_frame(spec))
+                watched_browser(watchdog, begin_frame_control=wants_begin_frame(spec), started=browser)
             )
             chromium_version = browser.version
             gate = network

@@ -191,11 +191,14 @@ def _cpu(process: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def watched_browser(watchdog: Watchdog, *, begin_frame_control: bool = False) -> Iterator[Browser]:
+def watched_browser(
+    watchdog: Watchdog, *, begin_frame_control: bool = False, started: Browser | None = None
+) -> Iterator[Browser]:
     """A chunk's or a still's Chromium under ``watchdog``, whose clock also bounds closing it (a stopped browser
-    never closes); a stuck ``HeadlessExperimental.beginFrame`` is bounded like any other capture call."""
+    never closes); a stuck ``HeadlessExperimental.beginFrame`` is bounded like any other capture call. ``started``:
+    a browser launched ahead for this chunk (with ``begin_frame_control`` as asked), closed like its own."""
     try:
-        with launch_browser(begin_frame_control=begin_frame_control) as browser:
+        with launch_browser(begin_frame_control=begin_frame_control, started=started) as browser:
             watchdog.watch(browser)
             try:
                 yield browser
