@@ -154,7 +154,10 @@ def test_a_chunk_whose_browser_died_is_retried_in_its_run_with_a_browser_of_its_
             tmp_path / "specs", "browser-died", page, **SIZE, frame_count=30, concurrency=1, **held.spec_fields
         )
         key, since = submit(env, spec)
-        wait_for(rendering_browser, 120, "a chunk's Chromium", 0.2).kill()
+        # mid-chunk: its page is loaded and waits at the gate (a browser that dies before the step takes it, the
+        # one its run worker launched ahead, is replaced without a failure)
+        assert held.reached.wait(120), "no chunk reached its first frame"
+        wait_for(rendering_browser, 10, "a chunk's Chromium", 0.2).kill()
         held.open()
         status = follow(instance, key, since, lambda _status: None, timeout=300)
         assert frame_indices(Path(status.output)) == list(range(30))

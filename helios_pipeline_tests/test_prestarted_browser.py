@@ -54,8 +54,8 @@ def test_a_chunk_run_worker_hands_its_step_the_browser_it_launched_beside_its_im
 
 
 def test_a_browser_the_step_does_not_take_or_cannot_use_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Untaken (the step failed before, or asked for none), or launched with the wrong switches (a canvas render,
-    which needs a browser that draws on its own): nothing of it is left."""
+    """Untaken (the step failed before, or asked for none), launched with the wrong switches (a canvas render, which
+    needs a browser that draws on its own) or dead before the step asks: nothing of it is left."""
     from helios_pipeline.dagster_defs import run_worker
 
     folders: list[Path] = []
@@ -70,11 +70,19 @@ def test_a_browser_the_step_does_not_take_or_cannot_use_is_closed(monkeypatch: p
         assert run_worker.prestarted_browser(False) is None
         assert not _browsers(), describe(_browsers())
 
-    for step in (step_takes_nothing, step_wants_another):
+    def step_after_its_death(serialized_args: str) -> None:  # killed while the worker imported (out of memory)
+        assert run_worker._prestarted is not None
+        dead = run_worker._prestarted[1]
+        folders.append(dead.folder)
+        dead.kill()
+        dead.connection.closed.wait(10)
+        assert run_worker.prestarted_browser(True) is None  # the chunk launches its own, no failure
+
+    for step in (step_takes_nothing, step_wants_another, step_after_its_death):
         monkeypatch.setattr(run_worker.private_api, "execute_run", step)
         run_worker.execute("run args", start_browser=True)
         assert not _browsers(), describe(_browsers())
-    assert len(folders) == 2 and not any(folder.exists() for folder in folders)
+    assert len(folders) == 3 and not any(folder.exists() for folder in folders)
     seen: list[object] = []
     monkeypatch.setattr(run_worker.private_api, "execute_run", lambda _args: seen.append(_browsers()))
     run_worker.execute("run args")  # a run of no chunk launches nothing
