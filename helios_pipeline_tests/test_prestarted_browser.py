@@ -3,6 +3,7 @@ once, on the thread that launched it, when its switches suit the chunk, and what
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,8 +22,14 @@ pytestmark = pytest.mark.slow
 
 
 def _browsers() -> list[psutil.Process]:
-    """This process's live Chromium processes (and wrapper scripts running one)."""
-    return alive(p for p in psutil.Process().children(recursive=True) if is_browser(p))
+    """This process's live Chromium processes (and wrapper scripts running one); an earlier test's zombie child
+    waiting to be reaped has no command line to read, and is none."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if is_browser(process):
+                found.append(process)
+    return alive(found)
 
 
 def test_a_chunk_run_worker_hands_its_step_the_browser_it_launched_beside_its_imports(
