@@ -14,8 +14,8 @@ One run prints a table and, as the last line of stdout, one JSON object with:
              frames/s from start to finished mp4, and the capture-only frames/s from the
              ``ChunkResult`` metrics;
 * ratios     pipeline/bare at concurrency 1 (target >= 0.9), end to end and capture loop only;
-* memory     peak PSS per chunk worker: the worker's process tree (python worker, Playwright's
-             driver, Chromium and its helpers, FFmpeg) sampled every ~1 s with psutil, max of
+* memory     peak PSS per chunk worker: the worker's process tree (python worker, Chromium and
+             its helpers, FFmpeg) sampled every ~1 s with psutil, max of
              the per-worker sum (target <= 600 MB at 1080p), split by kind; RSS (every ~0.2 s) beside it;
 * cpu        CPU seconds per frame of the browser and of FFmpeg, to tell capture from encode.
 
@@ -110,8 +110,6 @@ def _kind(process: psutil.Process) -> str:
         return "ffmpeg"
     if "chrom" in name or "headless" in name:
         return "chromium"
-    if "node" in name:
-        return "playwright_driver"
     if "python" in name:
         return "python"
     return "other"
@@ -366,7 +364,7 @@ def pipeline(args: argparse.Namespace, work: Path, concurrency: int) -> dict[str
     for chunk in sorted(result.chunks, key=lambda c: c.chunk_id):
         rss, pss = sampler.peak_rss.get(chunk.pid), sampler.peak_pss.get(chunk.pid)
         cpu = sampler.cpu_by_kind(chunk.pid)
-        browser_cpu = cpu.get("chromium", 0.0) + cpu.get("playwright_driver", 0.0)
+        browser_cpu = cpu.get("chromium", 0.0)
         chunks.append(
             {
                 "chunk": chunk.chunk_id,

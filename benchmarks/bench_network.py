@@ -11,7 +11,7 @@ policy existed), for two pages:
 
 Two figures per frame: capture wall time from the chunks' own ``ChunkResult`` (browser start and
 page load excluded), and the CPU time of the whole chunk (this process with the gate's threads,
-Playwright's driver, Chromium and FFmpeg, from ``getrusage``; it includes start-up, which is the
+Chromium and FFmpeg, from ``getrusage``; it includes start-up, which is the
 same with and without the gate), which a busy machine disturbs far less than wall time. Runs
 alternate on/off and ``--repeat R`` reports medians. The last line of stdout is the whole report
 as one JSON object.
@@ -79,7 +79,7 @@ def requests_page(folder: Path, fps: float) -> Path:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds of this process and of its finished children (the driver, which reaps Chromium; FFmpeg)."""
+    """CPU seconds of this process and of its finished children (Chromium or its wrapper script; FFmpeg)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 

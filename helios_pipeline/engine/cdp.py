@@ -71,15 +71,12 @@ class CdpConnection:
         No time-out by default: the chunk's watchdog bounds every call by killing the browser, which ends it."""
         call_id = next(self._ids)
         call = _Call(method, session_id)
-        message: dict[str, Any] = {"id": call_id, "method": method, "params": params or {}}
-        if session_id is not None:
-            message["sessionId"] = session_id
         with self._lock:
             if self.closed.is_set():
                 raise BrowserClosed(f"{method}: {self._closed_why}")
             self._calls[call_id] = call
         try:
-            self._write(json.dumps(message).encode() + b"\0")
+            self._write(_message(call_id, method, params, session_id))
         except OSError:
             self._close_all("the browser's pipe is closed")
         if not call.done.wait(timeout):
@@ -92,11 +89,8 @@ class CdpConnection:
 
     def post(self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None) -> None:
         """Send a command without waiting for its reply (which is dropped): what an event handler may send."""
-        message: dict[str, Any] = {"id": next(self._ids), "method": method, "params": params or {}}
-        if session_id is not None:
-            message["sessionId"] = session_id
         with contextlib.suppress(OSError):
-            self._write(json.dumps(message).encode() + b"\0")
+            self._write(_message(next(self._ids), method, params, session_id))
 
     def on(self, method: str, handler: EventHandler, *, session_id: str | None = None) -> None:
         """Call ``handler(params)`` for each event ``method`` of ``session_id`` (None: the browser's own)."""
@@ -172,6 +166,14 @@ class CdpConnection:
         for call in calls:
             call.error = BrowserClosed(f"{call.method}: {why}")
             call.done.set()
+
+
+def _message(call_id: int, method: str, params: dict[str, Any] | None, session_id: str | None) -> bytes:
+    """One command as the pipe carries it: JSON ended by a NUL byte."""
+    message: dict[str, Any] = {"id": call_id, "method": method, "params": params or {}}
+    if session_id is not None:
+        message["sessionId"] = session_id
+    return json.dumps(message).encode() + b"\0"
 
 
 @dataclass(frozen=True)
