@@ -16,11 +16,10 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from helios_pipeline.engine.capture import DomCapture, FrameCapture, image_input, screenshot_parameters, seek_expression
+from helios_pipeline.engine.capture import DomCapture, DomSeek, FrameCapture, image_input, screenshot_parameters
 from helios_pipeline.engine.capture_setting import dom_capture_choice
 from helios_pipeline.engine.cdp import CdpError, CdpSession
 from helios_pipeline.engine.errors import RenderError
-from helios_pipeline.engine.page import evaluate
 from helios_pipeline.spec import RenderSpec
 
 BEGIN_FRAME = "HeadlessExperimental.beginFrame"
@@ -68,16 +67,18 @@ class BeginFrameCapture:
     description: str = "dom/beginframe"
     frame_params: dict[str, Any] = field(default_factory=dict)
     """``HeadlessExperimental.beginFrame`` parameters: the screenshot's format, quality, optimizeForSpeed."""
+    seeker: DomSeek = field(init=False)
 
     def __post_init__(self) -> None:
         self.frame_params = {"screenshot": screenshot_parameters(self.spec)}
+        self.seeker = DomSeek(self.cdp)
         self.description = f"dom/beginframe/{self.spec.intermediate_image_format}"
 
     def ffmpeg_input(self) -> list[str]:
         return image_input(self.spec)
 
     def capture(self, index: int, frame: int, time_ms: float) -> bytes:
-        evaluate(self.cdp, seek_expression(frame, time_ms), frame)
+        self.seeker.seek(index, frame, time_ms)
         return draw_screenshot(self.cdp, self.frame_params, frame)
 
     def finish(self) -> bytes:
